@@ -1,0 +1,140 @@
+"""Rewrite the generated tables in docs/benchmarks.md from benchmarks/results/*.json.
+
+Every number in those tables comes from a results file that a benchmark command wrote;
+this script only formats them. usage: python -m benchmarks.render
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+from benchmarks._common import REPO
+
+DOC = REPO / "docs" / "benchmarks.md"
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def core_speed(data: dict[str, Any]) -> str:
+    m, s = data["medians"], data["summary"]
+    ms = 1e3
+    k = data["params"]["factors"]
+    rows = [
+        ("`implicit` ALS fit, 15 iterations (CG)", f"{m['implicit_fit_15_seconds']:.3f} s", ""),
+        (
+            "one `implicit` iteration (fit / 15)",
+            f"{s['implicit_seconds_per_iteration'] * ms:.1f} ms",
+            "",
+        ),
+        (
+            "one full Unlearn-ALS sweep, `cg` (default)",
+            f"{m['sweep_cg_seconds'] * ms:.1f} ms",
+            f"**{s['sweep_cg_vs_implicit_iteration']:.2f}x** an `implicit` iteration "
+            "(target <= 1.5x)",
+        ),
+        (
+            "one full sweep, exact `cholesky`",
+            f"{m['sweep_cholesky_seconds'] * ms:.1f} ms",
+            f"{s['sweep_cholesky_vs_implicit_iteration']:.2f}x an `implicit` iteration",
+        ),
+        (
+            "forget 100 pairs: touched-row exact re-solves",
+            f"**{s['forget100_touched_ms']:.1f} ms**",
+            f"p90 {s['forget100_touched_p90_ms']:.1f} ms (target <= 20 ms)",
+        ),
+        (
+            "forget 100 pairs: interactions in the touched rows",
+            f"{m['forget100_touched_interactions']:,.0f}",
+            f"{m['forget100_touched_interactions'] * k * k * 2 / 1e9:.2f} GFlop of outer products",
+        ),
+        (
+            "forget 100 pairs: updating the data (before solves)",
+            f"{m['forget100_apply_seconds'] * ms:.1f} ms",
+            "",
+        ),
+        (
+            "forget 100 pairs, `--max-sweeps 3`, in process",
+            f"{m['forget100_max3_seconds']:.3f} s",
+            f"**{s['forget100_max3_vs_implicit_fit_15']:.2f}x** the `implicit` 15-iteration fit",
+        ),
+        (
+            "`unlearn forget --max-sweeps 3` command, end to end",
+            f"{m['cli_forget100_max3_seconds']:.3f} s",
+            f"{s['cli_forget100_max3_vs_implicit_fit_15']:.2f}x the fit "
+            "(reads 1M lines, loads and saves)",
+        ),
+    ]
+    lines = ["| measurement (median) | value | comparison |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    return "\n".join(lines) + "\n\n" + _machine(data)
+
+
+def forget_quality(data: dict[str, Any]) -> str:
+    lines = [
+        "| model | deletions | retrain it. | deleted-pair mean score: original -> unlearned "
+        "(retrain range) | held-out (retrain range) | attack AUC: original -> unlearned "
+        "(retrain range) | retraining loss: unlearned (retrain range) | sweeps | checks |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for case in data["cases"]:
+        u, o, r = case["unlearned"], case["original"], case["retrained"]
+
+        def span(name: str, fmt: str = ".4f", cards: list = r) -> str:
+            values = [card[name] for card in cards]
+            return f"{min(values):{fmt}}..{max(values):{fmt}}"
+
+        if case["kind"] == "implicit":
+            held = (
+                f"recall@20 {u['recall_at_20']:.4f} ({span('recall_at_20')}); "
+                f"AUC {u['auc']:.4f} ({span('auc')})"
+            )
+        else:
+            held = f"RMSE {u['rmse']:.4f} ({span('rmse')})"
+        failed = [name for name, ok in case["checks"].items() if not ok]
+        lines.append(
+            f"| {case['kind']}, reg {case['regularization']} | {case['scope']} | "
+            f"{case['retrain_iterations']} | {o['deleted_mean_score']:.4f} -> "
+            f"{u['deleted_mean_score']:.4f} ({span('deleted_mean_score')}) | {held} | "
+            f"{o['attack_auc']:.4f} -> {u['attack_auc']:.4f} ({span('attack_auc')}) | "
+            f"{u['loss']:.1f} ({span('loss', '.1f')}) | {case['sweeps']} | "
+            f"{'all pass' if not failed else 'FAIL: ' + ', '.join(failed)} |"
+        )
+    return "\n".join(lines) + "\n\n" + _machine(data)
+
+
+def _machine(data: dict[str, Any]) -> str:
+    m = data["machine"]
+    return (
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; Python {m['python']}, "
+        f"numpy {m['numpy']}, scipy {m['scipy']}, BLAS {', '.join(m['blas'])}. "
+        f"Command: `{m['command']}`."
+    )
+
+
+SECTIONS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "core_speed": core_speed,
+    "forget_quality": forget_quality,
+}
+
+
+def main() -> None:
+    text = DOC.read_text()
+    for name, render in SECTIONS.items():
+        results = RESULTS / f"{name}.json"
+        if not results.is_file():
+            continue
+        block = render(json.loads(results.read_text()))
+        pattern = re.compile(rf"(<!-- {name}:begin -->\n).*?(<!-- {name}:end -->)", re.DOTALL)
+        text, count = pattern.subn(
+            lambda match, b=block: match.group(1) + b + "\n" + match.group(2), text
+        )
+        if count != 1:
+            raise SystemExit(f"{DOC} has no '<!-- {name}:begin/end -->' block")
+    DOC.write_text(text)
+    print(f"rewrote {DOC}")
+
+
+if __name__ == "__main__":
+    main()

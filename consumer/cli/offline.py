@@ -1,0 +1,201 @@
+"""Offline commands on files: `unlearn train` and `unlearn forget`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from consumer.errors import InputError
+from consumer.model_file import load_model, save_model, write_text_atomically
+from consumer.tsv import DeletionRows, InteractionRows, read_deletions, read_interactions
+from unlearn_core import Change, Hyperparameters, Interactions, SweepPolicy, forget
+from unlearn_core.ids import IdIndex
+from unlearn_core.params import KINDS
+from unlearn_core.sweep import SOLVERS
+from unlearn_core.train import train
+from unlearn_core.unlearn import DEFAULT_MAX_SWEEPS, DEFAULT_TOLERANCE
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    train_cmd = commands.add_parser(
+        "train",
+        help="train a model from scratch on an interactions file",
+        description="Seeded ALS training from scratch. Ids are opaque strings.",
+    )
+    train_cmd.add_argument("--interactions", required=True, metavar="FILE")
+    train_cmd.add_argument("--out", required=True, metavar="MODEL.npz")
+    train_cmd.add_argument("--kind", choices=KINDS, default="implicit")
+    train_cmd.add_argument("--factors", type=int, default=64)
+    train_cmd.add_argument(
+        "--regularization",
+        type=float,
+        default=None,
+        metavar="R",
+        help="default: 1.0 for implicit, 0.1 for explicit (ALS-WR scales it by row counts)",
+    )
+    train_cmd.add_argument("--alpha", type=float, default=1.0, metavar="A")
+    train_cmd.add_argument("--iterations", type=int, default=15)
+    train_cmd.add_argument("--seed", type=int, default=0)
+    _add_solver_flags(train_cmd)
+    train_cmd.set_defaults(handler=run_train)
+
+    forget_cmd = commands.add_parser(
+        "forget",
+        help="remove deletions from a trained model with Unlearn-ALS",
+        description=(
+            "Remove the deleted pairs, users' or items' histories from the data so they count "
+            "as never observed, re-solve the touched rows exactly, then continue ALS from the "
+            "model's factors until the scores settle. Uses the model's own hyperparameters."
+        ),
+    )
+    forget_cmd.add_argument("--model", required=True, metavar="MODEL.npz")
+    forget_cmd.add_argument("--interactions", required=True, metavar="FILE")
+    forget_cmd.add_argument("--deletions", required=True, metavar="FILE")
+    forget_cmd.add_argument("--out", required=True, metavar="NEW.npz")
+    forget_cmd.add_argument(
+        "--tolerance",
+        type=float,
+        default=DEFAULT_TOLERANCE,
+        metavar="T",
+        help="stop once a sweep changes sampled scores by less than this (relative)",
+    )
+    forget_cmd.add_argument("--max-sweeps", type=int, default=DEFAULT_MAX_SWEEPS, metavar="N")
+    forget_cmd.add_argument("--report", metavar="REPORT.json")
+    _add_solver_flags(forget_cmd)
+    forget_cmd.set_defaults(handler=run_forget)
+
+
+def _add_solver_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--solver",
+        choices=SOLVERS,
+        default=None,
+        help="full-sweep solver (default: cg for implicit, cholesky for explicit)",
+    )
+    parser.add_argument("--threads", type=int, default=0, help="0: one per core")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    try:
+        params = Hyperparameters.for_kind(args.kind, args.factors, args.regularization, args.alpha)
+    except ValueError as exc:
+        raise InputError("command line", str(exc)) from exc
+    if args.iterations < 0:
+        raise InputError("command line", "--iterations must be >= 0")
+    started = time.perf_counter()
+    rows = read_interactions(args.interactions, params.kind)
+    users, items = IdIndex(), IdIndex()
+    data = _interactions(rows, users, items, params)
+    _say(f"read {len(rows.users)} interactions: {data.shape[0]} users x {data.shape[1]} items")
+    with tqdm(total=args.iterations, desc="train", unit="sweep", disable=None) as bar:
+        model, report = train(
+            data,
+            users.ids,
+            items.ids,
+            params,
+            iterations=args.iterations,
+            seed=args.seed,
+            solver=args.solver,
+            track_loss=True,
+            num_threads=args.threads,
+            on_sweep=lambda record: (bar.update(1), bar.set_postfix(loss=f"{record.loss:.6g}")),
+        )
+    save_model(model, args.out)
+    summary = {
+        "model": args.out,
+        "users": data.shape[0],
+        "items": data.shape[1],
+        "interactions": data.nnz,
+        "params": vars(params),
+        "iterations": args.iterations,
+        "final_loss": report.final_loss,
+        "final_residual": report.final_residual,
+        "sweep_seconds": report.total_seconds,
+        "wall_seconds": time.perf_counter() - started,
+    }
+    print(json.dumps(summary))
+    return 0
+
+
+def run_forget(args: argparse.Namespace) -> int:
+    if args.max_sweeps < 0 or not args.tolerance >= 0:
+        raise InputError("command line", "--max-sweeps and --tolerance must be >= 0")
+    started = time.perf_counter()
+    model = load_model(args.model)
+    rows = read_interactions(args.interactions, model.params.kind)
+    deletions = read_deletions(args.deletions)
+    users, items = IdIndex(model.user_ids.tolist()), IdIndex(model.item_ids.tolist())
+    data = _interactions(rows, users, items, model.params)
+    new_users, new_items = len(users) - model.shape[0], len(items) - model.shape[1]
+    if new_users or new_items:
+        _say(
+            f"warning: {new_users} users and {new_items} items of {args.interactions} are not "
+            "in the model; they start from zero factors"
+        )
+        model = model.with_ids(users.ids[model.shape[0] :], items.ids[model.shape[1] :])
+    change, unknown = _deletion_change(deletions, users, items)
+    policy = SweepPolicy(
+        tolerance=args.tolerance,
+        max_sweeps=args.max_sweeps,
+        solver=args.solver,
+        num_threads=args.threads,
+    )
+    new_model, _, report = forget(model, data, change, policy)
+    save_model(new_model, args.out)
+    result: dict[str, Any] = {
+        "model": args.model,
+        "out": args.out,
+        "deletion_lines": deletions.lines,
+        "unknown_ids": unknown,
+        **report.to_dict(),
+        "wall_seconds": time.perf_counter() - started,
+    }
+    if args.report:
+        write_text_atomically(args.report, json.dumps(result, indent=2) + "\n")
+    _say(
+        f"forgot {report.removed} interactions ({report.pairs_not_found} pairs, "
+        f"{report.users_not_found} users, {report.items_not_found} items not found; "
+        f"{sum(unknown.values())} ids unknown to the model); touched re-solve "
+        f"{report.touched_users} users + {report.touched_items} items in "
+        f"{report.touched_seconds * 1e3:.1f} ms; {report.sweeps} sweeps, residual "
+        f"{report.final_residual if report.final_residual is not None else 0:.2e}, "
+        f"converged={report.converged}"
+    )
+    print(json.dumps({k: v for k, v in result.items() if k != "records"}))
+    return 0
+
+
+def _interactions(
+    rows: InteractionRows, users: IdIndex, items: IdIndex, params: Hyperparameters
+) -> Interactions:
+    u = users.add(rows.users)
+    i = items.add(rows.items)
+    return Interactions.from_triples(u, i, rows.weights, (len(users), len(items)), params.kind)
+
+
+def _deletion_change(
+    rows: DeletionRows, users: IdIndex, items: IdIndex
+) -> tuple[Change, dict[str, int]]:
+    """Indices of the deletions; ids the model never saw are counted, not errors."""
+    pair_u, pair_i = users.lookup(rows.pair_users), items.lookup(rows.pair_items)
+    whole_u, whole_i = users.lookup(rows.users), items.lookup(rows.items)
+    known_pairs = (pair_u >= 0) & (pair_i >= 0)
+    unknown = {
+        "pairs": int(np.count_nonzero(~known_pairs)),
+        "users": int(np.count_nonzero(whole_u < 0)),
+        "items": int(np.count_nonzero(whole_i < 0)),
+    }
+    change = Change.deletions(
+        pair_u[known_pairs], pair_i[known_pairs], whole_u[whole_u >= 0], whole_i[whole_i >= 0]
+    )
+    return change, unknown
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
