@@ -40,9 +40,8 @@ class SingularSystemError(ArithmeticError):
 
 
 def gramian(factors: np.ndarray) -> np.ndarray:
-    """F'F in float64."""
-    f = np.asarray(factors, dtype=np.float64)
-    return f.T @ f
+    """F'F, accumulated in the factors' dtype (as the sweeps do) and returned in float64."""
+    return (factors.T @ factors).astype(np.float64)
 
 
 def solve_rows(
@@ -156,11 +155,17 @@ def _normal_equations_one(
     """One long row: a single well-shaped matmul beats padding it into a batch."""
     start, stop = matrix.indptr[row], matrix.indptr[row + 1]
     block = padded_other[matrix.indices[start:stop]]
-    outer_w, rhs_w = _row_weights(matrix.data[start:stop].astype(block.dtype), params)
-    # Outer-product weights are >= 0, so Z'Z with Z = sqrt(w) * block: numpy hands a
-    # product of a matrix with its own transpose to the symmetric kernel (syrk).
-    scaled = block * np.sqrt(outer_w)[:, None]
-    return scaled.T @ scaled, block.T @ rhs_w
+    weights = matrix.data[start:stop]
+    outer_w, rhs_w = _row_weights(weights.astype(block.dtype), params)
+    if outer_w[0] == outer_w[-1] and np.all(outer_w == outer_w[0]):
+        # Equal weights (binary implicit data, ALS-WR): scale the product, not the block.
+        lhs = (block.T @ block) * outer_w[0]
+    else:
+        # Outer-product weights are >= 0, so Z'Z with Z = sqrt(w) * block: numpy hands a
+        # product of a matrix with its own transpose to the symmetric kernel (syrk).
+        scaled = block * np.sqrt(outer_w)[:, None]
+        lhs = scaled.T @ scaled
+    return lhs, block.T @ rhs_w
 
 
 def _normal_equations_padded(
