@@ -1,0 +1,43 @@
+"""A corpus of malformed messages, each with the dead-letter reason it must get."""
+
+from __future__ import annotations
+
+# (topic kind, raw message value, expected reason)
+MALFORMED: list[tuple[str, bytes | None, str]] = [
+    ("interactions", b"", "not_json"),
+    ("interactions", None, "not_json"),
+    ("interactions", b"not json at all", "not_json"),
+    ("interactions", b'{"user": "1", "item": "2"', "not_json"),
+    ("interactions", b"\xff\xfe{}", "not_utf8"),
+    ("interactions", b'["user", "item"]', "not_object"),
+    ("interactions", b'"just a string"', "not_object"),
+    ("interactions", b"42", "not_object"),
+    ("interactions", b'{"item": "2"}', "missing_id"),
+    ("interactions", b'{"user": "1"}', "missing_id"),
+    ("interactions", b'{"user": null, "item": "2"}', "missing_id"),
+    ("interactions", b'{"user": ["1"], "item": "2"}', "bad_id"),
+    ("interactions", b'{"user": 1.5, "item": "2"}', "bad_id"),
+    ("interactions", b'{"user": true, "item": "2"}', "bad_id"),
+    ("interactions", b'{"user": "", "item": "2"}', "bad_id"),
+    ("interactions", b'{"user": "*", "item": "2"}', "bad_id"),
+    ("interactions", b'{"user": "' + b"u" * 300 + b'", "item": "2"}', "bad_id"),
+    ("interactions", b'{"user": "\\ud800", "item": "2"}', "bad_id"),
+    ("interactions", b'{"user": "1", "item": "2", "weight": "4"}', "bad_weight"),
+    ("interactions", b'{"user": "1", "item": "2", "weight": -1}', "bad_weight"),
+    ("interactions", b'{"user": "1", "item": "2", "weight": NaN}', "not_json"),
+    ("interactions", b'{"user": "1", "item": "2", "weight": Infinity}', "not_json"),
+    ("interactions", b'{"user": "1", "item": "2", "weight": 1e400}', "bad_weight"),
+    ("interactions", b'{"user": "1", "item": "2", "weight": ' + b"9" * 400 + b"}", "bad_weight"),
+    ("interactions", b'{"user": "1", "item": "2", "weight": null}', "bad_weight"),
+    ("interactions", b'{"user": "1", "item": "2", "ts": "yesterday"}', "bad_ts"),
+    ("interactions", b'{"user": "1", "item": "2", "user": "3"}', "duplicate_key"),
+    ("interactions", b"[" * 100_000 + b"]" * 100_000, "oversized"),
+    ("interactions", b'{"user": "1", "item": "2", "pad": "' + b"x" * 5000 + b'"}', "oversized"),
+    ("interactions", b"[" * 1500 + b"]" * 1500, "not_json"),
+    ("deletions", b"{}", "missing_id"),
+    ("deletions", b'{"ts": 5}', "missing_id"),
+    ("deletions", b'{"user": "1", "request_id": 17}', "bad_request_id"),
+    ("deletions", b'{"user": "1", "request_id": ""}', "bad_request_id"),
+    ("deletions", b'{"user": "1", "ts": true}', "bad_ts"),
+    ("deletions", b'{"user": {"id": "1"}}', "bad_id"),
+]
