@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import redis
 from threadpoolctl import threadpool_limits
 
+from tests import servers
 from unlearn_core import Hyperparameters, Interactions
 
 REPO = Path(__file__).resolve().parent.parent
@@ -20,6 +22,26 @@ ML1M_PAIRS = DATA_DIR / "ml-1m" / "pairs.tsv"
 
 # As the CLI does: rows are solved in parallel by our threads, BLAS runs one per call.
 threadpool_limits(1, "blas")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    with servers.redis_server() as url:
+        yield url
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    with servers.kafka_broker() as bootstrap:
+        yield bootstrap
 
 
 @pytest.fixture

@@ -1,0 +1,93 @@
+"""Redis key names. Every key lives under a model namespace and carries a hash tag.
+
+Rows are spread over `shards` by index (row n lives in shard n % shards). All keys of one
+shard share the hash tag {unlearn:NS:S}, so a shard's update is one MULTI/EXEC on one
+Redis Cluster slot; the id maps and metadata share {unlearn:NS}, so id allocation is one
+Lua script. The same code runs on a single Redis and on Redis Cluster.
+
+per shard S ({unlearn:NS:S}):
+  :uf  HASH  user index -> user factor, k float32
+  :if  HASH  item index -> item factor, k float32
+  :ur  HASH  user index -> the user's interactions, ROW_DTYPE records sorted by item
+  :ir  HASH  item index -> the item's interactions, ROW_DTYPE records sorted by user
+  :ug  STRING  sum of x x' over the shard's users, k x k float64 (partial Gramian)
+  :ig  STRING  sum of y y' over the shard's items
+  :applied  HASH  "topic:partition" -> last offset whose effect on this shard is stored
+  :tomb     HASH  "p:USER:ITEM" / "u:USER" / "i:ITEM" -> deletion time T (latest)
+  :audit    STREAM  one entry per deletion request whose owner row lives here
+  :receipts HASH  "topic:partition:offset" -> the receipt JSON (for re-sends after a crash)
+global ({unlearn:NS}):
+  :meta  HASH  kind, factors, regularization, alpha, shards, users, items, format
+  :uid / :iid  HASH  id -> index;   :uix / :iix  HASH  index -> id
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# One interaction as stored: the other side's index, the weight, the event time (seconds).
+ROW_DTYPE = np.dtype([("other", "<u4"), ("weight", "<f4"), ("ts", "<u4")])
+FACTOR_DTYPE = np.dtype("<f4")
+GRAMIAN_DTYPE = np.dtype("<f8")
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Layout:
+    namespace: str
+
+    @property
+    def _global(self) -> str:
+        return f"{{unlearn:{self.namespace}}}"
+
+    @property
+    def meta(self) -> str:
+        return f"{self._global}:meta"
+
+    def id_map(self, side: str) -> str:
+        return f"{self._global}:{side[0]}id"
+
+    def index_map(self, side: str) -> str:
+        return f"{self._global}:{side[0]}ix"
+
+    def shard(self, shard: int) -> ShardKeys:
+        return ShardKeys(f"{{unlearn:{self.namespace}:{shard}}}")
+
+    def scan_pattern(self) -> str:
+        return f"{{unlearn:{self.namespace}*"
+
+
+@dataclass(frozen=True)
+class ShardKeys:
+    tag: str
+
+    def factors(self, side: str) -> str:
+        return f"{self.tag}:{side[0]}f"
+
+    def rows(self, side: str) -> str:
+        return f"{self.tag}:{side[0]}r"
+
+    def gramian(self, side: str) -> str:
+        return f"{self.tag}:{side[0]}g"
+
+    @property
+    def applied(self) -> str:
+        return f"{self.tag}:applied"
+
+    @property
+    def tombstones(self) -> str:
+        return f"{self.tag}:tomb"
+
+    @property
+    def audit(self) -> str:
+        return f"{self.tag}:audit"
+
+    @property
+    def receipts(self) -> str:
+        return f"{self.tag}:receipts"
+
+
+def shard_of(index: int | np.ndarray, shards: int) -> int | np.ndarray:
+    return index % shards

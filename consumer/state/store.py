@@ -1,0 +1,285 @@
+"""Reading and writing the model's state in Redis (see layout.py for the keys).
+
+Writes to a shard are one MULTI/EXEC, so a shard is never half-updated; a batch that
+touches several shards writes them one after another, each with the offsets it applied,
+so a replay after a crash can tell, shard by shard, what is already there.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import redis
+
+from consumer.state.layout import (
+    FACTOR_DTYPE,
+    FORMAT_VERSION,
+    GRAMIAN_DTYPE,
+    ROW_DTYPE,
+    Layout,
+    ShardKeys,
+)
+from unlearn_core.params import Hyperparameters
+
+SIDES = ("user", "item")
+_PIPELINE_CHUNK = 2000
+
+# Allocates dense indices for new ids; existing ids keep theirs. One slot: atomic.
+_ALLOCATE = """
+local out = {}
+for n = 2, #ARGV do
+  local index = redis.call('HGET', KEYS[1], ARGV[n])
+  if not index then
+    index = redis.call('HINCRBY', KEYS[3], ARGV[1], 1) - 1
+    redis.call('HSET', KEYS[1], ARGV[n], index)
+    redis.call('HSET', KEYS[2], index, ARGV[n])
+  end
+  out[#out + 1] = tonumber(index)
+end
+return out
+"""
+
+
+class StateError(RuntimeError):
+    """The namespace is missing, or holds something this version cannot read."""
+
+
+@dataclass(frozen=True)
+class Meta:
+    params: Hyperparameters
+    shards: int
+    users: int
+    items: int
+
+    def count(self, side: str) -> int:
+        return self.users if side == "user" else self.items
+
+
+@dataclass
+class ShardWrite:
+    """Everything one batch changes in one shard, written in one transaction."""
+
+    factors: dict[str, dict[int, np.ndarray]] = field(
+        default_factory=lambda: {side: {} for side in SIDES}
+    )
+    rows: dict[str, dict[int, np.ndarray]] = field(
+        default_factory=lambda: {side: {} for side in SIDES}
+    )
+    gramians: dict[str, np.ndarray] = field(default_factory=dict)
+    applied: dict[str, int] = field(default_factory=dict)  # "topic:partition" -> offset
+    tombstones: dict[str, float] = field(default_factory=dict)
+    receipts: dict[str, str] = field(default_factory=dict)  # "topic:partition:offset" -> JSON
+
+
+class ModelState:
+    """One model namespace in Redis (a single server or a cluster)."""
+
+    def __init__(self, client: redis.Redis | redis.RedisCluster, namespace: str) -> None:
+        self.client = client
+        self.layout = Layout(namespace)
+        self._allocate = client.register_script(_ALLOCATE)
+
+    # ----- metadata and ids -------------------------------------------------------------
+
+    def exists(self) -> bool:
+        return bool(self.client.exists(self.layout.meta))
+
+    def meta(self) -> Meta:
+        raw = {k.decode(): v.decode() for k, v in self.client.hgetall(self.layout.meta).items()}
+        if not raw:
+            raise StateError(
+                f"no model in namespace {self.layout.namespace!r} (run `unlearn load`)"
+            )
+        if int(raw.get("format", 0)) > FORMAT_VERSION:
+            raise StateError(f"namespace format {raw['format']} is newer than this version reads")
+        params = Hyperparameters(
+            kind=raw["kind"],  # type: ignore[arg-type]
+            factors=int(raw["factors"]),
+            regularization=float(raw["regularization"]),
+            alpha=float(raw["alpha"]),
+        )
+        return Meta(params, int(raw["shards"]), int(raw["users"]), int(raw["items"]))
+
+    def allocate(self, side: str, ids: list[str]) -> np.ndarray:
+        """Indices of the ids, creating the ones not seen before."""
+        out = np.empty(len(ids), dtype=np.int64)
+        keys = [self.layout.id_map(side), self.layout.index_map(side), self.layout.meta]
+        counter = "users" if side == "user" else "items"
+        for start in range(0, len(ids), _PIPELINE_CHUNK):
+            chunk = ids[start : start + _PIPELINE_CHUNK]
+            out[start : start + len(chunk)] = self._allocate(keys=keys, args=[counter, *chunk])
+        return out
+
+    def lookup(self, side: str, ids: list[str]) -> np.ndarray:
+        """Indices of the ids, -1 for ids never seen."""
+        if not ids:
+            return np.empty(0, dtype=np.int64)
+        values = self.client.hmget(self.layout.id_map(side), ids)
+        return np.array([-1 if v is None else int(v) for v in values], dtype=np.int64)
+
+    def ids_of(self, side: str, indices: Iterable[int]) -> list[str]:
+        indices = [int(n) for n in indices]
+        if not indices:
+            return []
+        values = self.client.hmget(self.layout.index_map(side), indices)
+        return [
+            v.decode() if v is not None else f"#{n}" for v, n in zip(values, indices, strict=True)
+        ]
+
+    # ----- reading ----------------------------------------------------------------------
+
+    def read_rows(self, side: str, indices: np.ndarray, shards: int) -> list[np.ndarray]:
+        """The stored interactions of each row (empty where it has none)."""
+        values = self._hmget_by_shard(side, indices, shards, ShardKeys.rows)
+        return [np.frombuffer(v, dtype=ROW_DTYPE) if v else _EMPTY_ROW for v in values]
+
+    def read_factors(self, side: str, indices: np.ndarray, shards: int, k: int) -> np.ndarray:
+        values = self._hmget_by_shard(side, indices, shards, ShardKeys.factors)
+        out = np.zeros((len(indices), k), dtype=np.float32)
+        for n, value in enumerate(values):
+            if value:
+                out[n] = np.frombuffer(value, dtype=FACTOR_DTYPE)
+        return out
+
+    def read_all_factors(self, side: str, meta: Meta) -> np.ndarray:
+        out = np.zeros((meta.count(side), meta.params.factors), dtype=np.float32)
+        for shard in range(meta.shards):
+            for index, value in self.client.hgetall(self.layout.shard(shard).factors(side)).items():
+                row = int(index)
+                if row >= len(out):
+                    out = _grow(out, row + 1)
+                out[row] = np.frombuffer(value, dtype=FACTOR_DTYPE)
+        return out
+
+    def read_all_rows(self, side: str, meta: Meta) -> dict[int, np.ndarray]:
+        rows: dict[int, np.ndarray] = {}
+        for shard in range(meta.shards):
+            for index, value in self.client.hgetall(self.layout.shard(shard).rows(side)).items():
+                rows[int(index)] = np.frombuffer(value, dtype=ROW_DTYPE)
+        return rows
+
+    def read_applied(self, shards: int) -> list[dict[str, int]]:
+        pipe = self.client.pipeline(transaction=False)
+        for shard in range(shards):
+            pipe.hgetall(self.layout.shard(shard).applied)
+        return [{k.decode(): int(v) for k, v in got.items()} for got in pipe.execute()]
+
+    def read_tombstones(self, fields_by_shard: dict[int, list[str]]) -> dict[str, float]:
+        pipe = self.client.pipeline(transaction=False)
+        order = []
+        for shard, names in fields_by_shard.items():
+            if names:
+                pipe.hmget(self.layout.shard(shard).tombstones, names)
+                order.append(names)
+        found: dict[str, float] = {}
+        for names, values in zip(order, pipe.execute(), strict=True):
+            found.update({n: float(v) for n, v in zip(names, values, strict=True) if v is not None})
+        return found
+
+    def read_receipt(self, shard: int, key: str) -> str | None:
+        value = self.client.hget(self.layout.shard(shard).receipts, key)
+        return value.decode() if value is not None else None
+
+    def read_audit(self, shards: int) -> list[dict[str, Any]]:
+        entries = []
+        for shard in range(shards):
+            for _, fields in self.client.xrange(self.layout.shard(shard).audit):
+                entries.append({k.decode(): v.decode() for k, v in fields.items()})
+        return entries
+
+    # ----- writing ----------------------------------------------------------------------
+
+    def write_meta(self, params: Hyperparameters, shards: int, replace: bool) -> None:
+        if self.exists() and not replace:
+            raise StateError(
+                f"namespace {self.layout.namespace!r} already holds a model "
+                "(pass --replace to overwrite it)"
+            )
+        self.delete_namespace()
+        self.client.hset(
+            self.layout.meta,
+            mapping={
+                "kind": params.kind,
+                "factors": params.factors,
+                "regularization": repr(params.regularization),
+                "alpha": repr(params.alpha),
+                "shards": shards,
+                "users": 0,
+                "items": 0,
+                "format": FORMAT_VERSION,
+            },
+        )
+
+    def delete_namespace(self) -> None:
+        for key in self.client.scan_iter(match=self.layout.scan_pattern(), count=1000):
+            self.client.delete(key)
+
+    def write_shard(self, shard: int, write: ShardWrite) -> None:
+        """One atomic transaction: the shard's state and the offsets it now reflects."""
+        keys = self.layout.shard(shard)
+        pipe = self.client.pipeline(transaction=True)
+        for side in SIDES:
+            if write.factors[side]:
+                pipe.hset(
+                    keys.factors(side),
+                    mapping={n: _f32(v) for n, v in write.factors[side].items()},
+                )
+            full = {n: r.tobytes() for n, r in write.rows[side].items() if len(r)}
+            empty = [n for n, r in write.rows[side].items() if not len(r)]
+            if full:
+                pipe.hset(keys.rows(side), mapping=full)
+            if empty:
+                pipe.hdel(keys.rows(side), *empty)
+        for side, gramian in write.gramians.items():
+            pipe.set(keys.gramian(side), np.asarray(gramian, dtype=GRAMIAN_DTYPE).tobytes())
+        if write.tombstones:
+            pipe.hset(keys.tombstones, mapping={k: repr(v) for k, v in write.tombstones.items()})
+        if write.receipts:
+            pipe.hset(keys.receipts, mapping=write.receipts)
+            for receipt in write.receipts.values():
+                pipe.xadd(keys.audit, {"receipt": receipt})
+        if write.applied:
+            pipe.hset(keys.applied, mapping=write.applied)
+        pipe.execute()
+
+    def set_counts(self, users: int, items: int) -> None:
+        self.client.hset(self.layout.meta, mapping={"users": users, "items": items})
+
+    def _hmget_by_shard(
+        self,
+        side: str,
+        indices: np.ndarray,
+        shards: int,
+        key: Callable[[ShardKeys, str], str],
+    ) -> list[bytes | None]:
+        """HMGET of many rows, one command per shard, all in one round trip."""
+        indices = np.asarray(indices, dtype=np.int64)
+        by_shard: dict[int, list[int]] = defaultdict(list)
+        for position, index in enumerate(indices.tolist()):
+            by_shard[index % shards].append(position)
+        pipe = self.client.pipeline(transaction=False)
+        order = list(by_shard.items())
+        for shard, positions in order:
+            pipe.hmget(key(self.layout.shard(shard), side), [int(indices[p]) for p in positions])
+        out: list[bytes | None] = [None] * len(indices)
+        for (_, positions), values in zip(order, pipe.execute(), strict=True):
+            for position, value in zip(positions, values, strict=True):
+                out[position] = value
+        return out
+
+
+_EMPTY_ROW = np.empty(0, dtype=ROW_DTYPE)
+
+
+def _f32(vector: np.ndarray) -> bytes:
+    return np.ascontiguousarray(vector, dtype=FACTOR_DTYPE).tobytes()
+
+
+def _grow(array: np.ndarray, rows: int) -> np.ndarray:
+    grown = np.zeros((rows, array.shape[1]), dtype=array.dtype)
+    grown[: len(array)] = array
+    return grown
