@@ -12,13 +12,15 @@ per shard S ({unlearn:NS:S}):
   :ir  HASH  item index -> the item's interactions, ROW_DTYPE records sorted by user
   :ug  STRING  sum of x x' over the shard's users, k x k float64 (partial Gramian)
   :ig  STRING  sum of y y' over the shard's items
-  :applied  HASH  "topic:partition" -> last offset whose effect on this shard is stored
-  :tomb     HASH  "p:USER:ITEM" / "u:USER" / "i:ITEM" -> deletion time T (latest)
-  :audit    STREAM  one entry per deletion request whose owner row lives here
-  :receipts HASH  "topic:partition:offset" -> the receipt JSON (for re-sends after a crash)
+  :tomb     HASH  "p:USER:ITEM" / "u:USER" / "i:ITEM" (indices) -> deletion time T, the
+                  latest; an interaction of that scope with ts <= T is never learned
+  :receipts HASH  "topic:partition:offset" -> receipt JSON: the audit trail, and what a
+                  replayed deletion re-sends (marked "resent")
 global ({unlearn:NS}):
-  :meta  HASH  kind, factors, regularization, alpha, shards, users, items, format
+  :meta    HASH  kind, factors, regularization, alpha, shards, users, items, format
   :uid / :iid  HASH  id -> index;   :uix / :iix  HASH  index -> id
+  :applied HASH  "topic:partition" -> last offset whose effect is in the state
+  :intent  STRING  the batch being written (redo log), deleted with the offsets update
 """
 
 from __future__ import annotations
@@ -45,6 +47,14 @@ class Layout:
     @property
     def meta(self) -> str:
         return f"{self._global}:meta"
+
+    @property
+    def applied(self) -> str:
+        return f"{self._global}:applied"
+
+    @property
+    def intent(self) -> str:
+        return f"{self._global}:intent"
 
     def id_map(self, side: str) -> str:
         return f"{self._global}:{side[0]}id"
@@ -73,16 +83,8 @@ class ShardKeys:
         return f"{self.tag}:{side[0]}g"
 
     @property
-    def applied(self) -> str:
-        return f"{self.tag}:applied"
-
-    @property
     def tombstones(self) -> str:
         return f"{self.tag}:tomb"
-
-    @property
-    def audit(self) -> str:
-        return f"{self.tag}:audit"
 
     @property
     def receipts(self) -> str:

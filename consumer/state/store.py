@@ -1,12 +1,17 @@
 """Reading and writing the model's state in Redis (see layout.py for the keys).
 
-Writes to a shard are one MULTI/EXEC, so a shard is never half-updated; a batch that
-touches several shards writes them one after another, each with the offsets it applied,
-so a replay after a crash can tell, shard by shard, what is already there.
+A batch is made durable in three steps: (1) the whole batch, as absolute values, is stored
+as an intent (a redo log); (2) each shard is written in one MULTI/EXEC; (3) the offsets
+the batch applied are recorded and the intent deleted, in one MULTI/EXEC. A crash between
+(1) and (3) leaves the intent, and `recover` re-applies it before anything else happens:
+every write is a plain SET/HSET/HDEL of final values, so applying twice changes nothing.
+A batch is therefore in the state entirely or not at all, with its offsets.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -70,7 +75,6 @@ class ShardWrite:
         default_factory=lambda: {side: {} for side in SIDES}
     )
     gramians: dict[str, np.ndarray] = field(default_factory=dict)
-    applied: dict[str, int] = field(default_factory=dict)  # "topic:partition" -> offset
     tombstones: dict[str, float] = field(default_factory=dict)
     receipts: dict[str, str] = field(default_factory=dict)  # "topic:partition:offset" -> JSON
 
@@ -162,11 +166,9 @@ class ModelState:
                 rows[int(index)] = np.frombuffer(value, dtype=ROW_DTYPE)
         return rows
 
-    def read_applied(self, shards: int) -> list[dict[str, int]]:
-        pipe = self.client.pipeline(transaction=False)
-        for shard in range(shards):
-            pipe.hgetall(self.layout.shard(shard).applied)
-        return [{k.decode(): int(v) for k, v in got.items()} for got in pipe.execute()]
+    def read_applied(self) -> dict[str, int]:
+        """ "topic:partition" -> the last offset whose effect is in the state."""
+        return {k.decode(): int(v) for k, v in self.client.hgetall(self.layout.applied).items()}
 
     def read_tombstones(self, fields_by_shard: dict[int, list[str]]) -> dict[str, float]:
         pipe = self.client.pipeline(transaction=False)
@@ -184,12 +186,13 @@ class ModelState:
         value = self.client.hget(self.layout.shard(shard).receipts, key)
         return value.decode() if value is not None else None
 
-    def read_audit(self, shards: int) -> list[dict[str, Any]]:
-        entries = []
+    def read_receipts(self, shards: int) -> list[dict[str, Any]]:
+        """Every receipt ever recorded, oldest first: the audit trail."""
+        receipts = []
         for shard in range(shards):
-            for _, fields in self.client.xrange(self.layout.shard(shard).audit):
-                entries.append({k.decode(): v.decode() for k, v in fields.items()})
-        return entries
+            for value in self.client.hgetall(self.layout.shard(shard).receipts).values():
+                receipts.append(json.loads(value))
+        return sorted(receipts, key=lambda r: (r.get("applied_at", 0.0), r.get("source", "")))
 
     # ----- writing ----------------------------------------------------------------------
 
@@ -240,10 +243,29 @@ class ModelState:
             pipe.hset(keys.tombstones, mapping={k: repr(v) for k, v in write.tombstones.items()})
         if write.receipts:
             pipe.hset(keys.receipts, mapping=write.receipts)
-            for receipt in write.receipts.values():
-                pipe.xadd(keys.audit, {"receipt": receipt})
-        if write.applied:
-            pipe.hset(keys.applied, mapping=write.applied)
+        pipe.execute()
+
+    def commit_batch(self, writes: dict[int, ShardWrite], applied: dict[str, int]) -> None:
+        """Make a batch durable: intent, shards, then offsets with the intent's removal."""
+        self.client.set(self.layout.intent, _encode_intent(writes, applied))
+        self._apply(writes, applied)
+
+    def recover(self) -> bool:
+        """Finish a batch a crash interrupted. True when there was one."""
+        blob = self.client.get(self.layout.intent)
+        if blob is None:
+            return False
+        writes, applied = _decode_intent(blob)
+        self._apply(writes, applied)
+        return True
+
+    def _apply(self, writes: dict[int, ShardWrite], applied: dict[str, int]) -> None:
+        for shard, write in sorted(writes.items()):
+            self.write_shard(shard, write)
+        pipe = self.client.pipeline(transaction=True)
+        if applied:
+            pipe.hset(self.layout.applied, mapping=applied)
+        pipe.delete(self.layout.intent)
         pipe.execute()
 
     def set_counts(self, users: int, items: int) -> None:
@@ -273,6 +295,57 @@ class ModelState:
 
 
 _EMPTY_ROW = np.empty(0, dtype=ROW_DTYPE)
+
+
+def _encode_intent(writes: dict[int, ShardWrite], applied: dict[str, int]) -> bytes:
+    def blobs(values: dict[int, np.ndarray], dtype: np.dtype) -> dict[str, str]:
+        return {
+            str(n): base64.b64encode(np.ascontiguousarray(v, dtype=dtype).tobytes()).decode()
+            for n, v in values.items()
+        }
+
+    return json.dumps(
+        {
+            "applied": applied,
+            "shards": {
+                str(shard): {
+                    "factors": {side: blobs(w.factors[side], FACTOR_DTYPE) for side in SIDES},
+                    "rows": {side: blobs(w.rows[side], ROW_DTYPE) for side in SIDES},
+                    "gramians": {
+                        side: base64.b64encode(
+                            np.asarray(g, dtype=GRAMIAN_DTYPE).tobytes()
+                        ).decode()
+                        for side, g in w.gramians.items()
+                    },
+                    "tombstones": w.tombstones,
+                    "receipts": w.receipts,
+                }
+                for shard, w in writes.items()
+            },
+        }
+    ).encode()
+
+
+def _decode_intent(blob: bytes) -> tuple[dict[int, ShardWrite], dict[str, int]]:
+    raw = json.loads(blob)
+    writes = {}
+    for shard, body in raw["shards"].items():
+        write = ShardWrite(tombstones=body["tombstones"], receipts=body["receipts"])
+        for side in SIDES:
+            write.factors[side] = {
+                int(n): np.frombuffer(base64.b64decode(v), dtype=FACTOR_DTYPE)
+                for n, v in body["factors"][side].items()
+            }
+            write.rows[side] = {
+                int(n): np.frombuffer(base64.b64decode(v), dtype=ROW_DTYPE)
+                for n, v in body["rows"][side].items()
+            }
+        write.gramians = {
+            side: np.frombuffer(base64.b64decode(v), dtype=GRAMIAN_DTYPE)
+            for side, v in body["gramians"].items()
+        }
+        writes[int(shard)] = write
+    return writes, {k: int(v) for k, v in raw["applied"].items()}
 
 
 def _f32(vector: np.ndarray) -> bytes:

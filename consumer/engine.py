@@ -1,0 +1,410 @@
+"""The micro-batch engine: a batch of events in, Unlearn-ALS on the touched rows, state out.
+
+Per batch: skip events already applied (offsets), resolve ids, drop interactions older
+than a deletion of their scope (tombstones), edit the touched rows, re-solve every touched
+user then every touched item exactly (unlearn_core.solve_rows), and make it all durable in
+one redo-logged commit (store.commit_batch). Receipts are built here and recorded with the
+state; the service publishes them only after the commit.
+
+The engine keeps a replica of all factors in memory: the solves need the factors of every
+neighbour of a touched row, and reading them from Redis per batch would cost more than the
+solves. It is the only writer of its namespace.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import zlib
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from consumer.events import Deletion, Interaction, Source
+from consumer.state.layout import ROW_DTYPE
+from consumer.state.store import SIDES, ModelState, ShardWrite
+from unlearn_core.convergence import relative_change
+from unlearn_core.interactions import Interactions
+from unlearn_core.model import pair_scores
+from unlearn_core.solve import gramian, solve_rows
+from unlearn_core.sweep import SweepContext, default_solver
+
+SAMPLE_PAIRS = 4096
+
+
+def source_key(source: Source) -> str:
+    return f"{source.topic}:{source.partition}:{source.offset}"
+
+
+@dataclass
+class BatchOutcome:
+    receipts: list[dict[str, Any]] = field(default_factory=list)  # new, to publish
+    resent: list[dict[str, Any]] = field(default_factory=list)  # replayed deletions
+    applied: dict[str, int] = field(default_factory=dict)  # "topic:partition" -> offset
+    interactions_applied: int = 0
+    interactions_late: int = 0
+    events_replayed: int = 0
+    removed: int = 0
+    users_solved: int = 0
+    items_solved: int = 0
+    residual: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)  # seconds: read, solve, write
+
+
+class Engine:
+    def __init__(self, state: ModelState, clock: Callable[[], float] = time.time) -> None:
+        self.state = state
+        self.clock = clock
+        state.recover()  # a batch a crash interrupted goes in before anything else
+        self.meta = state.meta()
+        self.params = self.meta.params
+        self.shards = self.meta.shards
+        self.factors = {side: state.read_all_factors(side, self.meta) for side in SIDES}
+        rng = np.random.default_rng(0)
+        self._sample_seed = rng.integers(0, 2**31, 2)
+
+    # ----- the batch ------------------------------------------------------------------
+
+    def process(self, interactions: list[Interaction], deletions: list[Deletion]) -> BatchOutcome:
+        started = time.perf_counter()
+        out = BatchOutcome()
+        applied = self.state.read_applied()
+        out.applied = _advance(applied, [e.source for e in (*interactions, *deletions)])
+
+        def done(source: Source) -> bool:
+            return applied.get(f"{source.topic}:{source.partition}", -1) >= source.offset
+
+        fresh_i = [e for e in interactions if not done(e.source)]
+        fresh_d = [e for e in deletions if not done(e.source)]
+        out.events_replayed = len(interactions) + len(deletions) - len(fresh_i) - len(fresh_d)
+        for deletion in deletions:
+            if done(deletion.source):
+                receipt = self._stored_receipt(deletion.source)
+                if receipt is not None:
+                    out.resent.append({**receipt, "resent": True})
+        if not fresh_i and not fresh_d:
+            if out.applied != applied:
+                self.state.commit_batch({}, out.applied)
+            return out
+
+        batch = _Batch(self, fresh_i, fresh_d)
+        batch.read()
+        out.phases["read"] = time.perf_counter() - started
+        batch.edit(out)
+        solved = time.perf_counter()
+        before = self._sample_scores()
+        batch.solve()
+        out.residual = relative_change(before, self._sample_scores())
+        out.users_solved, out.items_solved = len(batch.touched["user"]), len(batch.touched["item"])
+        out.phases["solve"] = time.perf_counter() - solved
+        written = time.perf_counter()
+        out.receipts = batch.receipts(out.residual)
+        self.state.commit_batch(batch.shard_writes(out.receipts), out.applied)
+        out.phases["write"] = time.perf_counter() - written
+        return out
+
+    # ----- consolidation --------------------------------------------------------------
+
+    def consolidate(self) -> float:
+        """One full Unlearn-ALS sweep over all data; returns its residual."""
+        rows = self.state.read_all_rows("user", self.meta)
+        n_users, n_items = (len(self.factors[side]) for side in SIDES)
+        data = _interactions(rows, n_users, n_items, self.params.kind)
+        users, items = self.factors["user"].copy(), self.factors["item"].copy()
+        before = self._sample_scores()
+        SweepContext(data, self.params, default_solver(self.params)).sweep(users, items)
+        self.factors = {"user": users, "item": items}
+        residual = relative_change(before, self._sample_scores())
+        writes: dict[int, ShardWrite] = defaultdict(ShardWrite)
+        for side, matrix in self.factors.items():
+            for n in range(len(matrix)):
+                writes[n % self.shards].factors[side][n] = matrix[n]
+        for shard, write in writes.items():
+            write.gramians = self._partial_gramians(shard)
+        self.state.commit_batch(dict(writes), {})
+        return residual
+
+    # ----- helpers --------------------------------------------------------------------
+
+    def grow(self, side: str, rows: int) -> None:
+        current = self.factors[side]
+        if rows > len(current):
+            grown = np.zeros((rows, self.params.factors), dtype=np.float32)
+            grown[: len(current)] = current
+            self.factors[side] = grown
+
+    def _partial_gramians(self, shard: int) -> dict[str, np.ndarray]:
+        return {side: gramian(f[shard :: self.shards]) for side, f in self.factors.items()}
+
+    def _sample_scores(self) -> np.ndarray:
+        users, items = self.factors["user"], self.factors["item"]
+        if len(users) == 0 or len(items) == 0:
+            return np.zeros(0)
+        rng = np.random.default_rng(self._sample_seed)
+        return pair_scores(
+            users,
+            items,
+            rng.integers(0, len(users), SAMPLE_PAIRS),
+            rng.integers(0, len(items), SAMPLE_PAIRS),
+        )
+
+    def _stored_receipt(self, source: Source) -> dict[str, Any] | None:
+        key = source_key(source)
+        stored = self.state.read_receipt(zlib.crc32(key.encode()) % self.shards, key)
+        return json.loads(stored) if stored is not None else None
+
+
+class _Batch:
+    """The working set of one batch: touched rows, edited in memory, then solved."""
+
+    def __init__(self, engine: Engine, interactions: list[Interaction], deletions: list[Deletion]):
+        self.engine = engine
+        self.state = engine.state
+        self.shards = engine.shards
+        self.kind = engine.params.kind
+        self.interactions = interactions
+        self.deletions = deletions
+        self.rows: dict[str, dict[int, np.ndarray]] = {side: {} for side in SIDES}
+        self.touched: dict[str, set[int]] = {side: set() for side in SIDES}
+        self.tombstones: dict[str, tuple[int, float]] = {}  # field -> (shard, T) to write
+        self.removed_by: dict[int, int] = {}  # deletion position -> interactions removed
+
+    def read(self) -> None:
+        state = self.state
+        self.iu = state.allocate("user", [e.user for e in self.interactions])
+        self.ii = state.allocate("item", [e.item for e in self.interactions])
+        self.du = state.allocate("user", [d.user for d in self.deletions if d.user is not None])
+        self.di = state.allocate("item", [d.item for d in self.deletions if d.item is not None])
+        meta = state.meta()
+        self.engine.grow("user", meta.users)
+        self.engine.grow("item", meta.items)
+        self.deletion_rows = self._deletion_indices()
+        self.limits = self._tombstone_limits()
+        users = set(self.iu.tolist()) | {u for u, _, _ in self.deletion_rows if u >= 0}
+        items = set(self.ii.tolist()) | {i for _, i, _ in self.deletion_rows if i >= 0}
+        self._load("user", users)
+        self._load("item", items)
+        # Whole-history deletions reach every row on the other side of the history.
+        more_items = {
+            int(j)
+            for u, i, t in self.deletion_rows
+            if i < 0
+            for j in self.rows["user"][u]["other"][self.rows["user"][u]["ts"] <= t]
+        }
+        more_users = {
+            int(v)
+            for u, i, t in self.deletion_rows
+            if u < 0
+            for v in self.rows["item"][i]["other"][self.rows["item"][i]["ts"] <= t]
+        }
+        self._load("item", more_items)
+        self._load("user", more_users)
+
+    def edit(self, out: BatchOutcome) -> None:
+        for position, (u, i, t) in enumerate(self.deletion_rows):
+            if u >= 0 and i >= 0:
+                removed = self._remove("user", u, {i}, t)
+                self._remove("item", i, {u}, t)
+            elif u >= 0:
+                gone = self._take("user", u, t)
+                removed = len(gone)
+                for j in gone:
+                    self._remove("item", j, {u}, t)
+            else:
+                gone = self._take("item", i, t)
+                removed = len(gone)
+                for v in gone:
+                    self._remove("user", v, {i}, t)
+            self.removed_by[position] = removed
+            out.removed += removed
+        additions: dict[str, dict[int, list[tuple[int, float, float]]]] = {
+            side: defaultdict(list) for side in SIDES
+        }
+        for event, u, i in zip(self.interactions, self.iu.tolist(), self.ii.tolist(), strict=True):
+            if event.ts <= self.limits.get((u, i), -np.inf):
+                out.interactions_late += 1
+                continue
+            additions["user"][u].append((i, event.weight, event.ts))
+            additions["item"][i].append((u, event.weight, event.ts))
+            out.interactions_applied += 1
+        for side in SIDES:
+            for row, events in additions[side].items():
+                self.rows[side][row] = _merge(self.rows[side][row], events, self.kind)
+                self.touched[side].add(row)
+
+    def solve(self) -> None:
+        engine, params = self.engine, self.engine.params
+        for side, other in (("user", "item"), ("item", "user")):
+            rows = np.array(sorted(self.touched[side]), dtype=np.int64)
+            if not len(rows):
+                continue
+            matrix = _csr([self.rows[side][int(n)] for n in rows], len(engine.factors[other]))
+            solved = solve_rows(
+                matrix,
+                np.arange(len(rows)),
+                engine.factors[other],
+                params,
+                gramian(engine.factors[other]),
+            )
+            engine.factors[side][rows] = solved.astype(np.float32)
+
+    def receipts(self, residual: float) -> list[dict[str, Any]]:
+        now = self.engine.clock()
+        out = []
+        for position, deletion in enumerate(self.deletions):
+            out.append(
+                {
+                    "request_id": deletion.request_id,
+                    "scope": deletion.scope,
+                    "user": deletion.user,
+                    "item": deletion.item,
+                    "removed": self.removed_by.get(position, 0),
+                    "event_ts": deletion.ts,
+                    "applied_at": now,
+                    "latency_seconds": max(now - deletion.ts, 0.0),
+                    "residual": residual,
+                    "source": source_key(deletion.source),
+                    "resent": False,
+                }
+            )
+        return out
+
+    def shard_writes(self, receipts: list[dict[str, Any]]) -> dict[int, ShardWrite]:
+        engine = self.engine
+        writes: dict[int, ShardWrite] = defaultdict(ShardWrite)
+        for side in SIDES:
+            for row in self.touched[side]:
+                write = writes[row % self.shards]
+                write.factors[side][row] = engine.factors[side][row]
+                write.rows[side][row] = self.rows[side][row]
+        for name, (shard, t) in self.tombstones.items():
+            writes[shard].tombstones[name] = t
+        for receipt in receipts:
+            shard = zlib.crc32(receipt["source"].encode()) % self.shards
+            writes[shard].receipts[receipt["source"]] = json.dumps(receipt)
+        for shard, write in writes.items():
+            write.gramians = engine._partial_gramians(shard)
+        return dict(writes)
+
+    # ----- internals --------------------------------------------------------------------
+
+    def _deletion_indices(self) -> list[tuple[int, int, float]]:
+        """(user index or -1, item index or -1, T) per deletion, in order."""
+        users, items = iter(self.du.tolist()), iter(self.di.tolist())
+        return [
+            (
+                next(users) if d.user is not None else -1,
+                next(items) if d.item is not None else -1,
+                d.ts,
+            )
+            for d in self.deletions
+        ]
+
+    def _tombstone_limits(self) -> dict[tuple[int, int], float]:
+        """The latest deletion time covering each interaction's pair, this batch included."""
+        fields: dict[int, list[str]] = defaultdict(list)
+        for u, i in zip(self.iu.tolist(), self.ii.tolist(), strict=True):
+            fields[u % self.shards] += [f"p:{u}:{i}", f"u:{u}"]
+            fields[i % self.shards].append(f"i:{i}")
+        for u, i, _ in self.deletion_rows:
+            name, shard = _tombstone(u, i, self.shards)
+            fields[shard].append(name)
+        known = self.state.read_tombstones({s: sorted(set(f)) for s, f in fields.items()})
+        for u, i, t in self.deletion_rows:
+            name, shard = _tombstone(u, i, self.shards)
+            if t > known.get(name, -np.inf):
+                known[name] = t
+                self.tombstones[name] = (shard, t)
+        return {
+            (u, i): max(
+                known.get(f"p:{u}:{i}", -np.inf),
+                known.get(f"u:{u}", -np.inf),
+                known.get(f"i:{i}", -np.inf),
+            )
+            for u, i in zip(self.iu.tolist(), self.ii.tolist(), strict=True)
+        }
+
+    def _load(self, side: str, indices: set[int]) -> None:
+        missing = np.array(sorted(indices - self.rows[side].keys()), dtype=np.int64)
+        if len(missing):
+            stored = self.state.read_rows(side, missing, self.shards)
+            for n, row in zip(missing.tolist(), stored, strict=True):
+                self.rows[side][n] = row.copy()
+
+    def _remove(self, side: str, row: int, others: set[int], t: float) -> int:
+        current = self.rows[side][row]
+        drop = np.isin(current["other"], list(others)) & (current["ts"] <= t)
+        if drop.any():
+            self.rows[side][row] = current[~drop]
+            self.touched[side].add(row)
+        return int(drop.sum())
+
+    def _take(self, side: str, row: int, t: float) -> list[int]:
+        current = self.rows[side][row]
+        drop = current["ts"] <= t
+        if drop.any():
+            self.rows[side][row] = current[~drop]
+            self.touched[side].add(row)
+        return current["other"][drop].astype(np.int64).tolist()
+
+
+def _tombstone(u: int, i: int, shards: int) -> tuple[str, int]:
+    if u >= 0 and i >= 0:
+        return f"p:{u}:{i}", u % shards
+    if u >= 0:
+        return f"u:{u}", u % shards
+    return f"i:{i}", i % shards
+
+
+def _merge(row: np.ndarray, events: list[tuple[int, float, float]], kind: str) -> np.ndarray:
+    """Add events to a sorted row: implicit weights add up, explicit ratings replace."""
+    merged = {int(r["other"]): (float(r["weight"]), int(r["ts"])) for r in row}
+    for other, weight, ts in events:
+        old_weight, old_ts = merged.get(other, (0.0, 0))
+        new_weight = old_weight + weight if kind == "implicit" else weight
+        merged[other] = (new_weight, max(old_ts, int(min(max(ts, 0), 2**32 - 1))))
+    out = np.empty(len(merged), dtype=ROW_DTYPE)
+    keys = sorted(merged)
+    out["other"] = keys
+    out["weight"] = [merged[k][0] for k in keys]
+    out["ts"] = [merged[k][1] for k in keys]
+    return out[out["weight"] != 0]
+
+
+def _csr(rows: list[np.ndarray], n_columns: int) -> sp.csr_array:
+    lengths = np.array([len(r) for r in rows], dtype=np.int64)
+    indptr = np.concatenate([[0], np.cumsum(lengths)])
+    if len(rows) and indptr[-1]:
+        records = np.concatenate(rows)
+        indices, data = records["other"].astype(np.int32), records["weight"].astype(np.float64)
+    else:
+        indices, data = np.empty(0, np.int32), np.empty(0, np.float64)
+    return sp.csr_array((data, indices, indptr), shape=(len(rows), n_columns))
+
+
+def _interactions(
+    rows: dict[int, np.ndarray], n_users: int, n_items: int, kind: str
+) -> Interactions:
+    users = np.concatenate(
+        [np.full(len(r), n, dtype=np.int64) for n, r in rows.items()] or [np.empty(0, np.int64)]
+    )
+    records = np.concatenate(list(rows.values()) or [np.empty(0, ROW_DTYPE)])
+    return Interactions.from_triples(
+        users,
+        records["other"].astype(np.int64),
+        records["weight"].astype(np.float64),
+        (n_users, n_items),
+        kind,  # type: ignore[arg-type]
+    )
+
+
+def _advance(applied: dict[str, int], sources: list[Source]) -> dict[str, int]:
+    out = dict(applied)
+    for source in sources:
+        key = f"{source.topic}:{source.partition}"
+        out[key] = max(out.get(key, -1), source.offset)
+    return out

@@ -1,0 +1,195 @@
+"""The micro-batch engine against a real redis-server: forgetting, learning, replays, crashes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from consumer.engine import Engine
+from consumer.events import Deletion, Interaction, Source
+from consumer.state.bootstrap import export, load
+from consumer.state.store import ModelState
+from tests.conftest import params_for
+from unlearn_core import Change, SweepPolicy, train, update
+
+NOW = 2_000_000_000.0  # deletion time later than every stored interaction
+
+
+class Stream:
+    """Hands out increasing offsets per topic, like a partition would."""
+
+    def __init__(self) -> None:
+        self.offsets: dict[str, int] = {}
+
+    def source(self, topic: str) -> Source:
+        self.offsets[topic] = self.offsets.get(topic, -1) + 1
+        return Source(topic, 0, self.offsets[topic])
+
+    def delete(self, user=None, item=None, ts=NOW, request_id=None) -> Deletion:
+        return Deletion(user, item, ts, request_id, self.source("deletions"))
+
+    def interact(self, user, item, weight=1.0, ts=NOW) -> Interaction:
+        return Interaction(user, item, weight, ts, self.source("interactions"))
+
+
+@pytest.fixture
+def loaded(redis_client, random_data):
+    _, data = random_data(n_users=40, n_items=25, density=0.3, seed=21)
+    params = params_for("implicit", factors=5, regularization=1.0)
+    users, items = [f"u{n}" for n in range(40)], [f"i{n}" for n in range(25)]
+    model, _ = train(data, users, items, params, 30, solver="cholesky")
+    state = ModelState(redis_client, "engine")
+    load(state, model, data, np.full(data.nnz, 1_000_000_000.0), shards=4)
+    return state, model, data
+
+
+def first_pair(data):
+    key = int(data.entry_keys[0])
+    return key // data.shape[1], key % data.shape[1]
+
+
+def test_a_pair_deletion_removes_it_both_ways_and_matches_the_core(loaded):
+    state, model, data = loaded
+    u, i = first_pair(data)
+    engine, stream = Engine(state), Stream()
+    out = engine.process([], [stream.delete(f"u{u}", f"i{i}", request_id="r-1")])
+    assert out.removed == 1 and out.receipts[0]["removed"] == 1
+    assert out.receipts[0]["request_id"] == "r-1" and out.receipts[0]["scope"] == "pair"
+    assert i not in state.read_rows("user", np.array([u]), 4)[0]["other"]
+    assert u not in state.read_rows("item", np.array([i]), 4)[0]["other"]
+    exported, exported_data = export(state)
+    expected, expected_data, _ = update(
+        model, data, Change.deletions([u], [i]), SweepPolicy(max_sweeps=0)
+    )
+    assert (exported_data.by_user != expected_data.by_user).nnz == 0
+    np.testing.assert_allclose(
+        exported.user_factors @ exported.item_factors.T,
+        expected.user_factors @ expected.item_factors.T,
+        atol=1e-4,
+    )
+    assert state.read_applied() == {"deletions:0": 0}
+
+
+def test_whole_user_and_whole_item_deletions(loaded):
+    state, _, data = loaded
+    engine, stream = Engine(state), Stream()
+    user_items = data.by_user.indices[data.by_user.indptr[3] : data.by_user.indptr[4]]
+    out = engine.process([], [stream.delete(user="u3"), stream.delete(item="i7")])
+    assert out.receipts[0]["removed"] == len(user_items)
+    assert out.receipts[1]["scope"] == "item"
+    exported, exported_data = export(state)
+    assert exported_data.row_counts()[3] == 0 and exported_data.column_counts()[7] == 0
+    assert not exported.user_factors[3].any() and not exported.item_factors[7].any()
+    for side, row in (("item", int(user_items[0])), ("user", 0)):
+        stored = state.read_rows(side, np.array([row]), 4)[0]["other"]
+        assert (3 if side == "item" else 7) not in stored
+
+
+def test_late_interaction_older_than_a_deletion_is_never_learned(loaded):
+    state, _, data = loaded
+    engine, stream = Engine(state), Stream()
+    u, i = first_pair(data)
+    engine.process([], [stream.delete(f"u{u}", f"i{i}", ts=1_500_000_000.0)])
+    out = engine.process(
+        [stream.interact(f"u{u}", f"i{i}", ts=1_400_000_000.0)],  # older: late
+        [],
+    )
+    assert out.interactions_late == 1 and out.interactions_applied == 0
+    out = engine.process([stream.interact(f"u{u}", f"i{i}", ts=1_600_000_000.0)], [])
+    assert out.interactions_applied == 1
+    assert i in state.read_rows("user", np.array([u]), 4)[0]["other"]
+
+
+def test_a_deletion_also_stops_older_interactions_in_the_same_batch(loaded):
+    state, _, _ = loaded
+    engine, stream = Engine(state), Stream()
+    out = engine.process(
+        [stream.interact("newcomer", "i1", ts=100.0), stream.interact("newcomer", "i2", ts=300.0)],
+        [stream.delete(user="newcomer", ts=200.0)],
+    )
+    assert (out.interactions_late, out.interactions_applied) == (1, 1)
+    index = int(state.lookup("user", ["newcomer"])[0])
+    assert state.read_rows("user", np.array([index]), 4)[0]["other"].tolist() == [2]
+
+
+def test_learning_adds_weights_and_new_ids(loaded):
+    state, _, _ = loaded
+    engine, stream = Engine(state), Stream()
+    engine.process([stream.interact("fresh", "i0", 2.0), stream.interact("fresh", "i0", 3.0)], [])
+    index = int(state.lookup("user", ["fresh"])[0])
+    row = state.read_rows("user", np.array([index]), 4)[0]
+    assert row["other"].tolist() == [0] and row["weight"].tolist() == [5.0]
+    exported, _ = export(state)
+    assert exported.user_factors[index].any()
+    assert exported.user_ids[index] == "fresh"
+
+
+def test_a_replayed_batch_changes_nothing_and_resends_receipts(loaded, redis_client):
+    state, _, data = loaded
+    u, i = first_pair(data)
+    stream = Stream()
+    events = ([stream.interact("x", "i0", 1.0)], [stream.delete(f"u{u}", f"i{i}", request_id="r")])
+    Engine(state).process(*events)
+    snapshot = {k: redis_client.dump(k) for k in sorted(redis_client.keys())}
+    again = Engine(state).process(*events)
+    assert again.events_replayed == 2 and not again.receipts
+    assert [r["request_id"] for r in again.resent] == ["r"] and again.resent[0]["resent"]
+    assert {k: redis_client.dump(k) for k in sorted(redis_client.keys())} == snapshot
+
+
+def test_a_crash_in_the_middle_of_a_commit_is_finished_on_restart(loaded, monkeypatch):
+    state, _, data = loaded
+    u, _ = first_pair(data)
+    stream = Stream()
+    deletion = stream.delete(user=f"u{u}", request_id="crash")
+    calls = {"n": 0}
+    real_write = ModelState.write_shard
+
+    def crash_after_one_shard(self, shard, write):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise ConnectionError("killed")
+        return real_write(self, shard, write)
+
+    monkeypatch.setattr(ModelState, "write_shard", crash_after_one_shard)
+    with pytest.raises(ConnectionError):
+        Engine(state).process([], [deletion])
+    monkeypatch.setattr(ModelState, "write_shard", real_write)
+    assert state.client.exists(state.layout.intent)
+    engine = Engine(state)  # recovers the interrupted batch
+    assert not state.client.exists(state.layout.intent)
+    _, exported_data = export(state)
+    assert exported_data.row_counts()[u] == 0 and exported_data.by_item[:, [u]].nnz == 0
+    replay = engine.process([], [deletion])
+    assert replay.events_replayed == 1 and replay.removed == 0
+    assert replay.resent[0]["request_id"] == "crash"
+    stored = json.loads(state.read_receipt(*_receipt_location(state, deletion)))
+    assert stored["removed"] == data.row_counts()[u]
+
+
+def _receipt_location(state, deletion):
+    import zlib
+
+    key = f"{deletion.source.topic}:{deletion.source.partition}:{deletion.source.offset}"
+    return zlib.crc32(key.encode()) % state.meta().shards, key
+
+
+def test_consolidation_lowers_the_loss_toward_retraining(loaded):
+    state, model, data = loaded
+    engine, stream = Engine(state), Stream()
+    keys = data.entry_keys[::5]
+    engine.process(
+        [], [stream.delete(f"u{k // data.shape[1]}", f"i{k % data.shape[1]}") for k in keys]
+    )
+    from unlearn_core import loss
+
+    def current_loss():
+        exported, exported_data = export(state)
+        return loss(exported_data, exported.user_factors, exported.item_factors, model.params)
+
+    before = current_loss()
+    residuals = [engine.consolidate() for _ in range(5)]
+    assert current_loss() < before
+    assert residuals[-1] < residuals[0]
