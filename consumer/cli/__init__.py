@@ -8,10 +8,10 @@ from collections.abc import Sequence
 
 from threadpoolctl import threadpool_limits
 
-from consumer.cli import demo, offline
+from consumer.cli import demo, offline, service
 from consumer.errors import InputError
 
-_COMMAND_GROUPS = (offline, demo)
+_COMMAND_GROUPS = (offline, service, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

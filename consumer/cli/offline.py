@@ -171,12 +171,20 @@ def run_forget(args: argparse.Namespace) -> int:
     return 0
 
 
+def interactions_from_rows(
+    rows: InteractionRows, users: IdIndex, items: IdIndex, params: Hyperparameters
+) -> tuple[Interactions, np.ndarray, np.ndarray]:
+    """The file's events as data, and each event's user and item index."""
+    u = users.add(rows.users)
+    i = items.add(rows.items)
+    shape = (len(users), len(items))
+    return Interactions.from_triples(u, i, rows.weights, shape, params.kind), u, i
+
+
 def _interactions(
     rows: InteractionRows, users: IdIndex, items: IdIndex, params: Hyperparameters
 ) -> Interactions:
-    u = users.add(rows.users)
-    i = items.add(rows.items)
-    return Interactions.from_triples(u, i, rows.weights, (len(users), len(items)), params.kind)
+    return interactions_from_rows(rows, users, items, params)[0]
 
 
 def _deletion_change(

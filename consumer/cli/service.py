@@ -1,0 +1,222 @@
+"""Service commands: `unlearn load`, `export`, `run`, `status`, `audit`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+import redis
+from confluent_kafka import Consumer, TopicPartition
+from tqdm import tqdm
+
+from consumer.cli.offline import interactions_from_rows
+from consumer.engine import Engine
+from consumer.errors import InputError
+from consumer.model_file import load_model, save_model
+from consumer.service import FatalError, Service
+from consumer.settings import Settings, load_settings
+from consumer.state.bootstrap import export, load, pair_timestamps
+from consumer.state.store import ModelState, StateError
+from consumer.tsv import read_interactions
+from unlearn_core.ids import IdIndex
+
+DEFAULT_SHARDS = 16
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    load_cmd = commands.add_parser("load", help="bootstrap Redis from a model and its data")
+    load_cmd.add_argument("--model", required=True, metavar="MODEL.npz")
+    load_cmd.add_argument("--interactions", required=True, metavar="FILE")
+    load_cmd.add_argument("--shards", type=int, default=DEFAULT_SHARDS)
+    load_cmd.add_argument("--replace", action="store_true", help="overwrite the namespace")
+    _settings_flags(load_cmd)
+    load_cmd.set_defaults(handler=run_load)
+
+    export_cmd = commands.add_parser("export", help="write the model in Redis to a file")
+    export_cmd.add_argument("--out", required=True, metavar="MODEL.npz")
+    _settings_flags(export_cmd)
+    export_cmd.set_defaults(handler=run_export)
+
+    run_cmd = commands.add_parser("run", help="consume interactions and deletions")
+    run_cmd.add_argument("--max-seconds", type=float, default=None, help="stop after this long")
+    _settings_flags(run_cmd)
+    run_cmd.set_defaults(handler=run_service)
+
+    status_cmd = commands.add_parser("status", help="JSON: lag per partition, counts, offsets")
+    _settings_flags(status_cmd)
+    status_cmd.set_defaults(handler=run_status)
+
+    audit_cmd = commands.add_parser("audit", help="the receipts of every deletion, as JSON lines")
+    audit_cmd.add_argument("--request-id", default=None)
+    audit_cmd.add_argument("--user", default=None)
+    _settings_flags(audit_cmd)
+    audit_cmd.set_defaults(handler=run_audit)
+
+
+def _settings_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE.toml", help="settings file (over environment)")
+    parser.add_argument("--bootstrap-servers", dest="kafka_bootstrap_servers", default=None)
+    parser.add_argument("--redis-url", default=None)
+    parser.add_argument("--namespace", default=None)
+    parser.add_argument("--group-id", default=None)
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    return load_settings(
+        args.config,
+        kafka_bootstrap_servers=args.kafka_bootstrap_servers,
+        redis_url=args.redis_url,
+        namespace=args.namespace,
+        group_id=args.group_id,
+    )
+
+
+def connect(settings: Settings) -> ModelState:
+    url = settings.redis_url.get_secret_value()
+    client_type = redis.RedisCluster if settings.redis_cluster else redis.Redis
+    client = client_type.from_url(url)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise InputError("redis", f"cannot reach Redis: {type(exc).__name__}") from exc
+    return ModelState(client, settings.namespace)
+
+
+def run_load(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    if args.shards < 1:
+        raise InputError("command line", "--shards must be >= 1")
+    model = load_model(args.model)
+    rows = read_interactions(args.interactions, model.params.kind)
+    users, items = IdIndex(model.user_ids.tolist()), IdIndex(model.item_ids.tolist())
+    data, u, i = interactions_from_rows(rows, users, items, model.params)
+    if len(users) > model.shape[0] or len(items) > model.shape[1]:
+        model = model.with_ids(users.ids[model.shape[0] :], items.ids[model.shape[1] :])
+    stamps = pair_timestamps(data, u, i, rows.timestamps)
+    state = connect(settings)
+    started = time.perf_counter()
+    try:
+        with tqdm(total=args.shards, desc="load", unit="shard", disable=None) as bar:
+            load(state, model, data, stamps, args.shards, args.replace, bar.update)
+    except StateError as exc:
+        raise InputError(f"namespace {settings.namespace}", str(exc)) from exc
+    print(
+        json.dumps(
+            {
+                "namespace": settings.namespace,
+                "users": model.shape[0],
+                "items": model.shape[1],
+                "interactions": data.nnz,
+                "shards": args.shards,
+                "seconds": round(time.perf_counter() - started, 3),
+            }
+        )
+    )
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    state = connect(settings_from(args))
+    try:
+        model, data = export(state)
+    except StateError as exc:
+        raise InputError("redis", str(exc)) from exc
+    save_model(model, args.out)
+    print(
+        json.dumps(
+            {
+                "out": args.out,
+                "users": model.shape[0],
+                "items": model.shape[1],
+                "interactions": data.nnz,
+            }
+        )
+    )
+    return 0
+
+
+def run_service(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = settings_from(args)
+    logging.getLogger("unlearn").info("settings: %s", json.dumps(settings.redacted()))
+    try:
+        engine = Engine(connect(settings))
+    except StateError as exc:
+        raise InputError("redis", str(exc)) from exc
+    service = Service(settings, engine)
+    service.install_signal_handlers()
+    try:
+        service.run(max_seconds=args.max_seconds)
+    except FatalError as exc:
+        print(f"unlearn: fatal: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_status(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    state = connect(settings)
+    try:
+        meta = state.meta()
+    except StateError as exc:
+        raise InputError("redis", str(exc)) from exc
+    applied = state.read_applied()
+    out: dict[str, Any] = {
+        "namespace": settings.namespace,
+        "users": meta.users,
+        "items": meta.items,
+        "shards": meta.shards,
+        "params": vars(meta.params),
+        "applied_offsets": applied,
+        "interrupted_batch": bool(state.client.exists(state.layout.intent)),
+        "lag": _lag(settings),
+    }
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def _lag(settings: Settings) -> dict[str, Any]:
+    """Log end minus committed offset, per partition of both input topics."""
+    consumer = Consumer(
+        {**settings.kafka_common(), "group.id": settings.group_id, "enable.auto.commit": False}
+    )
+    try:
+        metadata = consumer.list_topics(timeout=10)
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in (settings.topic_interactions, settings.topic_deletions)
+            if topic in metadata.topics
+            for p in metadata.topics[topic].partitions
+        ]
+        committed = consumer.committed(partitions, timeout=10)
+        lag = {}
+        for tp in committed:
+            _, high = consumer.get_watermark_offsets(tp, timeout=10)
+            done = tp.offset if tp.offset >= 0 else 0
+            lag[f"{tp.topic}:{tp.partition}"] = {
+                "committed": tp.offset,
+                "end": high,
+                "lag": max(high - done, 0),
+            }
+        return lag
+    finally:
+        consumer.close()
+
+
+def run_audit(args: argparse.Namespace) -> int:
+    state = connect(settings_from(args))
+    try:
+        meta = state.meta()
+    except StateError as exc:
+        raise InputError("redis", str(exc)) from exc
+    for receipt in state.read_receipts(meta.shards):
+        if args.request_id is not None and receipt.get("request_id") != args.request_id:
+            continue
+        if args.user is not None and receipt.get("user") != args.user:
+            continue
+        print(json.dumps(receipt))
+    return 0

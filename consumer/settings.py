@@ -1,0 +1,103 @@
+"""Service settings: environment (UNLEARN_*), then a TOML config file, then flags.
+
+Each later source overrides the earlier one. Any librdkafka property passes through
+`kafka_properties` (SASL and SSL included). Secrets (passwords in the Redis URL, Kafka
+properties that hold passwords, secrets or keys) are masked wherever settings are printed.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, ClassVar
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from consumer.errors import InputError
+
+_SECRET_WORDS = ("password", "secret", "key", "token", "credential")
+MASK = "***"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="UNLEARN_", extra="forbid")
+    config_file_values: ClassVar[dict[str, Any]] = {}  # set per load by load_settings
+
+    kafka_bootstrap_servers: str = "localhost:9092"
+    kafka_properties: dict[str, str] = Field(
+        default_factory=dict, description="extra librdkafka properties, e.g. sasl.mechanism"
+    )
+    redis_url: SecretStr = SecretStr("redis://localhost:6379/0")
+    redis_cluster: bool = False
+    topic_interactions: str = "interactions"
+    topic_deletions: str = "deletions"
+    topic_receipts: str = "unlearn-receipts"
+    topic_dlq: str = "unlearn-dlq"
+    group_id: str = "unlearn"
+    namespace: str = "default"
+    metrics_port: int = 0  # 0: no metrics endpoint
+    batch_max_events: int = Field(500, ge=1)
+    batch_max_ms: int = Field(20, ge=1)
+    max_message_bytes: int = Field(4096, ge=64)
+    consolidate_idle_ms: int = Field(500, ge=0, description="idle time before sweeping")
+    consolidate_interval_s: float = Field(10.0, ge=0, description="min gap while busy")
+    consolidate_tolerance: float = Field(1e-4, ge=0)
+    revoke_budget_s: float = Field(10.0, gt=0)
+    session_timeout_ms: int = Field(10_000, ge=1000)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        file_source = InitSettingsSource(settings_cls, cls.config_file_values)
+        return (init_settings, file_source, env_settings)
+
+    def redacted(self) -> dict[str, Any]:
+        """Everything, with secrets masked: safe to print and log."""
+        values = self.model_dump()
+        values["redis_url"] = mask_url(self.redis_url.get_secret_value())
+        values["kafka_properties"] = {
+            k: (MASK if any(w in k.lower() for w in _SECRET_WORDS) else v)
+            for k, v in self.kafka_properties.items()
+        }
+        return values
+
+    def kafka_common(self) -> dict[str, Any]:
+        return {"bootstrap.servers": self.kafka_bootstrap_servers, **self.kafka_properties}
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Settings from the environment, a TOML file and explicit overrides (None: not given)."""
+    file_values: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            file_values = tomllib.loads(Path(config_file).read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise InputError(config_file, f"cannot read config: {exc}") from exc
+    layered = type("LayeredSettings", (Settings,), {"config_file_values": file_values})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return layered(**given)
+    except ValueError as exc:
+        raise InputError(config_file or "settings", str(exc)) from exc
+
+
+def mask_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:{MASK}@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -1,0 +1,64 @@
+"""Small Kafka helpers for the service tests: topics, producing, reading a topic whole."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterable
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+PARTITIONS = 2
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def create_topics(bootstrap: str, names: Iterable[str], partitions: int = PARTITIONS) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.create_topics([NewTopic(n, num_partitions=partitions) for n in names])
+    for future in futures.values():
+        future.result(timeout=30)
+
+
+def produce(bootstrap: str, topic: str, messages: Iterable[tuple[str | None, bytes | None]]) -> int:
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    count = 0
+    for key, value in messages:
+        producer.produce(topic, key=key, value=value)
+        count += 1
+        if count % 5000 == 0:
+            producer.flush()
+    assert producer.flush(30) == 0
+    return count
+
+
+def event(**fields) -> bytes:
+    return json.dumps(fields).encode()
+
+
+def read_all(
+    bootstrap: str,
+    topic: str,
+    until: Callable[[list], bool],
+    timeout: float = 60.0,
+    partitions: int = PARTITIONS,
+) -> list:
+    """Every message of the topic from the start, until `until(messages)` or the timeout."""
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": unique("reader"), "enable.auto.commit": False}
+    )
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+    messages: list = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and not until(messages):
+            for message in consumer.consume(num_messages=1000, timeout=0.2):
+                if message.error() is None:
+                    messages.append(message)
+    finally:
+        consumer.close()
+    return messages

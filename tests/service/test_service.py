@@ -1,0 +1,72 @@
+"""`unlearn run` against a real Kafka-protocol broker and a real redis-server."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+
+from tests.consumer.malformed import MALFORMED
+from tests.service.kafka_helpers import event, produce, read_all
+
+
+def pair(setup, n):
+    key = int(setup.data.entry_keys[n])
+    return key // setup.data.shape[1], key % setup.data.shape[1]
+
+
+def test_deletions_are_forgotten_and_acknowledged(setup, running):
+    s = setup.settings
+    pairs = [pair(setup, n) for n in range(0, 30, 3)]
+    produce(setup.bootstrap, s.topic_deletions, [
+        (f"u{u}", event(user=f"u{u}", item=f"i{i}", ts=2e9, request_id=f"r-{u}-{i}"))
+        for u, i in pairs
+    ])  # fmt: skip
+    receipts = read_all(setup.bootstrap, s.topic_receipts, lambda m: len(m) >= len(pairs))
+    bodies = [json.loads(m.value()) for m in receipts]
+    assert sorted(b["request_id"] for b in bodies) == sorted(f"r-{u}-{i}" for u, i in pairs)
+    assert all(b["removed"] == 1 and b["scope"] == "pair" and not b["resent"] for b in bodies)
+    assert all(b["applied_at"] >= b["event_ts"] - 1e9 for b in bodies)
+    for u, i in pairs:
+        row = setup.state.read_rows("user", np.array([u]), 4)[0]
+        assert i not in row["other"]
+
+
+def test_malformed_messages_go_to_the_dead_letter_topic_and_nothing_is_lost(setup, running):
+    s = setup.settings
+    valid = [(f"u{n}", event(user=f"u{n}", item="i-new", weight=2.0, ts=3e9)) for n in range(5)]
+    bad = [(None, value) for topic, value, _ in MALFORMED if topic == "interactions"]
+    bad_deletions = [(None, value) for topic, value, _ in MALFORMED if topic == "deletions"]
+    mixed = [m for pair_ in zip(valid, bad[: len(valid)], strict=False) for m in pair_]
+    mixed += bad[len(valid) :]
+    produce(setup.bootstrap, s.topic_interactions, mixed)
+    produce(setup.bootstrap, s.topic_deletions, bad_deletions)
+    expected = len(bad) + len(bad_deletions)
+    dead = read_all(setup.bootstrap, s.topic_dlq, lambda m: len(m) >= expected)
+    assert len(dead) == expected
+    reasons = sorted(dict(m.headers())["unlearn.reason"].decode() for m in dead)
+    assert reasons == sorted(reason for _, _, reason in MALFORMED)
+    assert sorted(m.value() or b"" for m in dead) == sorted((v or b"") for _, v, _ in MALFORMED)
+    item = int(setup.state.lookup("item", ["i-new"])[0])
+    rows = setup.state.read_rows("item", np.array([item]), 4)[0]
+    assert sorted(rows["other"].tolist()) == list(range(5))  # every valid message applied
+
+
+def test_an_interaction_older_than_a_processed_deletion_is_never_learned(setup, running):
+    s = setup.settings
+    produce(
+        setup.bootstrap, s.topic_deletions, [("late", event(user="late", ts=5e8, request_id="d"))]
+    )
+    read_all(setup.bootstrap, s.topic_receipts, lambda m: len(m) >= 1)
+    produce(setup.bootstrap, s.topic_interactions, [
+        ("late", event(user="late", item="i1", ts=4e8)),  # older than the deletion
+        ("late", event(user="late", item="i2", ts=6e8)),  # newer: learned
+    ])  # fmt: skip
+    user = int(setup.state.lookup("user", ["late"])[0])
+    for _ in range(100):
+        row = setup.state.read_rows("user", np.array([user]), 4)[0]
+        if len(row):
+            break
+        time.sleep(0.1)
+    assert row["other"].tolist() == [2]
