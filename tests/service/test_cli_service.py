@@ -1,0 +1,67 @@
+"""The service commands from the command line: load, status, run, audit, export."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from consumer.cli import main
+from consumer.model_file import load_model
+from tests.cli.test_offline_cli import write_interactions
+from tests.service.kafka_helpers import event, produce
+
+
+def flags(setup) -> list[str]:
+    s = setup.settings
+    return [
+        "--bootstrap-servers", s.kafka_bootstrap_servers,
+        "--redis-url", s.redis_url.get_secret_value(),
+        "--namespace", s.namespace + "-cli",
+        "--group-id", s.group_id,
+    ]  # fmt: skip
+
+
+def test_load_status_run_audit_export(setup, tmp_path, capsys, monkeypatch):
+    s = setup.settings
+    interactions = write_interactions(tmp_path / "events.tsv")
+    model_path, out_path = tmp_path / "model.npz", tmp_path / "exported.npz"
+    assert main(["train", "--interactions", str(interactions), "--out", str(model_path),
+                 "--factors", "6", "--iterations", "5"]) == 0  # fmt: skip
+    assert main(["load", "--model", str(model_path), "--interactions", str(interactions),
+                 "--shards", "3", *flags(setup)]) == 0  # fmt: skip
+    assert main(["load", "--model", str(model_path), "--interactions", str(interactions),
+                 *flags(setup)]) == 2  # fmt: skip
+    assert "--replace" in capsys.readouterr().err
+
+    for name in ("TOPIC_INTERACTIONS", "TOPIC_DELETIONS", "TOPIC_RECEIPTS", "TOPIC_DLQ"):
+        monkeypatch.setenv(f"UNLEARN_{name}", getattr(s, name.lower()))
+    monkeypatch.setenv("UNLEARN_SESSION_TIMEOUT_MS", "6000")
+    produce(setup.bootstrap, s.topic_deletions, [
+        ("user-2", event(user="user-2", ts=2e9, request_id="forget-me")),
+    ])  # fmt: skip
+    assert main(["run", "--max-seconds", "12", *flags(setup)]) == 0
+    capsys.readouterr()
+
+    assert main(["status", *flags(setup)]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["users"] == 40 and status["shards"] == 3
+    assert status["applied_offsets"] and not status["interrupted_batch"]
+    assert sum(p["lag"] for p in status["lag"].values()) == 0
+
+    assert main(["audit", "--request-id", "forget-me", *flags(setup)]) == 0
+    receipt = json.loads(capsys.readouterr().out.strip())
+    assert receipt["user"] == "user-2" and receipt["removed"] > 0
+
+    assert main(["export", "--out", str(out_path), *flags(setup)]) == 0
+    before, after = load_model(model_path), load_model(out_path)
+    assert after.user_ids.tolist() == before.user_ids.tolist()
+    assert not after.user_factors[after.user_index["user-2"]].any()
+    other = after.user_index["user-5"]
+    assert np.abs(after.user_factors[other] - before.user_factors[other]).max() < 1.0
+
+
+def test_run_without_a_loaded_model_is_a_clear_error(setup, capsys):
+    args = ["run", "--max-seconds", "1", *flags(setup)[:-4], "--namespace", "never-loaded"]
+    assert main(args) == 2
+    assert "unlearn load" in capsys.readouterr().err
