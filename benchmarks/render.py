@@ -104,6 +104,27 @@ def forget_quality(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n\n" + _machine(data)
 
 
+def redis_memory(data: dict[str, Any]) -> str:
+    rows = [
+        ("interactions, both directions", f"{data['interaction_bytes_per_interaction']:.1f} B "
+         "per interaction", "target <= 64 B"),
+        ("factors (k = 64 float32 = 256 B of payload)", f"{data['factor_bytes_per_factor']:.0f} B "
+         "per user or item", ""),
+        ("id maps (both ways)", f"{data['id_map_bytes_per_id']:.0f} B per user or item", ""),
+        ("whole server growth for the namespace",
+         f"{data['server_growth_bytes_per_interaction']:.1f} B per interaction",
+         "everything above, Gramians and metadata"),
+    ]  # fmt: skip
+    lines = ["| what | measured | note |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    lines.append("")
+    lines.append(
+        f"{data['interactions']:,} interactions, {data['users']:,} users, {data['items']:,} items, "
+        f"{data['shards']} shards; MEMORY USAGE per key (samples=0)."
+    )
+    return "\n".join(lines) + "\n\n" + _machine(data)
+
+
 def _machine(data: dict[str, Any]) -> str:
     m = data["machine"]
     return (
@@ -116,6 +137,7 @@ def _machine(data: dict[str, Any]) -> str:
 SECTIONS: dict[str, Callable[[dict[str, Any]], str]] = {
     "core_speed": core_speed,
     "forget_quality": forget_quality,
+    "redis_memory": redis_memory,
 }
 
 

@@ -46,6 +46,7 @@ class BatchOutcome:
     resent: list[dict[str, Any]] = field(default_factory=list)  # replayed deletions
     applied: dict[str, int] = field(default_factory=dict)  # "topic:partition" -> offset
     interactions_applied: int = 0
+    interactions_applied_new: int = 0  # of them, pairs not stored before (count grows)
     interactions_late: int = 0
     events_replayed: int = 0
     removed: int = 0
@@ -103,7 +104,12 @@ class Engine:
         out.phases["solve"] = time.perf_counter() - solved
         written = time.perf_counter()
         out.receipts = batch.receipts(out.residual)
-        self.state.commit_batch(batch.shard_writes(out.receipts), out.applied)
+        self.state.commit_batch(
+            batch.shard_writes(out.receipts),
+            out.applied,
+            status=self._status(out),
+            interactions_delta=out.interactions_applied_new - out.removed,
+        )
         out.phases["write"] = time.perf_counter() - written
         return out
 
@@ -125,7 +131,9 @@ class Engine:
                 writes[n % self.shards].factors[side][n] = matrix[n]
         for shard, write in writes.items():
             write.gramians = self._partial_gramians(shard)
-        self.state.commit_batch(dict(writes), {})
+        self.state.commit_batch(
+            dict(writes), {}, status={"residual": repr(residual), "updated_at": repr(self.clock())}
+        )
         return residual
 
     # ----- helpers --------------------------------------------------------------------
@@ -151,6 +159,23 @@ class Engine:
             rng.integers(0, len(users), SAMPLE_PAIRS),
             rng.integers(0, len(items), SAMPLE_PAIRS),
         )
+
+    def _status(self, out: BatchOutcome) -> dict[str, str]:
+        last = {
+            "at": self.clock(),
+            "interactions_applied": out.interactions_applied,
+            "interactions_late": out.interactions_late,
+            "deletions": len(out.receipts),
+            "removed": out.removed,
+            "users_solved": out.users_solved,
+            "items_solved": out.items_solved,
+            "residual": out.residual,
+        }
+        return {
+            "last_batch": json.dumps(last),
+            "residual": repr(out.residual),
+            "updated_at": repr(last["at"]),
+        }
 
     def _stored_receipt(self, source: Source) -> dict[str, Any] | None:
         key = source_key(source)
@@ -233,8 +258,11 @@ class _Batch:
             out.interactions_applied += 1
         for side in SIDES:
             for row, events in additions[side].items():
+                before = len(self.rows[side][row])
                 self.rows[side][row] = _merge(self.rows[side][row], events, self.kind)
                 self.touched[side].add(row)
+                if side == "user":
+                    out.interactions_applied_new += len(self.rows[side][row]) - before
 
     def solve(self) -> None:
         engine, params = self.engine, self.engine.params

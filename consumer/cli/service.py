@@ -165,10 +165,15 @@ def run_status(args: argparse.Namespace) -> int:
     except StateError as exc:
         raise InputError("redis", str(exc)) from exc
     applied = state.read_applied()
+    status = state.read_status()
     out: dict[str, Any] = {
         "namespace": settings.namespace,
         "users": meta.users,
         "items": meta.items,
+        "interactions": int(status.get("interactions", 0)),
+        "residual": float(status["residual"]) if "residual" in status else None,
+        "last_batch": json.loads(status["last_batch"]) if "last_batch" in status else None,
+        "updated_at": float(status["updated_at"]) if "updated_at" in status else None,
         "shards": meta.shards,
         "params": vars(meta.params),
         "applied_offsets": applied,

@@ -78,6 +78,7 @@ def load(
         if progress is not None:
             progress(1)
     state.set_counts(len(model.user_ids), len(model.item_ids))
+    state.set_interactions(data.nnz)
 
 
 def export(state: ModelState) -> tuple[FactorModel, Interactions]:

@@ -21,6 +21,7 @@ global ({unlearn:NS}):
   :uid / :iid  HASH  id -> index;   :uix / :iix  HASH  index -> id
   :applied HASH  "topic:partition" -> last offset whose effect is in the state
   :intent  STRING  the batch being written (redo log), deleted with the offsets update
+  :status  HASH  interactions (count), last_batch (JSON), residual, updated_at
 """
 
 from __future__ import annotations
@@ -55,6 +56,10 @@ class Layout:
     @property
     def intent(self) -> str:
         return f"{self._global}:intent"
+
+    @property
+    def status(self) -> str:
+        return f"{self._global}:status"
 
     def id_map(self, side: str) -> str:
         return f"{self._global}:{side[0]}id"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -245,10 +246,20 @@ class ModelState:
             pipe.hset(keys.receipts, mapping=write.receipts)
         pipe.execute()
 
-    def commit_batch(self, writes: dict[int, ShardWrite], applied: dict[str, int]) -> None:
-        """Make a batch durable: intent, shards, then offsets with the intent's removal."""
+    def commit_batch(
+        self,
+        writes: dict[int, ShardWrite],
+        applied: dict[str, int],
+        status: dict[str, str] | None = None,
+        interactions_delta: int = 0,
+    ) -> None:
+        """Make a batch durable: intent, shards, then offsets with the intent's removal.
+
+        `status` and `interactions_delta` are recorded with the offsets (same transaction),
+        so `unlearn status` always describes the state as committed.
+        """
         self.client.set(self.layout.intent, _encode_intent(writes, applied))
-        self._apply(writes, applied)
+        self._apply(writes, applied, status or {}, interactions_delta)
 
     def recover(self) -> bool:
         """Finish a batch a crash interrupted. True when there was one."""
@@ -256,17 +267,46 @@ class ModelState:
         if blob is None:
             return False
         writes, applied = _decode_intent(blob)
-        self._apply(writes, applied)
+        # The interrupted batch's status line is lost, and so is its interaction count
+        # delta; `unlearn status` recounts from the rows after a recovery.
+        self._apply(writes, applied, {"recovered_at": repr(time.time())}, 0)
+        self.client.hset(self.layout.status, "interactions", self.count_interactions())
         return True
 
-    def _apply(self, writes: dict[int, ShardWrite], applied: dict[str, int]) -> None:
+    def _apply(
+        self,
+        writes: dict[int, ShardWrite],
+        applied: dict[str, int],
+        status: dict[str, str],
+        interactions_delta: int,
+    ) -> None:
         for shard, write in sorted(writes.items()):
             self.write_shard(shard, write)
         pipe = self.client.pipeline(transaction=True)
         if applied:
             pipe.hset(self.layout.applied, mapping=applied)
+        if status:
+            pipe.hset(self.layout.status, mapping=status)
+        if interactions_delta:
+            pipe.hincrby(self.layout.status, "interactions", interactions_delta)
         pipe.delete(self.layout.intent)
         pipe.execute()
+
+    def count_interactions(self) -> int:
+        """Stored interactions, counted from the user rows (12 bytes per record)."""
+        meta = self.meta()
+        total = 0
+        for shard in range(meta.shards):
+            key = self.layout.shard(shard).rows("user")
+            for field_ in self.client.hkeys(key):
+                total += int(self.client.hstrlen(key, field_)) // ROW_DTYPE.itemsize
+        return total
+
+    def read_status(self) -> dict[str, str]:
+        return {k.decode(): v.decode() for k, v in self.client.hgetall(self.layout.status).items()}
+
+    def set_interactions(self, count: int) -> None:
+        self.client.hset(self.layout.status, "interactions", count)
 
     def set_counts(self, users: int, items: int) -> None:
         self.client.hset(self.layout.meta, mapping={"users": users, "items": items})

@@ -46,6 +46,10 @@ def test_load_status_run_audit_export(setup, tmp_path, capsys, monkeypatch):
     assert main(["status", *flags(setup)]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["users"] == 40 and status["shards"] == 3
+    lines = len(interactions.read_text().splitlines())  # distinct pairs, one per line
+    assert status["last_batch"]["removed"] > 0
+    assert status["interactions"] == lines - status["last_batch"]["removed"]
+    assert status["residual"] is not None
     assert status["applied_offsets"] and not status["interrupted_batch"]
     assert sum(p["lag"] for p in status["lag"].values()) == 0
 

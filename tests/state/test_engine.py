@@ -110,6 +110,7 @@ def test_a_deletion_also_stops_older_interactions_in_the_same_batch(loaded):
         [stream.delete(user="newcomer", ts=200.0)],
     )
     assert (out.interactions_late, out.interactions_applied) == (1, 1)
+    assert int(state.read_status()["interactions"]) == state.count_interactions()
     index = int(state.lookup("user", ["newcomer"])[0])
     assert state.read_rows("user", np.array([index]), 4)[0]["other"].tolist() == [2]
 
@@ -160,6 +161,7 @@ def test_a_crash_in_the_middle_of_a_commit_is_finished_on_restart(loaded, monkey
     assert state.client.exists(state.layout.intent)
     engine = Engine(state)  # recovers the interrupted batch
     assert not state.client.exists(state.layout.intent)
+    assert int(state.read_status()["interactions"]) == data.nnz - data.row_counts()[u]
     _, exported_data = export(state)
     assert exported_data.row_counts()[u] == 0 and exported_data.by_item[:, [u]].nnz == 0
     replay = engine.process([], [deletion])
