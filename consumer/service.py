@@ -126,7 +126,7 @@ class Service:
         if not self._pending:
             self._maybe_consolidate()
 
-    def _flush_batch(self) -> None:
+    def _flush_batch(self, ack_timeout: float = 30.0) -> None:
         if not self._pending:
             return
         messages, self._pending = self._pending, []
@@ -136,7 +136,7 @@ class Service:
             self._dead_letter(item)
         for receipt in (*outcome.receipts, *outcome.resent):
             self._send_receipt(receipt)
-        if self.producer.flush(30) != 0:
+        if self.producer.flush(ack_timeout) != 0:
             raise FatalError("receipts or dead letters not acknowledged by the broker")
         self._commit(messages)
         self.stats.batches += 1
@@ -235,4 +235,4 @@ class Service:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Finish and commit the open batch while the partitions are still ours.
         log.info("revoked %s", [f"{p.topic}:{p.partition}" for p in partitions])
-        self._flush_batch()
+        self._flush_batch(ack_timeout=self.settings.revoke_budget_s)
