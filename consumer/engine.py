@@ -29,6 +29,7 @@ from consumer.state.layout import ROW_DTYPE
 from consumer.state.store import SIDES, ModelState, ShardWrite
 from unlearn_core.convergence import relative_change
 from unlearn_core.interactions import Interactions
+from unlearn_core.loss import loss
 from unlearn_core.model import pair_scores
 from unlearn_core.solve import gramian, solve_rows
 from unlearn_core.sweep import SweepContext, default_solver
@@ -54,6 +55,7 @@ class BatchOutcome:
     items_solved: int = 0
     residual: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)  # seconds: read, solve, write
+    learned_ts: list[float] = field(default_factory=list)  # event times of what was learned
 
 
 class Engine:
@@ -65,6 +67,7 @@ class Engine:
         self.params = self.meta.params
         self.shards = self.meta.shards
         self.factors = {side: state.read_all_factors(side, self.meta) for side in SIDES}
+        self.interactions = int(state.read_status().get("interactions", 0))
         rng = np.random.default_rng(0)
         self._sample_seed = rng.integers(0, 2**31, 2)
 
@@ -110,13 +113,14 @@ class Engine:
             status=self._status(out),
             interactions_delta=out.interactions_applied_new - out.removed,
         )
+        self.interactions += out.interactions_applied_new - out.removed
         out.phases["write"] = time.perf_counter() - written
         return out
 
     # ----- consolidation --------------------------------------------------------------
 
-    def consolidate(self) -> float:
-        """One full Unlearn-ALS sweep over all data; returns its residual."""
+    def consolidate(self) -> tuple[float, float]:
+        """One full Unlearn-ALS sweep over all data; returns its residual and the loss."""
         rows = self.state.read_all_rows("user", self.meta)
         n_users, n_items = (len(self.factors[side]) for side in SIDES)
         data = _interactions(rows, n_users, n_items, self.params.kind)
@@ -134,9 +138,12 @@ class Engine:
         self.state.commit_batch(
             dict(writes), {}, status={"residual": repr(residual), "updated_at": repr(self.clock())}
         )
-        return residual
+        return residual, loss(data, users, items, self.params)
 
     # ----- helpers --------------------------------------------------------------------
+
+    def factors_finite(self) -> bool:
+        return all(bool(np.isfinite(f).all()) for f in self.factors.values())
 
     def grow(self, side: str, rows: int) -> None:
         current = self.factors[side]
@@ -256,6 +263,7 @@ class _Batch:
             additions["user"][u].append((i, event.weight, event.ts))
             additions["item"][i].append((u, event.weight, event.ts))
             out.interactions_applied += 1
+            out.learned_ts.append(event.ts)
         for side in SIDES:
             for row, events in additions[side].items():
                 before = len(self.rows[side][row])

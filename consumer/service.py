@@ -9,6 +9,7 @@ the open batch is finished and committed first. SIGTERM and SIGINT only set a fl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
@@ -27,6 +28,8 @@ from consumer.events import (
     parse_deletion,
     parse_interaction,
 )
+from consumer.http import Health
+from consumer.metrics import Metrics
 from consumer.settings import Settings
 
 log = logging.getLogger("unlearn.service")
@@ -53,9 +56,14 @@ class Service:
         settings: Settings,
         engine: Engine,
         on_batch: Callable[[BatchOutcome], None] | None = None,
+        metrics: Metrics | None = None,
+        health: Health | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
+        self.metrics = metrics or Metrics()
+        self.health = health or Health(60.0, lambda: bool(engine.state.client.ping()))
+        self._redis_checked = 0.0
         self.kind = engine.params.kind
         self.on_batch = on_batch
         self.stats = ServiceStats()
@@ -110,6 +118,8 @@ class Service:
 
     def _poll_once(self) -> None:
         s = self.settings
+        self.health.tick()
+        self._sample_redis()
         room = s.batch_max_events - len(self._pending)
         messages = self.consumer.consume(num_messages=max(room, 1), timeout=s.batch_max_ms / 1000)
         for message in messages:
@@ -136,9 +146,12 @@ class Service:
             self._dead_letter(item)
         for receipt in (*outcome.receipts, *outcome.resent):
             self._send_receipt(receipt)
+        committing = time.perf_counter()
         if self.producer.flush(ack_timeout) != 0:
             raise FatalError("receipts or dead letters not acknowledged by the broker")
         self._commit(messages)
+        outcome.phases["commit"] = time.perf_counter() - committing
+        self._observe(outcome, messages, interactions, deletions, rejected)
         self.stats.batches += 1
         self.stats.events += len(messages)
         self.stats.dead_lettered += len(rejected)
@@ -159,12 +172,81 @@ class Service:
         )
         if self._converged or not (idle or busy_due):
             return
-        residual = self.engine.consolidate()
+        residual, loss = self.engine.consolidate()
         self._last_sweep = now
         self.stats.sweeps += 1
         self.stats.last_residual = residual
         self._converged = residual < s.consolidate_tolerance
-        log.info("consolidation sweep: residual %.3g", residual)
+        m = self.metrics
+        m.sweeps.inc()
+        m.sweep_residual.set(residual)
+        m.sweep_loss.set(loss)
+        m.model_residual.set(residual)
+        m.nonfinite.set(0 if self.engine.factors_finite() else 1)
+        if self._converged:
+            m.converged()
+        log.info("consolidation sweep: residual %.3g, loss %.6g", residual, loss)
+
+    # ----- metrics ----------------------------------------------------------------------
+
+    def _observe(
+        self,
+        outcome: BatchOutcome,
+        messages: list[Message],
+        interactions: list[Interaction],
+        deletions: list[Deletion],
+        rejected: list[tuple[Message, Rejected]],
+    ) -> None:
+        m, s, now = self.metrics, self.settings, time.time()
+        kinds = {s.topic_interactions: "interactions", s.topic_deletions: "deletions"}
+        for message in messages:
+            m.consumed.labels(kinds.get(message.topic(), "other")).inc()
+        m.batch_events.observe(len(messages))
+        for phase, seconds in outcome.phases.items():
+            m.batch_phase.labels(phase).observe(seconds)
+        for _, item in rejected:
+            m.dead_lettered.labels(item.reason).inc()
+        m.applied.labels("interactions").inc(outcome.interactions_applied)
+        m.applied.labels("deletions").inc(len(outcome.receipts))
+        m.late.inc(outcome.interactions_late)
+        m.replayed.inc(outcome.events_replayed)
+        m.receipts.labels("false").inc(len(outcome.receipts))
+        m.receipts.labels("true").inc(len(outcome.resent))
+        for receipt in outcome.receipts:
+            m.forget_latency.observe(max(now - receipt["event_ts"], 0.0))
+        for ts in outcome.learned_ts:
+            m.learn_latency.observe(max(now - ts, 0.0))
+        if outcome.receipts or outcome.interactions_applied:
+            m.batch_residual.set(outcome.residual)
+            m.model_residual.set(outcome.residual)
+        m.last_commit.set(now)
+        m.users.set(len(self.engine.factors["user"]))
+        m.items.set(len(self.engine.factors["item"]))
+        m.interactions.set(self.engine.interactions)
+        m.nonfinite.set(0 if self.engine.factors_finite() else 1)
+        self._update_lag({(msg.topic(), msg.partition()) for msg in messages})
+
+    def _update_lag(self, partitions: set[tuple[str, int]]) -> None:
+        tps = [TopicPartition(t, p) for t, p in partitions]
+        try:
+            committed = self.consumer.committed(tps, timeout=5)
+        except KafkaException:
+            return
+        for tp in committed:
+            _, high = self.consumer.get_watermark_offsets(tp, timeout=5, cached=True)
+            done = tp.offset if tp.offset >= 0 else 0
+            self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(high - done, 0))
+
+    def _sample_redis(self) -> None:
+        now = time.monotonic()
+        if now - self._redis_checked < 10:
+            return
+        self._redis_checked = now
+        try:
+            used = self.engine.state.client.info("memory")["used_memory"]
+            self.metrics.redis_memory.set(float(used))
+        except Exception:  # a missed sample is not worth failing the loop for
+            log.debug("could not sample Redis memory", exc_info=True)
 
     # ----- pieces ---------------------------------------------------------------------
 
@@ -231,8 +313,13 @@ class Service:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("assigned %s", [f"{p.topic}:{p.partition}" for p in partitions])
+        self.health.assigned += len(partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Finish and commit the open batch while the partitions are still ours.
         log.info("revoked %s", [f"{p.topic}:{p.partition}" for p in partitions])
         self._flush_batch(ack_timeout=self.settings.revoke_budget_s)
+        self.health.assigned = max(self.health.assigned - len(partitions), 0)
+        for p in partitions:  # a revoked partition's lag is another member's to report
+            with contextlib.suppress(KeyError):
+                self.metrics.lag.remove(p.topic, str(p.partition))

@@ -79,10 +79,24 @@ def redis_server(appendonly: bool = False) -> Iterator[str]:
         raise RuntimeError("redis-server not found: apt-get install redis-server")
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="unlearn-redis-") as workdir:
-        args = [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-                "--dir", workdir, "--daemonize", "no"]  # fmt: skip
-        args += ["--appendonly", "yes", "--appendfsync", "everysec"] if appendonly else [
-            "--appendonly", "no"]  # fmt: skip
+        args = [
+            binary,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--dir",
+            workdir,
+            "--daemonize",
+            "no",
+        ]
+        args += (
+            ["--appendonly", "yes", "--appendfsync", "everysec"]
+            if appendonly
+            else ["--appendonly", "no"]
+        )
         with _process(args, Path(workdir) / "redis.log"):
             import redis
 
@@ -113,8 +127,51 @@ def kafka_broker() -> Iterator[str]:
     port = free_port()
     url = f"tcp://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="unlearn-kafka-") as workdir:
-        args = [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-                "--storage-engine", "memory://tansu/"]  # fmt: skip
+        args = [
+            tansu_binary(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ]
         with _process(args, Path(workdir) / "broker.log"):
             _wait(lambda: _port_open(port), "tansu broker")
             yield f"127.0.0.1:{port}"
+
+
+@contextlib.contextmanager
+def prometheus_server(targets: list[str], scrape_interval: str = "1s") -> Iterator[str]:
+    """A real Prometheus (Debian package) scraping the targets; yields its base URL."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        raise RuntimeError("prometheus not found: apt-get install prometheus")
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="unlearn-prometheus-") as workdir:
+        config = Path(workdir) / "prometheus.yml"
+        config.write_text(
+            "global:\n"
+            f"  scrape_interval: {scrape_interval}\n"
+            f"  evaluation_interval: {scrape_interval}\n"
+            "scrape_configs:\n"
+            "  - job_name: unlearn\n"
+            "    static_configs:\n"
+            f"      - targets: [{', '.join(repr(t) for t in targets)}]\n"
+        )
+        args = [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={workdir}/data",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ]
+        with _process(args, Path(workdir) / "prometheus.log"):
+            import urllib.request
+
+            url = f"http://127.0.0.1:{port}"
+            _wait(
+                lambda: urllib.request.urlopen(f"{url}/-/ready", timeout=1).status == 200,
+                "prometheus",
+            )
+            yield url

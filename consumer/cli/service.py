@@ -16,6 +16,8 @@ from tqdm import tqdm
 from consumer.cli.offline import interactions_from_rows
 from consumer.engine import Engine
 from consumer.errors import InputError
+from consumer.http import Health, MetricsServer
+from consumer.metrics import Metrics
 from consumer.model_file import load_model, save_model
 from consumer.service import FatalError, Service
 from consumer.settings import Settings, load_settings
@@ -143,17 +145,29 @@ def run_service(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = settings_from(args)
     logging.getLogger("unlearn").info("settings: %s", json.dumps(settings.redacted()))
+    metrics = Metrics()
+    state = connect(settings)
+    state.observer = metrics.observe_redis
+    health = Health(deadline_s=60.0, redis_ok=lambda: bool(state.client.ping()))
+    server = (
+        MetricsServer(settings.metrics_port, metrics, health) if settings.metrics_port else None
+    )
     try:
-        engine = Engine(connect(settings))
-    except StateError as exc:
-        raise InputError("redis", str(exc)) from exc
-    service = Service(settings, engine)
-    service.install_signal_handlers()
-    try:
+        health.recovering = True
+        try:
+            engine = Engine(state)
+        except StateError as exc:
+            raise InputError("redis", str(exc)) from exc
+        health.recovering = False
+        service = Service(settings, engine, metrics=metrics, health=health)
+        service.install_signal_handlers()
         service.run(max_seconds=args.max_seconds)
     except FatalError as exc:
         print(f"unlearn: fatal: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if server is not None:
+            server.stop()
     return 0
 
 

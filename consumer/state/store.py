@@ -11,6 +11,7 @@ A batch is therefore in the state entirely or not at all, with its offsets.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import time
 from collections import defaultdict
@@ -80,12 +81,43 @@ class ShardWrite:
     receipts: dict[str, str] = field(default_factory=dict)  # "topic:partition:offset" -> JSON
 
 
+Observer = Callable[[str, float, bool], None]  # operation, seconds, failed
+
+
+def _timed(operation: str) -> Callable:
+    """Report each call's duration and failure to the state's observer (metrics)."""
+
+    def wrap(method: Callable) -> Callable:
+        @functools.wraps(method)
+        def timed(self: ModelState, *args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                result = method(self, *args, **kwargs)
+            except redis.RedisError:
+                if self.observer is not None:
+                    self.observer(operation, time.perf_counter() - started, True)
+                raise
+            if self.observer is not None:
+                self.observer(operation, time.perf_counter() - started, False)
+            return result
+
+        return timed
+
+    return wrap
+
+
 class ModelState:
     """One model namespace in Redis (a single server or a cluster)."""
 
-    def __init__(self, client: redis.Redis | redis.RedisCluster, namespace: str) -> None:
+    def __init__(
+        self,
+        client: redis.Redis | redis.RedisCluster,
+        namespace: str,
+        observer: Observer | None = None,
+    ) -> None:
         self.client = client
         self.layout = Layout(namespace)
+        self.observer = observer
         self._allocate = client.register_script(_ALLOCATE)
 
     # ----- metadata and ids -------------------------------------------------------------
@@ -109,6 +141,7 @@ class ModelState:
         )
         return Meta(params, int(raw["shards"]), int(raw["users"]), int(raw["items"]))
 
+    @_timed("allocate")
     def allocate(self, side: str, ids: list[str]) -> np.ndarray:
         """Indices of the ids, creating the ones not seen before."""
         out = np.empty(len(ids), dtype=np.int64)
@@ -137,6 +170,7 @@ class ModelState:
 
     # ----- reading ----------------------------------------------------------------------
 
+    @_timed("read_rows")
     def read_rows(self, side: str, indices: np.ndarray, shards: int) -> list[np.ndarray]:
         """The stored interactions of each row (empty where it has none)."""
         values = self._hmget_by_shard(side, indices, shards, ShardKeys.rows)
@@ -160,6 +194,7 @@ class ModelState:
                 out[row] = np.frombuffer(value, dtype=FACTOR_DTYPE)
         return out
 
+    @_timed("read_all_rows")
     def read_all_rows(self, side: str, meta: Meta) -> dict[int, np.ndarray]:
         rows: dict[int, np.ndarray] = {}
         for shard in range(meta.shards):
@@ -167,10 +202,12 @@ class ModelState:
                 rows[int(index)] = np.frombuffer(value, dtype=ROW_DTYPE)
         return rows
 
+    @_timed("read_applied")
     def read_applied(self) -> dict[str, int]:
         """ "topic:partition" -> the last offset whose effect is in the state."""
         return {k.decode(): int(v) for k, v in self.client.hgetall(self.layout.applied).items()}
 
+    @_timed("read_tombstones")
     def read_tombstones(self, fields_by_shard: dict[int, list[str]]) -> dict[str, float]:
         pipe = self.client.pipeline(transaction=False)
         order = []
@@ -246,6 +283,7 @@ class ModelState:
             pipe.hset(keys.receipts, mapping=write.receipts)
         pipe.execute()
 
+    @_timed("commit")
     def commit_batch(
         self,
         writes: dict[int, ShardWrite],

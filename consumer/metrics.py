@@ -1,0 +1,168 @@
+"""Every metric the service exports, defined here and only here.
+
+Conventions: the `unlearn_` prefix, base units in names, counters end in `_total`,
+histograms for latencies, and bounded label sets only (never a user or item id).
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+# Latency buckets from 1 ms to 10 minutes: deletions should sit in the first few.
+_LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60, 600)
+_PHASE = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5)
+_SIZE = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
+
+
+class Metrics:
+    """The service's metrics, in their own registry (one per service instance)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        ProcessCollector(registry=r)  # process_start_time_seconds: restarts
+        PlatformCollector(registry=r)
+        # Deletion event ts -> its effect durable in Redis and its offset committed.
+        self.forget_latency = Histogram(
+            "unlearn_forget_latency_seconds",
+            "Deletion event time to durable and committed",
+            buckets=_LATENCY,
+            registry=r,
+        )
+        # Interaction event ts -> learned, durable and committed.
+        self.learn_latency = Histogram(
+            "unlearn_learn_latency_seconds",
+            "Interaction event time to durable and committed",
+            buckets=_LATENCY,
+            registry=r,
+        )
+        # Events per micro-batch.
+        self.batch_events = Histogram(
+            "unlearn_batch_events", "Events per micro-batch", buckets=_SIZE, registry=r
+        )
+        # Wall time of each phase of a batch: read, solve, write, commit.
+        self.batch_phase = Histogram(
+            "unlearn_batch_phase_seconds",
+            "Batch duration by phase",
+            ["phase"],
+            buckets=_PHASE,
+            registry=r,
+        )
+        # Relative change of sampled scores caused by the last batch.
+        self.batch_residual = Gauge(
+            "unlearn_batch_residual",
+            "Residual (relative score change) of the last batch",
+            registry=r,
+        )
+        # Relative change of sampled scores caused by the last consolidation sweep.
+        self.sweep_residual = Gauge(
+            "unlearn_sweep_residual", "Residual of the last consolidation sweep", registry=r
+        )
+        # The training objective on the current data, after the last consolidation sweep.
+        self.sweep_loss = Gauge(
+            "unlearn_sweep_loss", "Objective after the last consolidation sweep", registry=r
+        )
+        # Consolidation sweeps run.
+        self.sweeps = Counter("unlearn_sweeps_total", "Consolidation sweeps run", registry=r)
+        # The model-wide residual now: the last sweep's, or the last batch's if newer.
+        self.model_residual = Gauge("unlearn_model_residual", "Model-wide residual now", registry=r)
+        # Seconds since a consolidation sweep last brought the residual under tolerance.
+        self.since_converged = Gauge(
+            "unlearn_seconds_since_converged",
+            "Seconds since the model last converged",
+            registry=r,
+        )
+        # Messages consumed, by input topic kind (interactions, deletions).
+        self.consumed = Counter(
+            "unlearn_events_consumed_total", "Messages consumed", ["topic_kind"], registry=r
+        )
+        # Events whose effect was applied, by kind.
+        self.applied = Counter(
+            "unlearn_events_applied_total", "Events applied", ["topic_kind"], registry=r
+        )
+        # Messages sent to the dead-letter topic, by reason (consumer/events.py REASONS).
+        self.dead_lettered = Counter(
+            "unlearn_events_dead_lettered_total",
+            "Messages dead-lettered",
+            ["reason"],
+            registry=r,
+        )
+        # Interactions older than a deletion of their scope, never learned.
+        self.late = Counter("unlearn_events_late_total", "Interactions skipped as late", registry=r)
+        # Events seen again after a crash or rebalance, already applied.
+        self.replayed = Counter(
+            "unlearn_events_replayed_total", "Events already applied (replays)", registry=r
+        )
+        # Receipts published; resent="true" for re-sends after a crash.
+        self.receipts = Counter(
+            "unlearn_receipts_sent_total", "Receipts published", ["resent"], registry=r
+        )
+        # Log end minus committed offset, per assigned partition; removed on revoke.
+        self.lag = Gauge(
+            "unlearn_consumer_lag",
+            "Messages not yet committed",
+            ["topic", "partition"],
+            registry=r,
+        )
+        # Unix time of the last offset commit.
+        self.last_commit = Gauge(
+            "unlearn_last_commit_timestamp_seconds", "Time of the last offset commit", registry=r
+        )
+        # Latency of Redis operations (a pipeline or transaction each), by operation.
+        self.redis_seconds = Histogram(
+            "unlearn_redis_operation_seconds",
+            "Redis operation latency",
+            ["operation"],
+            buckets=_PHASE,
+            registry=r,
+        )
+        # Redis operations that failed, by operation.
+        self.redis_errors = Counter(
+            "unlearn_redis_errors_total", "Redis operations failed", ["operation"], registry=r
+        )
+        # Memory used by the Redis server holding the namespace.
+        self.redis_memory = Gauge(
+            "unlearn_redis_used_memory_bytes", "Redis server used_memory", registry=r
+        )
+        # Model size.
+        self.users = Gauge("unlearn_model_users", "Users in the model", registry=r)
+        self.items = Gauge("unlearn_model_items", "Items in the model", registry=r)
+        self.interactions = Gauge("unlearn_model_interactions", "Interactions stored", registry=r)
+        # 1 when any factor is NaN or infinite (the model must not serve).
+        self.nonfinite = Gauge(
+            "unlearn_factors_nonfinite", "1 if any factor is NaN or infinite", registry=r
+        )
+        self._converged_at = time.time()
+        self.since_converged.set_function(lambda: time.time() - self._converged_at)
+
+    def converged(self) -> None:
+        self._converged_at = time.time()
+
+    def observe_redis(self, operation: str, seconds: float, failed: bool) -> None:
+        """The Redis state's observer hook (consumer/state/store.py)."""
+        self.redis_seconds.labels(operation).observe(seconds)
+        if failed:
+            self.redis_errors.labels(operation).inc()
+
+
+def metric_names(metrics: Metrics) -> set[str]:
+    """Every sample name the registry can export (histogram series included)."""
+    names: set[str] = set()
+    for family in metrics.registry.collect():
+        names.add(family.name)
+        for sample in family.samples:
+            names.add(sample.name)
+        if family.type == "histogram":
+            names |= {f"{family.name}_bucket", f"{family.name}_sum", f"{family.name}_count"}
+        if family.type == "counter":
+            names.add(f"{family.name}_total")
+    return names
