@@ -56,6 +56,7 @@ class BatchOutcome:
     residual: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)  # seconds: read, solve, write
     learned_ts: list[float] = field(default_factory=list)  # event times of what was learned
+    loss: float = float("nan")  # the training objective on the current data, after the batch
 
 
 class Engine:
@@ -68,6 +69,7 @@ class Engine:
         self.shards = self.meta.shards
         self.factors = {side: state.read_all_factors(side, self.meta) for side in SIDES}
         self.interactions = int(state.read_status().get("interactions", 0))
+        self.loss = self.full_loss()
         rng = np.random.default_rng(0)
         self._sample_seed = rng.integers(0, 2**31, 2)
 
@@ -101,7 +103,10 @@ class Engine:
         batch.edit(out)
         solved = time.perf_counter()
         before = self._sample_scores()
+        loss_before = batch.local_loss(batch.original) + self._global_loss()
         batch.solve()
+        self.loss += batch.local_loss(batch.rows) + self._global_loss() - loss_before
+        out.loss = self.loss
         out.residual = relative_change(before, self._sample_scores())
         out.users_solved, out.items_solved = len(batch.touched["user"]), len(batch.touched["item"])
         out.phases["solve"] = time.perf_counter() - solved
@@ -119,11 +124,31 @@ class Engine:
 
     # ----- consolidation --------------------------------------------------------------
 
-    def consolidate(self) -> tuple[float, float]:
-        """One full Unlearn-ALS sweep over all data; returns its residual and the loss."""
+    def full_loss(self) -> float:
+        """The objective on all stored data, from scratch (start-up, after every sweep)."""
+        return loss(self._all_data(), self.factors["user"], self.factors["item"], self.params)
+
+    def _all_data(self) -> Interactions:
         rows = self.state.read_all_rows("user", self.meta)
         n_users, n_items = (len(self.factors[side]) for side in SIDES)
-        data = _interactions(rows, n_users, n_items, self.params.kind)
+        return _interactions(rows, n_users, n_items, self.params.kind)
+
+    def _global_loss(self) -> float:
+        """The implicit objective's terms over all pairs: sum of all scores^2 and |X|^2 + |Y|^2.
+
+        Kept apart from the observed-pair terms so a batch can update the objective from
+        the rows it touched; explicit ALS-WR has no such term (its penalty is per row).
+        """
+        if self.params.kind != "implicit":
+            return 0.0
+        users = self.factors["user"].astype(np.float64)
+        items = self.factors["item"].astype(np.float64)
+        all_pairs = float(np.sum((users.T @ users) * (items.T @ items)))
+        return all_pairs + self.params.regularization * float(np.sum(users**2) + np.sum(items**2))
+
+    def consolidate(self) -> tuple[float, float]:
+        """One full Unlearn-ALS sweep over all data; returns its residual and the loss."""
+        data = self._all_data()
         users, items = self.factors["user"].copy(), self.factors["item"].copy()
         before = self._sample_scores()
         SweepContext(data, self.params, default_solver(self.params)).sweep(users, items)
@@ -135,10 +160,14 @@ class Engine:
                 writes[n % self.shards].factors[side][n] = matrix[n]
         for shard, write in writes.items():
             write.gramians = self._partial_gramians(shard)
-        self.state.commit_batch(
-            dict(writes), {}, status={"residual": repr(residual), "updated_at": repr(self.clock())}
-        )
-        return residual, loss(data, users, items, self.params)
+        self.loss = loss(data, users, items, self.params)
+        status = {
+            "residual": repr(residual),
+            "loss": repr(self.loss),
+            "updated_at": repr(self.clock()),
+        }
+        self.state.commit_batch(dict(writes), {}, status=status)
+        return residual, self.loss
 
     # ----- helpers --------------------------------------------------------------------
 
@@ -177,10 +206,12 @@ class Engine:
             "users_solved": out.users_solved,
             "items_solved": out.items_solved,
             "residual": out.residual,
+            "loss": out.loss,
         }
         return {
             "last_batch": json.dumps(last),
             "residual": repr(out.residual),
+            "loss": repr(out.loss),
             "updated_at": repr(last["at"]),
         }
 
@@ -201,6 +232,7 @@ class _Batch:
         self.interactions = interactions
         self.deletions = deletions
         self.rows: dict[str, dict[int, np.ndarray]] = {side: {} for side in SIDES}
+        self.original: dict[str, dict[int, np.ndarray]] = {side: {} for side in SIDES}
         self.touched: dict[str, set[int]] = {side: set() for side in SIDES}
         self.tombstones: dict[str, tuple[int, float]] = {}  # field -> (shard, T) to write
         self.removed_by: dict[int, int] = {}  # deletion position -> interactions removed
@@ -288,6 +320,40 @@ class _Batch:
             )
             engine.factors[side][rows] = solved.astype(np.float32)
 
+    def local_loss(self, rows: dict[str, dict[int, np.ndarray]]) -> float:
+        """The objective's terms that involve a touched row, with the given rows' data.
+
+        Observed pairs of touched users and items (each pair once) and, for ALS-WR, the
+        touched rows' penalties. Before and after a batch only these terms (and the implicit
+        model's all-pairs term) differ, so the batch updates the objective exactly.
+        """
+        engine, params = self.engine, self.engine.params
+        users, items, weights = [], [], []
+        for side in SIDES:
+            for row in self.touched[side]:
+                records = rows[side][row]
+                own = np.full(len(records), row, dtype=np.int64)
+                other = records["other"].astype(np.int64)
+                users.append(own if side == "user" else other)
+                items.append(other if side == "user" else own)
+                weights.append(records["weight"].astype(np.float64))
+        if not users:
+            return 0.0
+        u, i, w = np.concatenate(users), np.concatenate(items), np.concatenate(weights)
+        _, first = np.unique(u * len(engine.factors["item"]) + i, return_index=True)
+        u, i, w = u[first], i[first], w[first]
+        s = pair_scores(engine.factors["user"], engine.factors["item"], u, i)
+        if params.kind == "implicit":
+            c = 1.0 + params.alpha * w
+            return float(np.sum(c * (1.0 - s) ** 2 - s**2))
+        penalty = 0.0
+        for side in SIDES:
+            touched = np.array(sorted(self.touched[side]), dtype=np.int64)
+            counts = np.array([len(rows[side][n]) for n in touched], dtype=np.float64)
+            norms = np.sum(engine.factors[side][touched].astype(np.float64) ** 2, axis=1)
+            penalty += float(counts @ norms)
+        return float(np.sum((w - s) ** 2)) + params.regularization * penalty
+
     def receipts(self, residual: float) -> list[dict[str, Any]]:
         now = self.engine.clock()
         out = []
@@ -370,6 +436,7 @@ class _Batch:
             stored = self.state.read_rows(side, missing, self.shards)
             for n, row in zip(missing.tolist(), stored, strict=True):
                 self.rows[side][n] = row.copy()
+                self.original[side][n] = self.rows[side][n]  # edits replace, never mutate
 
     def _remove(self, side: str, row: int, others: set[int], t: float) -> int:
         current = self.rows[side][row]

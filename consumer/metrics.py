@@ -63,6 +63,9 @@ class Metrics:
             "Residual (relative score change) of the last batch",
             registry=r,
         )
+        # The training objective on the current data, after the last batch (exact: updated
+        # from the terms of the rows the batch touched).
+        self.batch_loss = Gauge("unlearn_batch_loss", "Objective after the last batch", registry=r)
         # Relative change of sampled scores caused by the last consolidation sweep.
         self.sweep_residual = Gauge(
             "unlearn_sweep_residual", "Residual of the last consolidation sweep", registry=r

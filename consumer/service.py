@@ -219,6 +219,7 @@ class Service:
         if outcome.receipts or outcome.interactions_applied:
             m.batch_residual.set(outcome.residual)
             m.model_residual.set(outcome.residual)
+            m.batch_loss.set(outcome.loss)
         m.last_commit.set(now)
         m.users.set(len(self.engine.factors["user"]))
         m.items.set(len(self.engine.factors["item"]))

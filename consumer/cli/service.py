@@ -186,6 +186,7 @@ def run_status(args: argparse.Namespace) -> int:
         "items": meta.items,
         "interactions": int(status.get("interactions", 0)),
         "residual": float(status["residual"]) if "residual" in status else None,
+        "loss": float(status["loss"]) if "loss" in status else None,
         "last_batch": json.loads(status["last_batch"]) if "last_batch" in status else None,
         "updated_at": float(status["updated_at"]) if "updated_at" in status else None,
         "shards": meta.shards,

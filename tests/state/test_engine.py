@@ -12,7 +12,7 @@ from consumer.events import Deletion, Interaction, Source
 from consumer.state.bootstrap import export, load
 from consumer.state.store import ModelState
 from tests.conftest import params_for
-from unlearn_core import Change, SweepPolicy, train, update
+from unlearn_core import Change, SweepPolicy, loss, train, update
 
 NOW = 2_000_000_000.0  # deletion time later than every stored interaction
 
@@ -171,6 +171,25 @@ def test_a_crash_in_the_middle_of_a_commit_is_finished_on_restart(loaded, monkey
     assert stored["removed"] == data.row_counts()[u]
 
 
+@pytest.mark.parametrize("kind", ["implicit", "explicit"])
+def test_the_batch_loss_is_the_objective_on_the_new_data(redis_client, random_data, kind):
+    _, data = random_data(n_users=30, n_items=20, density=0.3, seed=4, kind=kind)
+    params = params_for(kind, factors=4, regularization=1.0)
+    model, _ = train(data, [f"u{n}" for n in range(30)], [f"i{n}" for n in range(20)], params, 20)
+    state = ModelState(redis_client, f"loss-{kind}")
+    load(state, model, data, np.full(data.nnz, 1e9), shards=3)
+    engine, stream = Engine(state), Stream()
+    u, i = first_pair(data)
+    out = engine.process(
+        [stream.interact("u1", "i2", 4.0), stream.interact("new", "i3", 2.0)],
+        [stream.delete(f"u{u}", f"i{i}"), stream.delete(user="u5")],
+    )
+    exported, exported_data = export(state)
+    expected = loss(exported_data, exported.user_factors, exported.item_factors, params)
+    assert out.loss == pytest.approx(expected, rel=1e-5)
+    assert float(state.read_status()["loss"]) == pytest.approx(expected, rel=1e-5)
+
+
 def _receipt_location(state, deletion):
     import zlib
 
@@ -185,7 +204,6 @@ def test_consolidation_lowers_the_loss_toward_retraining(loaded):
     engine.process(
         [], [stream.delete(f"u{k // data.shape[1]}", f"i{k % data.shape[1]}") for k in keys]
     )
-    from unlearn_core import loss
 
     def current_loss():
         exported, exported_data = export(state)
