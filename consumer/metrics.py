@@ -136,6 +136,12 @@ class Metrics:
         self.redis_memory = Gauge(
             "unlearn_redis_used_memory_bytes", "Redis server used_memory", registry=r
         )
+        # Memory of the namespace's own keys (MEMORY USAGE, sampled once a minute).
+        self.namespace_memory = Gauge(
+            "unlearn_redis_namespace_memory_bytes",
+            "Memory of the namespace's keys",
+            registry=r,
+        )
         # Model size.
         self.users = Gauge("unlearn_model_users", "Users in the model", registry=r)
         self.items = Gauge("unlearn_model_items", "Items in the model", registry=r)

@@ -63,7 +63,7 @@ class Service:
         self.engine = engine
         self.metrics = metrics or Metrics()
         self.health = health or Health(60.0, lambda: bool(engine.state.client.ping()))
-        self._redis_checked = 0.0
+        self._redis_checked = -60.0  # sample at the first tick
         self.kind = engine.params.kind
         self.on_batch = on_batch
         self.stats = ServiceStats()
@@ -239,13 +239,15 @@ class Service:
             self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(high - done, 0))
 
     def _sample_redis(self) -> None:
+        """Server and namespace memory, once a minute (a scan of a few dozen keys)."""
         now = time.monotonic()
-        if now - self._redis_checked < 10:
+        if now - self._redis_checked < 60:
             return
         self._redis_checked = now
         try:
-            used = self.engine.state.client.info("memory")["used_memory"]
-            self.metrics.redis_memory.set(float(used))
+            state = self.engine.state
+            self.metrics.redis_memory.set(float(state.client.info("memory")["used_memory"]))
+            self.metrics.namespace_memory.set(float(state.memory_usage()))
         except Exception:  # a missed sample is not worth failing the loop for
             log.debug("could not sample Redis memory", exc_info=True)
 

@@ -330,6 +330,13 @@ class ModelState:
         pipe.delete(self.layout.intent)
         pipe.execute()
 
+    def memory_usage(self) -> int:
+        """Bytes of all the namespace's keys (MEMORY USAGE, Redis's default sampling)."""
+        total = 0
+        for key in self.client.scan_iter(match=self.layout.scan_pattern(), count=1000):
+            total += int(self.client.memory_usage(key) or 0)
+        return total
+
     def count_interactions(self) -> int:
         """Stored interactions, counted from the user rows (12 bytes per record)."""
         meta = self.meta()

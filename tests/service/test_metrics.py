@@ -107,6 +107,8 @@ def test_metrics_page_has_no_ids(setup, observed):
     read_all(setup.bootstrap, setup.settings.topic_receipts, lambda m: len(m) >= 1)
     page = get(f"{base}/metrics")[1]
     assert "unlearn_forget_latency_seconds_bucket" in page
+    memory = [line for line in page.splitlines() if line.startswith("unlearn_redis_namespace")]
+    assert memory and float(memory[0].split()[-1]) > 0
     assert 'user="' not in page and "secret-request" not in page and '"u1"' not in page
 
 
