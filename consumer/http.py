@@ -28,6 +28,8 @@ class Health:
         self._last_tick = time.monotonic()
 
     def alive(self) -> tuple[bool, str]:
+        if self.recovering:  # loading the factor replica or finishing a batch: not stuck
+            return True, "starting"
         age = time.monotonic() - self._last_tick
         return age <= self.deadline_s, f"loop ticked {age:.1f} s ago (deadline {self.deadline_s} s)"
 

@@ -34,7 +34,10 @@ class Settings(BaseSettings):
     kafka_properties: dict[str, str] = Field(
         default_factory=dict, description="extra librdkafka properties, e.g. sasl.mechanism"
     )
+    kafka_sasl_password: SecretStr | None = None  # merged as sasl.password
+    kafka_ssl_key_password: SecretStr | None = None  # merged as ssl.key.password
     redis_url: SecretStr = SecretStr("redis://localhost:6379/0")
+    redis_password: SecretStr | None = None  # AUTH password, kept out of the URL
     redis_cluster: bool = False
     topic_interactions: str = "interactions"
     topic_deletions: str = "deletions"
@@ -51,6 +54,9 @@ class Settings(BaseSettings):
     consolidate_tolerance: float = Field(1e-4, ge=0)
     revoke_budget_s: float = Field(10.0, gt=0)
     session_timeout_ms: int = Field(10_000, ge=1000)
+    wait_for_model_s: float = Field(
+        0.0, ge=0, description="wait this long for `unlearn load` before giving up (0: fail)"
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -68,6 +74,8 @@ class Settings(BaseSettings):
         """Everything, with secrets masked: safe to print and log."""
         values = self.model_dump()
         values["redis_url"] = mask_url(self.redis_url.get_secret_value())
+        for name in ("kafka_sasl_password", "kafka_ssl_key_password", "redis_password"):
+            values[name] = None if getattr(self, name) is None else MASK
         values["kafka_properties"] = {
             k: (MASK if any(w in k.lower() for w in _SECRET_WORDS) else v)
             for k, v in self.kafka_properties.items()
@@ -75,7 +83,15 @@ class Settings(BaseSettings):
         return values
 
     def kafka_common(self) -> dict[str, Any]:
-        return {"bootstrap.servers": self.kafka_bootstrap_servers, **self.kafka_properties}
+        config: dict[str, Any] = {
+            "bootstrap.servers": self.kafka_bootstrap_servers,
+            **self.kafka_properties,
+        }
+        if self.kafka_sasl_password is not None:
+            config["sasl.password"] = self.kafka_sasl_password.get_secret_value()
+        if self.kafka_ssl_key_password is not None:
+            config["ssl.key.password"] = self.kafka_ssl_key_password.get_secret_value()
+        return config
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:

@@ -80,7 +80,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
 def connect(settings: Settings) -> ModelState:
     url = settings.redis_url.get_secret_value()
     client_type = redis.RedisCluster if settings.redis_cluster else redis.Redis
-    client = client_type.from_url(url)
+    extra = {}
+    if settings.redis_password is not None:
+        extra["password"] = settings.redis_password.get_secret_value()
+    client = client_type.from_url(url, **extra)
     try:
         client.ping()
     except redis.RedisError as exc:
@@ -154,11 +157,9 @@ def run_service(args: argparse.Namespace) -> int:
     )
     try:
         health.recovering = True
-        try:
-            engine = Engine(state)
-        except StateError as exc:
-            raise InputError("redis", str(exc)) from exc
+        engine = _engine_when_loaded(state, settings.wait_for_model_s)
         health.recovering = False
+        health.tick()
         service = Service(settings, engine, metrics=metrics, health=health)
         service.install_signal_handlers()
         service.run(max_seconds=args.max_seconds)
@@ -169,6 +170,20 @@ def run_service(args: argparse.Namespace) -> int:
         if server is not None:
             server.stop()
     return 0
+
+
+def _engine_when_loaded(state: ModelState, wait_s: float) -> Engine:
+    """The engine, once the namespace holds a model (a bootstrap Job may still be loading)."""
+    deadline = time.monotonic() + wait_s
+    log = logging.getLogger("unlearn")
+    while True:
+        try:
+            return Engine(state)
+        except StateError as exc:
+            if time.monotonic() >= deadline:
+                raise InputError("redis", str(exc)) from exc
+            log.info("waiting for a model in the namespace: %s", exc)
+            time.sleep(min(5.0, max(deadline - time.monotonic(), 0.1)))
 
 
 def run_status(args: argparse.Namespace) -> int:

@@ -15,9 +15,10 @@ import yaml
 from consumer.metrics import Metrics, metric_names
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
-RULES = DEPLOY / "prometheus" / "alerts.yml"
+# The chart ships the rules and the dashboard; these are the only copies.
+RULES = DEPLOY / "helm" / "unlearn" / "files" / "alerts.yml"
 RULE_TESTS = DEPLOY / "prometheus" / "alerts_test.yml"
-DASHBOARD = DEPLOY / "grafana" / "unlearn-dashboard.json"
+DASHBOARD = DEPLOY / "helm" / "unlearn" / "files" / "unlearn-dashboard.json"
 # Series Prometheus itself provides, or PromQL words that look like names.
 BUILTIN = {"up", "time", "le", "job", "instance"}
 

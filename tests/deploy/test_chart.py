@@ -1,0 +1,184 @@
+"""The container image and the Helm chart, checked with the tools platform teams use."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from consumer.http import Health, MetricsServer
+from consumer.metrics import Metrics
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "deploy" / "helm" / "unlearn"
+VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
+RENDERED = REPO / "deploy" / "k8s" / "unlearn.yaml"
+
+
+def tool(name: str, env: str | None = None) -> str:
+    path = os.environ.get(env, "") if env else ""
+    path = path or shutil.which(name) or ""
+    if not path:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} missing in CI: .ci/run installs it")
+        pytest.skip(f"{name} not installed")
+    return path
+
+
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([tool("helm", "UNLEARN_HELM"), *args], capture_output=True, text=True)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def render(*args: str) -> list[dict]:
+    out = helm("template", "unlearn", str(CHART), *args).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def by_kind(docs: list[dict], kind: str) -> list[dict]:
+    return [doc for doc in docs if doc["kind"] == kind]
+
+
+@pytest.mark.parametrize("values", VALUES, ids=[v.name for v in VALUES])
+def test_lint_template_and_validate_strictly(values, tmp_path):
+    helm("lint", str(CHART), "-f", str(values))
+    manifest = tmp_path / "rendered.yaml"
+    manifest.write_text(helm("template", "unlearn", str(CHART), "-f", str(values)).stdout)
+    result = subprocess.run(
+        [tool("kubernetes-validate"), "--strict", "--quiet", str(manifest)],
+        capture_output=True,
+        text=True,
+    )
+    # Custom resources (ServiceMonitor, PrometheusRule, ScaledObject) have no bundled schema:
+    # those are warnings; anything else is a failure.
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_yamllint_and_hadolint():
+    result = subprocess.run(
+        [tool("yamllint"), "-s", "deploy", ".yamllint"], cwd=REPO, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout
+    result = subprocess.run(
+        [tool("hadolint"), "Dockerfile"], cwd=REPO, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout
+
+
+def test_probes_point_at_endpoints_the_service_serves():
+    docs = render("-f", str(CHART / "ci" / "full-values.yaml"))
+    (deployment,) = by_kind(docs, "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    port = {p["name"]: p["containerPort"] for p in container["ports"]}["metrics"]
+    (config,) = [c for c in by_kind(docs, "ConfigMap") if "UNLEARN_METRICS_PORT" in c["data"]]
+    assert int(config["data"]["UNLEARN_METRICS_PORT"]) == port
+    health = Health(deadline_s=60, redis_ok=lambda: True)
+    health.assigned = 1
+    server = MetricsServer(0, Metrics(), health, host="127.0.0.1")
+    try:
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            get = container[probe]["httpGet"]
+            assert get["port"] == "metrics"
+            with urllib.request.urlopen(f"http://127.0.0.1:{server.port}{get['path']}") as response:
+                assert response.status == 200, probe
+    finally:
+        server.stop()
+
+
+def test_no_secret_value_reaches_a_configmap():
+    docs = render("-f", str(CHART / "ci" / "full-values.yaml"))
+    for config in by_kind(docs, "ConfigMap"):
+        text = yaml.safe_dump(config["data"]).lower()
+        assert "password" not in text and "secret" not in text
+    env = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["env"]
+    secrets = {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in env if "valueFrom" in e}
+    assert secrets == {
+        "UNLEARN_KAFKA_SASL_PASSWORD": "unlearn-kafka",
+        "UNLEARN_REDIS_PASSWORD": "unlearn-redis",
+    }
+    leak = helm(
+        "template",
+        "x",
+        str(CHART),
+        "--set",
+        "kafka.properties.sasl\\.password=hunter2",
+        check=False,
+    )
+    assert leak.returncode != 0 and "reference a Secret" in leak.stderr
+    leak = helm(
+        "template", "x", str(CHART), "--set", "redis.url=redis://:hunter2@r:6379/0", check=False
+    )
+    assert leak.returncode != 0 and "redis.passwordSecret" in leak.stderr
+
+
+def test_keda_never_allows_more_replicas_than_partitions():
+    docs = render(
+        "--set", "keda.enabled=true", "--set", "kafka.partitions=4", "--set", "keda.maxReplicas=4"
+    )
+    (scaled,) = by_kind(docs, "ScaledObject")
+    assert scaled["spec"]["maxReplicaCount"] <= 4
+    assert "replicas" not in by_kind(docs, "Deployment")[0]["spec"]  # KEDA owns the count
+    too_many = helm(
+        "template",
+        "x",
+        str(CHART),
+        "--set",
+        "keda.enabled=true",
+        "--set",
+        "kafka.partitions=4",
+        "--set",
+        "keda.maxReplicas=5",
+        check=False,
+    )
+    assert too_many.returncode != 0 and "kafka.partitions" in too_many.stderr
+
+
+def test_pods_run_as_non_root_with_a_read_only_root_filesystem():
+    docs = render("-f", str(CHART / "ci" / "full-values.yaml"))
+    pods = [
+        d["spec"]["template"]["spec"] for d in by_kind(docs, "Deployment") + by_kind(docs, "Job")
+    ]
+    assert len(pods) == 2
+    for pod in pods:
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] != 0
+        assert pod["automountServiceAccountToken"] is False
+        for container in pod["containers"]:
+            context = container["securityContext"]
+            assert context["readOnlyRootFilesystem"] is True
+            assert context["allowPrivilegeEscalation"] is False
+            assert context["capabilities"]["drop"] == ["ALL"]
+
+
+def test_threads_follow_the_cpu_limit_and_shutdown_fits_the_grace_period():
+    docs = render("--set", "resources.limits.cpu=2500m")
+    (deployment,) = by_kind(docs, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["OMP_NUM_THREADS"] == "3" and env["OPENBLAS_NUM_THREADS"] == "1"
+    (config,) = by_kind(docs, "ConfigMap")
+    assert pod["terminationGracePeriodSeconds"] > float(config["data"]["UNLEARN_REVOKE_BUDGET_S"])
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+
+
+def test_plain_manifests_are_the_chart_rendered_with_defaults():
+    current = helm("template", "unlearn", str(CHART)).stdout
+    assert RENDERED.read_text() == current, (
+        "deploy/k8s/unlearn.yaml is stale: helm template unlearn deploy/helm/unlearn "
+        "> deploy/k8s/unlearn.yaml"
+    )
+
+
+def test_dockerfile_is_multi_stage_non_root_with_a_healthcheck():
+    text = (REPO / "Dockerfile").read_text()
+    assert sum(line.startswith("FROM ") for line in text.splitlines()) == 2
+    assert "USER 10001" in text and "HEALTHCHECK" in text and 'ENTRYPOINT ["unlearn"]' in text
+    final_stage = text.rsplit("FROM ", 1)[1]
+    assert "pip install" not in final_stage and "gcc" not in final_stage
