@@ -75,6 +75,9 @@ class Service:
         self._converged = True
         self.consumer = Consumer(
             {
+                # A fetch waits at most one batch window for data: forget latency is the
+                # product, and brokers differ in how early they answer a waiting fetch.
+                "fetch.wait.max.ms": max(settings.batch_max_ms, 5),
                 **settings.kafka_common(),
                 "group.id": settings.group_id,
                 "enable.auto.commit": False,

@@ -19,6 +19,7 @@ from consumer.errors import InputError
 from consumer.http import Health, MetricsServer
 from consumer.metrics import Metrics
 from consumer.model_file import load_model, save_model
+from consumer.recommend import recommend
 from consumer.service import FatalError, Service
 from consumer.settings import Settings, load_settings
 from consumer.state.bootstrap import export, load, pair_timestamps
@@ -51,6 +52,14 @@ def register(commands: argparse._SubParsersAction) -> None:
     status_cmd = commands.add_parser("status", help="JSON: lag per partition, counts, offsets")
     _settings_flags(status_cmd)
     status_cmd.set_defaults(handler=run_status)
+
+    recommend_cmd = commands.add_parser(
+        "recommend", help="a user's top-N from the factors in Redis"
+    )
+    recommend_cmd.add_argument("--user", required=True)
+    recommend_cmd.add_argument("-n", type=int, default=10)
+    _settings_flags(recommend_cmd)
+    recommend_cmd.set_defaults(handler=run_recommend)
 
     audit_cmd = commands.add_parser("audit", help="the receipts of every deletion, as JSON lines")
     audit_cmd.add_argument("--request-id", default=None)
@@ -240,6 +249,21 @@ def _lag(settings: Settings) -> dict[str, Any]:
         return lag
     finally:
         consumer.close()
+
+
+def run_recommend(args: argparse.Namespace) -> int:
+    if args.n < 1:
+        raise InputError("command line", "-n must be >= 1")
+    state = connect(settings_from(args))
+    try:
+        top = recommend(state, args.user, args.n)
+    except StateError as exc:
+        raise InputError("redis", str(exc)) from exc
+    if top is None:
+        raise InputError("command line", f"user {args.user!r} is not in the model")
+    for rank, entry in enumerate(top, start=1):
+        print(f"{rank:>3}  {entry.item}\t{entry.score:.4f}")
+    return 0
 
 
 def run_audit(args: argparse.Namespace) -> int:

@@ -15,31 +15,70 @@ from tests.service.kafka_helpers import event, produce
 def flags(setup) -> list[str]:
     s = setup.settings
     return [
-        "--bootstrap-servers", s.kafka_bootstrap_servers,
-        "--redis-url", s.redis_url.get_secret_value(),
-        "--namespace", s.namespace + "-cli",
-        "--group-id", s.group_id,
-    ]  # fmt: skip
+        "--bootstrap-servers",
+        s.kafka_bootstrap_servers,
+        "--redis-url",
+        s.redis_url.get_secret_value(),
+        "--namespace",
+        s.namespace + "-cli",
+        "--group-id",
+        s.group_id,
+    ]
 
 
 def test_load_status_run_audit_export(setup, tmp_path, capsys, monkeypatch):
     s = setup.settings
     interactions = write_interactions(tmp_path / "events.tsv")
     model_path, out_path = tmp_path / "model.npz", tmp_path / "exported.npz"
-    assert main(["train", "--interactions", str(interactions), "--out", str(model_path),
-                 "--factors", "6", "--iterations", "5"]) == 0  # fmt: skip
-    assert main(["load", "--model", str(model_path), "--interactions", str(interactions),
-                 "--shards", "3", *flags(setup)]) == 0  # fmt: skip
-    assert main(["load", "--model", str(model_path), "--interactions", str(interactions),
-                 *flags(setup)]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--interactions",
+                str(interactions),
+                "--out",
+                str(model_path),
+                "--factors",
+                "6",
+                "--iterations",
+                "5",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "load",
+                "--model",
+                str(model_path),
+                "--interactions",
+                str(interactions),
+                "--shards",
+                "3",
+                *flags(setup),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            ["load", "--model", str(model_path), "--interactions", str(interactions), *flags(setup)]
+        )
+        == 2
+    )
     assert "--replace" in capsys.readouterr().err
 
     for name in ("TOPIC_INTERACTIONS", "TOPIC_DELETIONS", "TOPIC_RECEIPTS", "TOPIC_DLQ"):
         monkeypatch.setenv(f"UNLEARN_{name}", getattr(s, name.lower()))
     monkeypatch.setenv("UNLEARN_SESSION_TIMEOUT_MS", "6000")
-    produce(setup.bootstrap, s.topic_deletions, [
-        ("user-2", event(user="user-2", ts=2e9, request_id="forget-me")),
-    ])  # fmt: skip
+    produce(
+        setup.bootstrap,
+        s.topic_deletions,
+        [
+            ("user-2", event(user="user-2", ts=2e9, request_id="forget-me")),
+        ],
+    )
     assert main(["run", "--max-seconds", "12", *flags(setup)]) == 0
     capsys.readouterr()
 
@@ -56,6 +95,22 @@ def test_load_status_run_audit_export(setup, tmp_path, capsys, monkeypatch):
     assert main(["audit", "--request-id", "forget-me", *flags(setup)]) == 0
     receipt = json.loads(capsys.readouterr().out.strip())
     assert receipt["user"] == "user-2" and receipt["removed"] > 0
+
+    assert main(["recommend", "--user", "user-5", "-n", "5", *flags(setup)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 5
+    scores = [float(line.split("\t")[1]) for line in lines]
+    assert scores == sorted(scores, reverse=True)
+    owned = {
+        line.split("\t")[1]
+        for line in interactions.read_text().splitlines()
+        if line.startswith("user-5\t")
+    }
+    shown = {line.split("\t")[0].strip().split(" ", 1)[1].strip() for line in lines}
+    assert all(item.startswith("item ") for item in shown)
+    assert not owned & shown  # nothing the user already has
+    assert main(["recommend", "--user", "nobody", *flags(setup)]) == 2
+    assert "not in the model" in capsys.readouterr().err
 
     assert main(["export", "--out", str(out_path), *flags(setup)]) == 0
     before, after = load_model(model_path), load_model(out_path)
