@@ -156,16 +156,16 @@ def _normal_equations_one(
     start, stop = matrix.indptr[row], matrix.indptr[row + 1]
     block = padded_other[matrix.indices[start:stop]]
     weights = matrix.data[start:stop]
+    if weights[0] == weights[-1] and np.all(weights == weights[0]):
+        # Equal weights (binary implicit data): the weights factor out of both sums, so the
+        # block is neither scaled nor copied.
+        outer_one, rhs_one = _row_weights(weights[:1], params)
+        return (block.T @ block) * outer_one[0], block.sum(axis=0) * rhs_one[0]
     outer_w, rhs_w = _row_weights(weights.astype(block.dtype), params)
-    if outer_w[0] == outer_w[-1] and np.all(outer_w == outer_w[0]):
-        # Equal weights (binary implicit data, ALS-WR): scale the product, not the block.
-        lhs = (block.T @ block) * outer_w[0]
-    else:
-        # Outer-product weights are >= 0, so Z'Z with Z = sqrt(w) * block: numpy hands a
-        # product of a matrix with its own transpose to the symmetric kernel (syrk).
-        scaled = block * np.sqrt(outer_w)[:, None]
-        lhs = scaled.T @ scaled
-    return lhs, block.T @ rhs_w
+    # Outer-product weights are >= 0, so Z'Z with Z = sqrt(w) * block: numpy hands a
+    # product of a matrix with its own transpose to the symmetric kernel (syrk).
+    scaled = block * np.sqrt(outer_w)[:, None]
+    return scaled.T @ scaled, block.T @ rhs_w
 
 
 def _normal_equations_padded(
