@@ -10,6 +10,7 @@ from threadpoolctl import threadpool_limits
 
 from consumer.cli import demo, offline, service
 from consumer.errors import InputError
+from consumer.state.store import StateError
 
 _COMMAND_GROUPS = (offline, service, demo)
 
@@ -34,6 +35,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args))
     except InputError as exc:
         print(f"unlearn: error: {exc}", file=sys.stderr)
+        return 2
+    except StateError as exc:  # no model in the namespace, or one this version cannot read
+        print(f"unlearn: error: redis: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -113,11 +113,8 @@ def run_load(args: argparse.Namespace) -> int:
     stamps = pair_timestamps(data, u, i, rows.timestamps)
     state = connect(settings)
     started = time.perf_counter()
-    try:
-        with tqdm(total=args.shards, desc="load", unit="shard", disable=None) as bar:
-            load(state, model, data, stamps, args.shards, args.replace, bar.update)
-    except StateError as exc:
-        raise InputError(f"namespace {settings.namespace}", str(exc)) from exc
+    with tqdm(total=args.shards, desc="load", unit="shard", disable=None) as bar:
+        load(state, model, data, stamps, args.shards, args.replace, bar.update)
     print(
         json.dumps(
             {
@@ -135,10 +132,7 @@ def run_load(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     state = connect(settings_from(args))
-    try:
-        model, data = export(state)
-    except StateError as exc:
-        raise InputError("redis", str(exc)) from exc
+    model, data = export(state)
     save_model(model, args.out)
     print(
         json.dumps(
@@ -190,7 +184,7 @@ def _engine_when_loaded(state: ModelState, wait_s: float) -> Engine:
             return Engine(state)
         except StateError as exc:
             if time.monotonic() >= deadline:
-                raise InputError("redis", str(exc)) from exc
+                raise
             log.info("waiting for a model in the namespace: %s", exc)
             time.sleep(min(5.0, max(deadline - time.monotonic(), 0.1)))
 
@@ -198,10 +192,7 @@ def _engine_when_loaded(state: ModelState, wait_s: float) -> Engine:
 def run_status(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     state = connect(settings)
-    try:
-        meta = state.meta()
-    except StateError as exc:
-        raise InputError("redis", str(exc)) from exc
+    meta = state.meta()
     applied = state.read_applied()
     status = state.read_status()
     out: dict[str, Any] = {
@@ -255,10 +246,7 @@ def run_recommend(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise InputError("command line", "-n must be >= 1")
     state = connect(settings_from(args))
-    try:
-        top = recommend(state, args.user, args.n)
-    except StateError as exc:
-        raise InputError("redis", str(exc)) from exc
+    top = recommend(state, args.user, args.n)
     if top is None:
         raise InputError("command line", f"user {args.user!r} is not in the model")
     for rank, entry in enumerate(top, start=1):
@@ -268,10 +256,7 @@ def run_recommend(args: argparse.Namespace) -> int:
 
 def run_audit(args: argparse.Namespace) -> int:
     state = connect(settings_from(args))
-    try:
-        meta = state.meta()
-    except StateError as exc:
-        raise InputError("redis", str(exc)) from exc
+    meta = state.meta()
     for receipt in state.read_receipts(meta.shards):
         if args.request_id is not None and receipt.get("request_id") != args.request_id:
             continue
