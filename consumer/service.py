@@ -30,6 +30,7 @@ from consumer.events import (
 )
 from consumer.http import Health
 from consumer.metrics import Metrics
+from consumer.retry import TRANSIENT_REDIS, RetriesExhausted, retry
 from consumer.settings import Settings
 
 log = logging.getLogger("unlearn.service")
@@ -73,6 +74,7 @@ class Service:
         self._last_event = time.monotonic()
         self._last_sweep = 0.0
         self._converged = True
+        self._engine_stale = False
         self.consumer = Consumer(
             {
                 # A fetch waits at most one batch window for data: forget latency is the
@@ -144,7 +146,7 @@ class Service:
             return
         messages, self._pending = self._pending, []
         interactions, deletions, rejected = self._parse(messages)
-        outcome = self.engine.process(interactions, deletions)  # durable when it returns
+        outcome = self._process_durably(interactions, deletions)
         for item in rejected:
             self._dead_letter(item)
         for receipt in (*outcome.receipts, *outcome.resent):
@@ -165,6 +167,34 @@ class Service:
         if self.on_batch is not None:
             self.on_batch(outcome)
 
+    def _process_durably(
+        self, interactions: list[Interaction], deletions: list[Deletion]
+    ) -> BatchOutcome:
+        """The batch, durable in Redis when this returns; Redis outages are waited out.
+
+        After a failure the engine is rebuilt from Redis (finishing an interrupted commit
+        and reloading its replica), so a retry starts from what is really stored. Past the
+        budget the service stops without committing: the batch is replayed on restart.
+        """
+        first = True
+
+        def attempt() -> BatchOutcome:
+            nonlocal first
+            if not first or self._engine_stale:
+                self.engine = Engine(self.engine.state, clock=self.engine.clock)
+                self._engine_stale = False
+            first = False
+            return self.engine.process(interactions, deletions)
+
+        def note(exc: BaseException, failures: int) -> None:
+            self.metrics.redis_errors.labels("batch").inc()
+            self.health.tick()  # waiting out an outage is not a stuck loop
+
+        try:
+            return retry(attempt, TRANSIENT_REDIS, self.settings.redis_retry_budget_s, note)
+        except RetriesExhausted as exc:
+            raise FatalError(f"Redis unavailable for too long: {exc}") from exc
+
     def _maybe_consolidate(self) -> None:
         """Sweep while idle until converged; while busy, at most once per interval."""
         s = self.settings
@@ -175,7 +205,14 @@ class Service:
         )
         if self._converged or not (idle or busy_due):
             return
-        residual, loss = self.engine.consolidate()
+        try:
+            residual, loss = self.engine.consolidate()
+        except TRANSIENT_REDIS as exc:
+            # The replica may be ahead of Redis now: rebuild it before the next batch.
+            log.warning("consolidation sweep failed (%s); retrying later", type(exc).__name__)
+            self._engine_stale = True
+            self._last_sweep = now
+            return
         self._last_sweep = now
         self.stats.sweeps += 1
         self.stats.last_residual = residual

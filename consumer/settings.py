@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     consolidate_tolerance: float = Field(1e-4, ge=0)
     revoke_budget_s: float = Field(10.0, gt=0)
     session_timeout_ms: int = Field(10_000, ge=1000)
+    redis_retry_budget_s: float = Field(
+        300.0, gt=0, description="how long a batch waits out a Redis outage before exiting"
+    )
     wait_for_model_s: float = Field(
         0.0, ge=0, description="wait this long for `unlearn load` before giving up (0: fail)"
     )

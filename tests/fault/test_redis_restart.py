@@ -1,0 +1,133 @@
+"""Redis goes away mid-stream (SIGKILL, restart from its AOF a few seconds later): the
+service waits it out, loses no request and applies none twice."""
+
+from __future__ import annotations
+
+import json
+import signal
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+
+from consumer.embedded import free_port, process, redis_binary, wait_until
+from consumer.engine import Engine
+from consumer.service import Service
+from consumer.settings import load_settings
+from consumer.state.bootstrap import load
+from consumer.state.store import ModelState
+from tests.conftest import params_for
+from tests.service.kafka_helpers import create_topics, event, produce, read_all, unique
+from unlearn_core import Interactions, train
+
+REQUESTS = 600
+
+
+def redis_args(port: int, workdir: str) -> list[str]:
+    return [
+        redis_binary(),
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dir",
+        workdir,
+        "--save",
+        "",
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+    ]
+
+
+@pytest.mark.slow
+def test_a_redis_restart_mid_stream_loses_nothing(kafka_bootstrap):
+    rng = np.random.default_rng(3)
+    mask = rng.random((200, 120)) < 0.15
+    users, items = np.nonzero(mask)
+    data = Interactions.from_triples(users, items, np.ones(len(users)), mask.shape, "implicit")
+    model, _ = train(
+        data,
+        [f"u{n}" for n in range(200)],
+        [f"i{n}" for n in range(120)],
+        params_for("implicit", factors=6),
+        5,
+    )
+    topics = {k: unique(k) for k in ("interactions", "deletions", "receipts", "dlq")}
+    create_topics(kafka_bootstrap, topics.values())
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    with tempfile.TemporaryDirectory() as workdir:
+        log = Path(workdir) / "redis.log"
+        server = process(redis_args(port, workdir), log)
+        proc = server.__enter__()
+        client = redis.Redis.from_url(url)
+        wait_until(lambda: client.ping(), "redis-server")
+        state = ModelState(client, "faults")
+        load(state, model, data, np.full(data.nnz, 1e9), shards=4)
+        settings = load_settings(
+            None,
+            kafka_bootstrap_servers=kafka_bootstrap,
+            redis_url=url,
+            namespace="faults",
+            group_id=unique("group"),
+            topic_interactions=topics["interactions"],
+            topic_deletions=topics["deletions"],
+            topic_receipts=topics["receipts"],
+            topic_dlq=topics["dlq"],
+            session_timeout_ms=6000,
+            batch_max_events=50,
+            redis_retry_budget_s=60,
+        )
+        service = Service(settings, Engine(ModelState(redis.Redis.from_url(url), "faults")))
+        thread = threading.Thread(target=service.run, kwargs={"max_seconds": 120}, daemon=True)
+        thread.start()
+        keys = data.entry_keys[rng.choice(data.nnz, REQUESTS, replace=False)]
+        pairs = [(int(k // 120), int(k % 120)) for k in keys]
+        produce(
+            kafka_bootstrap,
+            topics["deletions"],
+            [
+                (f"u{u}", event(user=f"u{u}", item=f"i{i}", ts=2e9, request_id=f"r{n}"))
+                for n, (u, i) in enumerate(pairs[: REQUESTS // 2])
+            ],
+        )
+        read_all(kafka_bootstrap, topics["receipts"], lambda m: len(m) >= 50, timeout=60)
+        proc.send_signal(signal.SIGKILL)  # the server dies ...
+        proc.wait()
+        server.__exit__(None, None, None)
+        produce(
+            kafka_bootstrap,
+            topics["deletions"],
+            [  # ... while requests keep coming
+                (f"u{u}", event(user=f"u{u}", item=f"i{i}", ts=2e9, request_id=f"r{n}"))
+                for n, (u, i) in enumerate(pairs[REQUESTS // 2 :], start=REQUESTS // 2)
+            ],
+        )
+        time.sleep(3)
+        server = process(redis_args(port, workdir), log)  # ... and comes back from its AOF
+        server.__enter__()
+        try:
+            receipts = read_all(
+                kafka_bootstrap,
+                topics["receipts"],
+                lambda m: len({json.loads(x.value())["request_id"] for x in m}) >= REQUESTS,
+                timeout=90,
+            )
+            service.request_stop()
+            thread.join(timeout=30)
+            ids = {json.loads(m.value())["request_id"] for m in receipts}
+            assert len(ids) == REQUESTS
+            originals = [json.loads(m.value()) for m in receipts]
+            assert all(r["removed"] == 1 for r in originals)
+            wait_until(lambda: client.ping(), "redis-server after restart")
+            rows = state.read_all_rows("user", state.meta())
+            assert sum(len(r) for r in rows.values()) == data.nnz - REQUESTS
+            assert service.metrics.redis_errors.labels("batch")._value.get() > 0  # it did wait
+        finally:
+            server.__exit__(None, None, None)
