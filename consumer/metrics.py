@@ -120,6 +120,10 @@ class Metrics:
         self.last_commit = Gauge(
             "unlearn_last_commit_timestamp_seconds", "Time of the last offset commit", registry=r
         )
+        # 1 while input is paused because too many recent messages were dead-lettered.
+        self.dlq_paused = Gauge(
+            "unlearn_dlq_paused", "1 while a dead-letter surge pauses consumption", registry=r
+        )
         # Latency of Redis operations (a pipeline or transaction each), by operation.
         self.redis_seconds = Histogram(
             "unlearn_redis_operation_seconds",

@@ -9,6 +9,7 @@ the open batch is finished and committed first. SIGTERM and SIGINT only set a fl
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
@@ -75,6 +76,8 @@ class Service:
         self._last_sweep = 0.0
         self._converged = True
         self._engine_stale = False
+        self._recent_dead: collections.deque[bool] = collections.deque(maxlen=settings.dlq_window)
+        self._paused_until: float | None = None
         self.consumer = Consumer(
             {
                 # A fetch waits at most one batch window for data: forget latency is the
@@ -125,6 +128,7 @@ class Service:
         s = self.settings
         self.health.tick()
         self._sample_redis()
+        self._maybe_resume()
         room = s.batch_max_events - len(self._pending)
         messages = self.consumer.consume(num_messages=max(room, 1), timeout=s.batch_max_ms / 1000)
         for message in messages:
@@ -157,6 +161,7 @@ class Service:
         self._commit(messages)
         outcome.phases["commit"] = time.perf_counter() - committing
         self._observe(outcome, messages, interactions, deletions, rejected)
+        self._dead_letter_policy(len(messages), len(rejected))
         self.stats.batches += 1
         self.stats.events += len(messages)
         self.stats.dead_lettered += len(rejected)
@@ -166,6 +171,36 @@ class Service:
         self._converged = False
         if self.on_batch is not None:
             self.on_batch(outcome)
+
+    def _dead_letter_policy(self, messages: int, dead: int) -> None:
+        """Pause input when most recent messages are dead-lettered: a bad producer deploy
+        should page someone, not quietly send the whole stream to the DLQ."""
+        s = self.settings
+        self._recent_dead.extend([True] * dead + [False] * (messages - dead))
+        seen = len(self._recent_dead)
+        if seen < s.dlq_min_messages or self._paused_until is not None:
+            return
+        ratio = sum(self._recent_dead) / seen
+        if ratio <= s.dlq_max_ratio:
+            return
+        self.consumer.pause(self.consumer.assignment())
+        self._paused_until = time.monotonic() + s.dlq_pause_s if s.dlq_pause_s else float("inf")
+        self.metrics.dlq_paused.set(1)
+        log.error(
+            "%.0f%% of the last %d messages were dead-lettered: input paused for %s",
+            100 * ratio,
+            seen,
+            f"{s.dlq_pause_s:.0f} s" if s.dlq_pause_s else "good (restart)",
+        )
+
+    def _maybe_resume(self) -> None:
+        if self._paused_until is None or time.monotonic() < self._paused_until:
+            return
+        self.consumer.resume(self.consumer.assignment())
+        self._paused_until = None
+        self._recent_dead.clear()
+        self.metrics.dlq_paused.set(0)
+        log.warning("input resumed after a dead-letter pause")
 
     def _process_durably(
         self, interactions: list[Interaction], deletions: list[Deletion]

@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     consolidate_tolerance: float = Field(1e-4, ge=0)
     revoke_budget_s: float = Field(10.0, gt=0)
     session_timeout_ms: int = Field(10_000, ge=1000)
+    dlq_max_ratio: float = Field(
+        0.5, gt=0, le=1, description="dead-lettered share of recent messages that pauses input"
+    )
+    dlq_window: int = Field(1000, ge=10, description="recent messages the ratio is taken over")
+    dlq_min_messages: int = Field(100, ge=1, description="no pause before this many messages")
+    dlq_pause_s: float = Field(300.0, ge=0, description="pause length; 0: until restarted")
     redis_retry_budget_s: float = Field(
         300.0, gt=0, description="how long a batch waits out a Redis outage before exiting"
     )

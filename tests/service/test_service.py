@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import numpy as np
@@ -19,10 +20,14 @@ def pair(setup, n):
 def test_deletions_are_forgotten_and_acknowledged(setup, running):
     s = setup.settings
     pairs = [pair(setup, n) for n in range(0, 30, 3)]
-    produce(setup.bootstrap, s.topic_deletions, [
-        (f"u{u}", event(user=f"u{u}", item=f"i{i}", ts=2e9, request_id=f"r-{u}-{i}"))
-        for u, i in pairs
-    ])  # fmt: skip
+    produce(
+        setup.bootstrap,
+        s.topic_deletions,
+        [
+            (f"u{u}", event(user=f"u{u}", item=f"i{i}", ts=2e9, request_id=f"r-{u}-{i}"))
+            for u, i in pairs
+        ],
+    )
     receipts = read_all(setup.bootstrap, s.topic_receipts, lambda m: len(m) >= len(pairs))
     bodies = [json.loads(m.value()) for m in receipts]
     assert sorted(b["request_id"] for b in bodies) == sorted(f"r-{u}-{i}" for u, i in pairs)
@@ -59,10 +64,14 @@ def test_an_interaction_older_than_a_processed_deletion_is_never_learned(setup, 
         setup.bootstrap, s.topic_deletions, [("late", event(user="late", ts=5e8, request_id="d"))]
     )
     read_all(setup.bootstrap, s.topic_receipts, lambda m: len(m) >= 1)
-    produce(setup.bootstrap, s.topic_interactions, [
-        ("late", event(user="late", item="i1", ts=4e8)),  # older than the deletion
-        ("late", event(user="late", item="i2", ts=6e8)),  # newer: learned
-    ])  # fmt: skip
+    produce(
+        setup.bootstrap,
+        s.topic_interactions,
+        [
+            ("late", event(user="late", item="i1", ts=4e8)),  # older than the deletion
+            ("late", event(user="late", item="i2", ts=6e8)),  # newer: learned
+        ],
+    )
     user = int(setup.state.lookup("user", ["late"])[0])
     for _ in range(100):
         row = setup.state.read_rows("user", np.array([user]), 4)[0]
@@ -70,3 +79,34 @@ def test_an_interaction_older_than_a_processed_deletion_is_never_learned(setup, 
             break
         time.sleep(0.1)
     assert row["other"].tolist() == [2]
+
+
+def test_a_surge_of_invalid_messages_pauses_input_instead_of_dead_lettering_it_all(setup):
+    s = setup.settings.model_copy(
+        update={
+            "dlq_window": 20,
+            "dlq_min_messages": 10,
+            "dlq_max_ratio": 0.5,
+            "dlq_pause_s": 3.0,
+            "batch_max_events": 10,
+        }
+    )
+    setup.settings = s
+    service = setup.service()
+    thread = threading.Thread(target=service.run, kwargs={"max_seconds": 60}, daemon=True)
+    thread.start()
+    try:
+        produce(
+            setup.bootstrap, s.topic_interactions, [(None, b"garbage %d" % n) for n in range(100)]
+        )
+        deadline = time.monotonic() + 30
+        while service.metrics.dlq_paused._value.get() == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert service.metrics.dlq_paused._value.get() == 1
+        paused_with = service.stats.dead_lettered
+        assert 10 <= paused_with < 100  # paused early, not after the whole stream
+        dead = read_all(setup.bootstrap, s.topic_dlq, lambda m: len(m) >= 100, timeout=60)
+        assert len(dead) == 100  # after the pauses, nothing is lost
+    finally:
+        service.request_stop()
+        thread.join(timeout=30)
