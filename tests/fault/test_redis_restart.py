@@ -14,35 +14,16 @@ import numpy as np
 import pytest
 import redis
 
-from consumer.embedded import free_port, process, redis_binary, wait_until
+from consumer.embedded import free_port, process, redis_args, wait_until
 from consumer.engine import Engine
 from consumer.service import Service
-from consumer.settings import load_settings
 from consumer.state.bootstrap import load
 from consumer.state.store import ModelState
 from tests.conftest import params_for
-from tests.service.kafka_helpers import create_topics, event, produce, read_all, unique
+from tests.service.kafka_helpers import event, fresh_settings, produce, read_all
 from unlearn_core import Interactions, train
 
 REQUESTS = 600
-
-
-def redis_args(port: int, workdir: str) -> list[str]:
-    return [
-        redis_binary(),
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--dir",
-        workdir,
-        "--save",
-        "",
-        "--appendonly",
-        "yes",
-        "--appendfsync",
-        "always",
-    ]
 
 
 @pytest.mark.slow
@@ -58,32 +39,20 @@ def test_a_redis_restart_mid_stream_loses_nothing(kafka_bootstrap):
         params_for("implicit", factors=6),
         5,
     )
-    topics = {k: unique(k) for k in ("interactions", "deletions", "receipts", "dlq")}
-    create_topics(kafka_bootstrap, topics.values())
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
     with tempfile.TemporaryDirectory() as workdir:
         log = Path(workdir) / "redis.log"
-        server = process(redis_args(port, workdir), log)
+        server = process(redis_args(port, workdir, True), log)
         proc = server.__enter__()
         client = redis.Redis.from_url(url)
         wait_until(lambda: client.ping(), "redis-server")
         state = ModelState(client, "faults")
         load(state, model, data, np.full(data.nnz, 1e9), shards=4)
-        settings = load_settings(
-            None,
-            kafka_bootstrap_servers=kafka_bootstrap,
-            redis_url=url,
-            namespace="faults",
-            group_id=unique("group"),
-            topic_interactions=topics["interactions"],
-            topic_deletions=topics["deletions"],
-            topic_receipts=topics["receipts"],
-            topic_dlq=topics["dlq"],
-            session_timeout_ms=6000,
-            batch_max_events=50,
-            redis_retry_budget_s=60,
+        settings = fresh_settings(
+            kafka_bootstrap, url, "faults", batch_max_events=50, redis_retry_budget_s=60
         )
+        topics = {"deletions": settings.topic_deletions, "receipts": settings.topic_receipts}
         service = Service(settings, Engine(ModelState(redis.Redis.from_url(url), "faults")))
         thread = threading.Thread(target=service.run, kwargs={"max_seconds": 120}, daemon=True)
         thread.start()
@@ -110,7 +79,7 @@ def test_a_redis_restart_mid_stream_loses_nothing(kafka_bootstrap):
             ],
         )
         time.sleep(3)
-        server = process(redis_args(port, workdir), log)  # ... and comes back from its AOF
+        server = process(redis_args(port, workdir, True), log)  # ... and comes back from its AOF
         server.__enter__()
         try:
             receipts = read_all(

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import redis
 
-from consumer.embedded import free_port, process, redis_binary, wait_until
+from consumer.embedded import free_port, process, redis_args, wait_until
 from consumer.state.bootstrap import load
 from consumer.state.store import ModelState
 from tests.conftest import params_for
@@ -27,21 +27,7 @@ KAFKA_SECRET = "kafka-pw-41d2e8"
 def test_secrets_never_appear_in_any_output(kafka_bootstrap, random_data):
     port, metrics_port = free_port(), free_port()
     with tempfile.TemporaryDirectory() as workdir:
-        args = [
-            redis_binary(),
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--dir",
-            workdir,
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--requirepass",
-            REDIS_SECRET,
-        ]
+        args = redis_args(port, workdir, False, "--requirepass", REDIS_SECRET)
         with process(args, Path(workdir) / "redis.log"):
             client = redis.Redis(port=port, password=REDIS_SECRET)
             wait_until(lambda: client.ping(), "redis-server with AUTH")

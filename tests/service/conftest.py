@@ -12,11 +12,11 @@ import redis
 
 from consumer.engine import Engine
 from consumer.service import Service
-from consumer.settings import Settings, load_settings
+from consumer.settings import Settings
 from consumer.state.bootstrap import load
 from consumer.state.store import ModelState
 from tests.conftest import params_for
-from tests.service.kafka_helpers import create_topics, unique
+from tests.service.kafka_helpers import fresh_settings, unique
 from unlearn_core import Interactions, train
 
 
@@ -33,27 +33,12 @@ class Setup:
 
 @pytest.fixture
 def setup(kafka_bootstrap: str, redis_url: str, random_data) -> Setup:
-    names = {k: unique(k) for k in ("interactions", "deletions", "receipts", "dlq")}
-    create_topics(kafka_bootstrap, names.values())
-    namespace = unique("ns")
-    settings = load_settings(
-        None,
-        kafka_bootstrap_servers=kafka_bootstrap,
-        redis_url=redis_url,
-        namespace=namespace,
-        group_id=unique("group"),
-        topic_interactions=names["interactions"],
-        topic_deletions=names["deletions"],
-        topic_receipts=names["receipts"],
-        topic_dlq=names["dlq"],
-        session_timeout_ms=6000,
-        batch_max_ms=20,
-    )
+    settings = fresh_settings(kafka_bootstrap, redis_url, unique("ns"), batch_max_ms=20)
     _, data = random_data(n_users=40, n_items=25, density=0.3, seed=5)
     model, _ = train(
         data, [f"u{n}" for n in range(40)], [f"i{n}" for n in range(25)], params_for("implicit"), 10
     )
-    state = ModelState(redis.Redis.from_url(redis_url), namespace)
+    state = ModelState(redis.Redis.from_url(redis_url), settings.namespace)
     load(state, model, data, np.full(data.nnz, 1e9), shards=4)
     return Setup(settings, state, data, kafka_bootstrap)
 

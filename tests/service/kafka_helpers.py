@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterable
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from consumer.settings import Settings, load_settings
+
 PARTITIONS = 2
 
 
@@ -62,3 +64,22 @@ def read_all(
     finally:
         consumer.close()
     return messages
+
+
+def fresh_settings(bootstrap: str, redis_url: str, namespace: str, **overrides) -> Settings:
+    """Settings on new topics and a new consumer group, with the test broker's fast joins."""
+    names = {k: unique(k) for k in ("interactions", "deletions", "receipts", "dlq")}
+    create_topics(bootstrap, names.values())
+    return load_settings(
+        None,
+        kafka_bootstrap_servers=bootstrap,
+        redis_url=redis_url,
+        namespace=namespace,
+        group_id=unique("group"),
+        topic_interactions=names["interactions"],
+        topic_deletions=names["deletions"],
+        topic_receipts=names["receipts"],
+        topic_dlq=names["dlq"],
+        session_timeout_ms=6000,
+        **overrides,
+    )
