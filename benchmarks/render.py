@@ -125,6 +125,29 @@ def redis_memory(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n\n" + _machine(data)
 
 
+def e2e_load(data: dict[str, Any]) -> str:
+    lines = [
+        "| deletions/s | interactions/s | seconds | receipts | forget latency p50 / p90 / p99 "
+        "(ms) | backlog at end | service CPU s | implicit retrain CPU / CPU per forget |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for p in data["phases"]:
+        latency = p["forget_latency_ms"]
+        lines.append(
+            f"| {p['deletions_per_s']:.0f} | {p['interactions_per_s']:.0f} | {p['seconds']:.0f} | "
+            f"{p['receipts']} | {latency.get('p50', 0):.0f} / {latency.get('p90', 0):.0f} / "
+            f"{latency.get('p99', 0):.0f} | {p['backlog_end']} | {p['service_cpu_seconds']:.1f} | "
+            f"{p['implicit_retrain_cpu_over_cpu_per_forget']:.0f}x |"
+        )
+    retrain = data["implicit_retrain"]
+    lines.append("")
+    lines.append(
+        f"`implicit` 15-iteration retrain of the same model in the same run: "
+        f"{retrain['wall_seconds']:.2f} s wall, {retrain['cpu_seconds']:.2f} CPU s."
+    )
+    return "\n".join(lines) + "\n\n" + _machine(data)
+
+
 def _machine(data: dict[str, Any]) -> str:
     m = data["machine"]
     return (
@@ -138,6 +161,7 @@ SECTIONS: dict[str, Callable[[dict[str, Any]], str]] = {
     "core_speed": core_speed,
     "forget_quality": forget_quality,
     "redis_memory": redis_memory,
+    "e2e_load": e2e_load,
 }
 
 
