@@ -66,9 +66,7 @@ def core_speed(data: dict[str, Any]) -> str:
             "(reads 1M lines, loads and saves)",
         ),
     ]
-    lines = ["| measurement (median) | value | comparison |", "|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
-    return "\n".join(lines) + "\n\n" + _machine(data)
+    return _table(("measurement (median)", "value", "comparison"), rows) + "\n\n" + _machine(data)
 
 
 def forget_quality(data: dict[str, Any]) -> str:
@@ -115,9 +113,7 @@ def redis_memory(data: dict[str, Any]) -> str:
          f"{data['server_growth_bytes_per_interaction']:.1f} B per interaction",
          "everything above, Gramians and metadata"),
     ]  # fmt: skip
-    lines = ["| what | measured | note |", "|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
-    lines.append("")
+    lines = [_table(("what", "measured", "note"), rows), ""]
     lines.append(
         f"{data['interactions']:,} interactions, {data['users']:,} users, {data['items']:,} items, "
         f"{data['shards']} shards; MEMORY USAGE per key (samples=0)."
@@ -146,6 +142,12 @@ def e2e_load(data: dict[str, Any]) -> str:
         f"{retrain['wall_seconds']:.2f} s wall, {retrain['cpu_seconds']:.2f} CPU s."
     )
     return "\n".join(lines) + "\n\n" + _machine(data)
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
 
 
 def _machine(data: dict[str, Any]) -> str:

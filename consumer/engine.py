@@ -41,6 +41,11 @@ def source_key(source: Source) -> str:
     return f"{source.topic}:{source.partition}:{source.offset}"
 
 
+def receipt_shard(key: str, shards: int) -> int:
+    """The shard whose :receipts hash holds the receipt of the event at `key`."""
+    return zlib.crc32(key.encode()) % shards
+
+
 @dataclass
 class BatchOutcome:
     receipts: list[dict[str, Any]] = field(default_factory=list)  # new, to publish
@@ -217,7 +222,7 @@ class Engine:
 
     def _stored_receipt(self, source: Source) -> dict[str, Any] | None:
         key = source_key(source)
-        stored = self.state.read_receipt(zlib.crc32(key.encode()) % self.shards, key)
+        stored = self.state.read_receipt(receipt_shard(key, self.shards), key)
         return json.loads(stored) if stored is not None else None
 
 
@@ -386,7 +391,7 @@ class _Batch:
         for name, (shard, t) in self.tombstones.items():
             writes[shard].tombstones[name] = t
         for receipt in receipts:
-            shard = zlib.crc32(receipt["source"].encode()) % self.shards
+            shard = receipt_shard(receipt["source"], self.shards)
             writes[shard].receipts[receipt["source"]] = json.dumps(receipt)
         for shard, write in writes.items():
             write.gramians = engine._partial_gramians(shard)

@@ -81,7 +81,7 @@ class Interactions:
     def weights_of(self, users: IndexArray, items: IndexArray) -> np.ndarray:
         """Stored weight of each pair, 0 where the pair is not observed."""
         keys = _as_index(users) * self.shape[1] + _as_index(items)
-        pos, found = _locate(self.entry_keys, keys)
+        pos, found = locate(self.entry_keys, keys)
         out = np.zeros(keys.shape, dtype=np.float64)
         out[found] = self.by_user.data[pos[found]]
         return out
@@ -211,7 +211,7 @@ def apply_change(
 
     removed_mask = np.zeros(data.nnz, dtype=bool)
     pair_keys = change.remove_pair_users * n_items + change.remove_pair_items
-    pos, found = _locate(keys, pair_keys)
+    pos, found = locate(keys, pair_keys)
     removed_mask[pos[found]] = True
     counts_u = data.row_counts()
     counts_i = data.column_counts()
@@ -246,7 +246,7 @@ def apply_change(
             )
             # A new rating replaces the old one: drop the old entries first.
             current = Interactions(result)
-            pos, found = _locate(current.entry_keys, add_users * n_items + add_items)
+            pos, found = locate(current.entry_keys, add_users * n_items + add_items)
             if found.any():
                 keep = np.ones(current.nnz, dtype=bool)
                 keep[pos[found]] = False
@@ -277,7 +277,7 @@ def apply_change(
     return Interactions(result), summary
 
 
-def _locate(sorted_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def locate(sorted_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Positions of keys in a sorted array, and which of them are present."""
     pos = np.searchsorted(sorted_keys, keys)
     pos_clipped = np.minimum(pos, max(len(sorted_keys) - 1, 0))

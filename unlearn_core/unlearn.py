@@ -66,14 +66,15 @@ def update(
     new_data, summary = apply_change(data, change, model.params.kind)
     new_data.by_item  # noqa: B018 - build the item-major copy here, not inside a timed solve
     apply_seconds = time.perf_counter() - started
+    touched_users, touched_items = summary.touched_users, summary.touched_items  # np.unique once
     report = UpdateReport(
         removed=summary.removed,
         added=summary.added,
         pairs_not_found=summary.pairs_not_found,
         users_not_found=summary.users_not_found,
         items_not_found=summary.items_not_found,
-        touched_users=len(summary.touched_users),
-        touched_items=len(summary.touched_items),
+        touched_users=len(touched_users),
+        touched_items=len(touched_items),
         tolerance=policy.tolerance,
         max_sweeps=policy.max_sweeps,
         apply_seconds=apply_seconds,
@@ -89,7 +90,7 @@ def update(
         summary.changed_users, summary.changed_items, policy.sample_size, policy.sample_seed
     )
     run = _Run(new_data, model, policy, report, changed)
-    run.touched(users, items, summary.touched_users, summary.touched_items)
+    run.touched(users, items, touched_users, touched_items)
     run.sweeps(users, items)
     return model.with_factors(users, items), new_data, report
 

@@ -505,21 +505,24 @@ def _neighbours(item_factors: np.ndarray, items: np.ndarray, per_item: int = 5) 
     return np.unique(np.argsort(-similarity, axis=1)[:, :per_item])
 
 
-def _top(model, current: Interactions, user_id: str) -> list[str]:
-    """A model's top-N for the user, leaving out what the user has in `current`."""
+def _unseen_scores(model, current: Interactions, user_id: str) -> np.ndarray:
+    """The model's scores of every item for the user, -inf where `current` says they have it."""
     u = model.user_index[user_id]
     scores = model.item_factors.astype(np.float64) @ model.user_factors[u].astype(np.float64)
     seen = current.by_user.indices[current.by_user.indptr[u] : current.by_user.indptr[u + 1]]
     scores[seen] = -np.inf
+    return scores
+
+
+def _top(model, current: Interactions, user_id: str) -> list[str]:
+    """A model's top-N for the user, leaving out what the user has in `current`."""
+    scores = _unseen_scores(model, current, user_id)
     return [str(model.item_ids[i]) for i in np.argsort(-scores, kind="stable")[:TOP_N]]
 
 
 def _median_rank(model, current: Interactions, user_id: str, items: set[str]) -> float:
     """Median rank (1 = top) of the given items among all items the user does not have."""
-    u = model.user_index[user_id]
-    scores = model.item_factors.astype(np.float64) @ model.user_factors[u].astype(np.float64)
-    seen = current.by_user.indices[current.by_user.indptr[u] : current.by_user.indptr[u + 1]]
-    scores[seen] = -np.inf
+    scores = _unseen_scores(model, current, user_id)
     rank_of = np.empty(len(scores), dtype=np.int64)
     rank_of[np.argsort(-scores, kind="stable")] = np.arange(1, len(scores) + 1)
     return float(np.median([rank_of[model.item_index[i]] for i in items]))

@@ -10,6 +10,7 @@ import scipy.sparse as sp
 from consumer.state.layout import ROW_DTYPE
 from consumer.state.store import SIDES, ModelState, ShardWrite
 from unlearn_core import FactorModel, Interactions
+from unlearn_core.interactions import locate
 from unlearn_core.solve import gramian
 
 _ROWS_PER_WRITE = 5000  # rows per transaction while loading: bounded request size
@@ -25,8 +26,7 @@ def pair_timestamps(
     unique, starts = np.unique(keys[order], return_index=True)
     latest = np.maximum.reduceat(ts[order], starts) if len(starts) else np.empty(0)
     out = np.zeros(data.nnz)
-    pos = np.searchsorted(unique, data.entry_keys)
-    found = (pos < len(unique)) & (unique[np.minimum(pos, len(unique) - 1)] == data.entry_keys)
+    pos, found = locate(unique, data.entry_keys)
     out[found] = latest[pos[found]]
     return out
 

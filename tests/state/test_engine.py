@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from consumer.engine import Engine
+from consumer.engine import Engine, receipt_shard, source_key
 from consumer.events import Deletion, Interaction, Source
 from consumer.state.bootstrap import export, load
 from consumer.state.store import ModelState
@@ -191,10 +191,8 @@ def test_the_batch_loss_is_the_objective_on_the_new_data(redis_client, random_da
 
 
 def _receipt_location(state, deletion):
-    import zlib
-
-    key = f"{deletion.source.topic}:{deletion.source.partition}:{deletion.source.offset}"
-    return zlib.crc32(key.encode()) % state.meta().shards, key
+    key = source_key(deletion.source)
+    return receipt_shard(key, state.meta().shards), key
 
 
 def test_consolidation_lowers_the_loss_toward_retraining(loaded):
