@@ -8,7 +8,10 @@ state; the service publishes them only after the commit.
 
 The engine keeps a replica of all factors in memory: the solves need the factors of every
 neighbour of a touched row, and reading them from Redis per batch would cost more than the
-solves. It is the only writer of its namespace.
+solves. Several engines (instances) may share a namespace: each batch runs under the
+namespace's write lease (state/lease.py), first bringing the replica up to date with what
+other instances committed since (the change log), and every write is fenced by the
+lease's token, so batches from different instances apply one after the other.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import json
 import time
 import zlib
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,19 +72,67 @@ class Engine:
     def __init__(self, state: ModelState, clock: Callable[[], float] = time.time) -> None:
         self.state = state
         self.clock = clock
-        state.recover()  # a batch a crash interrupted goes in before anything else
+        rng = np.random.default_rng(0)
+        self._sample_seed = rng.integers(0, 2**31, 2)
+        state.lease.acquire()
+        try:
+            # A batch a crash interrupted goes in before anything else.
+            recovered = state.recover()
+            self._reload()
+            if recovered:  # its status line was lost with it: other instances read this
+                state.client.hset(state.layout.status, "loss", repr(self.loss))
+        finally:
+            state.lease.release()
+
+    def _reload(self) -> None:
+        state = self.state
+        self.generation = state.generation()
         self.meta = state.meta()
         self.params = self.meta.params
         self.shards = self.meta.shards
         self.factors = {side: state.read_all_factors(side, self.meta) for side in SIDES}
         self.interactions = int(state.read_status().get("interactions", 0))
         self.loss = self.full_loss()
-        rng = np.random.default_rng(0)
-        self._sample_seed = rng.integers(0, 2**31, 2)
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Hold the write lease, with the replica brought up to date with Redis."""
+        generation = self.state.lease.acquire()
+        try:
+            self._refresh(generation)
+            yield
+        finally:
+            self.state.lease.release()
+
+    def _refresh(self, generation: int) -> None:
+        """Read the factors other instances changed since this engine last committed."""
+        if generation == self.generation:
+            return
+        state = self.state
+        changes = state.read_changes(self.generation)
+        if changes is None:
+            self._reload()
+            return
+        meta = state.meta()
+        for side, changed in zip(SIDES, changes, strict=True):
+            self.grow(side, meta.count(side))
+            rows = np.array(sorted(changed), dtype=np.int64)
+            if len(rows):
+                self.factors[side][rows] = state.read_factors(
+                    side, rows, self.shards, self.params.factors
+                )
+        status = state.read_status()
+        self.interactions = int(status.get("interactions", 0))
+        self.loss = float(status["loss"]) if "loss" in status else self.full_loss()
+        self.generation = generation
 
     # ----- the batch ------------------------------------------------------------------
 
     def process(self, interactions: list[Interaction], deletions: list[Deletion]) -> BatchOutcome:
+        with self._exclusive():
+            return self._process(interactions, deletions)
+
+    def _process(self, interactions: list[Interaction], deletions: list[Deletion]) -> BatchOutcome:
         started = time.perf_counter()
         out = BatchOutcome()
         applied = self.state.read_applied()
@@ -98,8 +150,8 @@ class Engine:
                 if receipt is not None:
                     out.resent.append({**receipt, "resent": True})
         if not fresh_i and not fresh_d:
-            if out.applied != applied:
-                self.state.commit_batch({}, out.applied)
+            if any(offset > applied.get(key, -1) for key, offset in out.applied.items()):
+                self.generation = self.state.commit_batch({}, out.applied)
             return out
 
         batch = _Batch(self, fresh_i, fresh_d)
@@ -117,7 +169,7 @@ class Engine:
         out.phases["solve"] = time.perf_counter() - solved
         written = time.perf_counter()
         out.receipts = batch.receipts(out.residual)
-        self.state.commit_batch(
+        self.generation = self.state.commit_batch(
             batch.shard_writes(out.receipts),
             out.applied,
             status=self._status(out),
@@ -153,6 +205,10 @@ class Engine:
 
     def consolidate(self) -> tuple[float, float]:
         """One full Unlearn-ALS sweep over all data; returns its residual and the loss."""
+        with self._exclusive():
+            return self._consolidate()
+
+    def _consolidate(self) -> tuple[float, float]:
         data = self._all_data()
         users, items = self.factors["user"].copy(), self.factors["item"].copy()
         before = self._sample_scores()
@@ -171,7 +227,7 @@ class Engine:
             "loss": repr(self.loss),
             "updated_at": repr(self.clock()),
         }
-        self.state.commit_batch(dict(writes), {}, status=status)
+        self.generation = self.state.commit_batch(dict(writes), {}, status=status, all_rows=True)
         return residual, self.loss
 
     # ----- helpers --------------------------------------------------------------------
@@ -511,8 +567,10 @@ def _interactions(
 
 
 def _advance(applied: dict[str, int], sources: list[Source]) -> dict[str, int]:
-    out = dict(applied)
+    """The batch's partitions and how far it takes each (never back): other partitions'
+    offsets belong to other instances and are not written."""
+    out: dict[str, int] = {}
     for source in sources:
         key = f"{source.topic}:{source.partition}"
-        out[key] = max(out.get(key, -1), source.offset)
+        out[key] = max(out.get(key, applied.get(key, -1)), source.offset)
     return out

@@ -33,8 +33,13 @@ from consumer.http import Health
 from consumer.metrics import Metrics
 from consumer.retry import TRANSIENT_REDIS, RetriesExhausted, retry
 from consumer.settings import Settings
+from consumer.state.lease import LeaseBusy, LeaseLost
 
 log = logging.getLogger("unlearn.service")
+
+# A batch that meets these is retried on a rebuilt engine: Redis outages, and another
+# instance holding or having taken the namespace's write lease.
+TRANSIENT = (*TRANSIENT_REDIS, LeaseLost, LeaseBusy)
 
 
 class FatalError(RuntimeError):
@@ -226,7 +231,7 @@ class Service:
             self.health.tick()  # waiting out an outage is not a stuck loop
 
         try:
-            return retry(attempt, TRANSIENT_REDIS, self.settings.redis_retry_budget_s, note)
+            return retry(attempt, TRANSIENT, self.settings.redis_retry_budget_s, note)
         except RetriesExhausted as exc:
             raise FatalError(f"Redis unavailable for too long: {exc}") from exc
 
@@ -242,7 +247,7 @@ class Service:
             return
         try:
             residual, loss = self.engine.consolidate()
-        except TRANSIENT_REDIS as exc:
+        except TRANSIENT as exc:
             # The replica may be ahead of Redis now: rebuild it before the next batch.
             log.warning("consolidation sweep failed (%s); retrying later", type(exc).__name__)
             self._engine_stale = True

@@ -7,6 +7,7 @@ properties that hold passwords, secrets or keys) are masked wherever settings ar
 
 from __future__ import annotations
 
+import socket
 import tomllib
 from pathlib import Path
 from typing import Any, ClassVar
@@ -39,6 +40,9 @@ class Settings(BaseSettings):
     redis_url: SecretStr = SecretStr("redis://localhost:6379/0")
     redis_password: SecretStr | None = None  # AUTH password, kept out of the URL
     redis_cluster: bool = False
+    redis_timeout_s: float = Field(
+        30.0, gt=0, description="a Redis call that waits longer fails (and is retried)"
+    )
     topic_interactions: str = "interactions"
     topic_deletions: str = "deletions"
     topic_receipts: str = "unlearn-receipts"
@@ -62,6 +66,15 @@ class Settings(BaseSettings):
     dlq_pause_s: float = Field(300.0, ge=0, description="pause length; 0: until restarted")
     redis_retry_budget_s: float = Field(
         300.0, gt=0, description="how long a batch waits out a Redis outage before exiting"
+    )
+    instance_id: str = Field(
+        default_factory=socket.gethostname,
+        min_length=1,
+        description="names this instance in the namespace's write lease (pod name)",
+    )
+    lease_ttl_s: float = Field(10.0, gt=0, description="write lease expiry if a holder dies")
+    lease_wait_s: float = Field(
+        60.0, gt=0, description="how long a batch waits for another instance's lease"
     )
     wait_for_model_s: float = Field(
         0.0, ge=0, description="wait this long for `unlearn load` before giving up (0: fail)"

@@ -89,7 +89,12 @@ def settings_from(args: argparse.Namespace) -> Settings:
 def connect(settings: Settings) -> ModelState:
     url = settings.redis_url.get_secret_value()
     client_type = redis.RedisCluster if settings.redis_cluster else redis.Redis
-    extra = {}
+    # A Redis that stops answering (a partition, a paused node) must fail calls, so the
+    # retry loop can wait it out and health can report it, instead of hanging forever.
+    extra: dict[str, Any] = {
+        "socket_timeout": settings.redis_timeout_s,
+        "socket_connect_timeout": min(settings.redis_timeout_s, 5.0),
+    }
     if settings.redis_password is not None:
         extra["password"] = settings.redis_password.get_secret_value()
     client = client_type.from_url(url, **extra)
@@ -97,7 +102,13 @@ def connect(settings: Settings) -> ModelState:
         client.ping()
     except redis.RedisError as exc:
         raise InputError("redis", f"cannot reach Redis: {type(exc).__name__}") from exc
-    return ModelState(client, settings.namespace)
+    return ModelState(
+        client,
+        settings.namespace,
+        holder=settings.instance_id,
+        lease_ttl_ms=int(settings.lease_ttl_s * 1000),
+        lease_wait_s=settings.lease_wait_s,
+    )
 
 
 def run_load(args: argparse.Namespace) -> int:

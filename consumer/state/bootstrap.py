@@ -74,7 +74,7 @@ def load(
                 }
                 if start == 0:
                     write.gramians[side] = gramian(factors[side][rows])
-                state.write_shard(shard, write)
+                state.write_shards({shard: write}, token=0)  # a fresh namespace
         if progress is not None:
             progress(1)
     state.set_counts(len(model.user_ids), len(model.item_ids))

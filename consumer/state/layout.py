@@ -16,12 +16,18 @@ per shard S ({unlearn:NS:S}):
                   latest; an interaction of that scope with ts <= T is never learned
   :receipts HASH  "topic:partition:offset" -> receipt JSON: the audit trail, and what a
                   replayed deletion re-sends (marked "resent")
+  :epoch    STRING  the highest lease token that wrote the shard (fencing, see lease.py)
 global ({unlearn:NS}):
   :meta    HASH  kind, factors, regularization, alpha, shards, users, items, format
   :uid / :iid  HASH  id -> index;   :uix / :iix  HASH  index -> id
   :applied HASH  "topic:partition" -> last offset whose effect is in the state
   :intent  STRING  the batch being written (redo log), deleted with the offsets update
   :status  HASH  interactions (count), last_batch (JSON), residual, updated_at
+  :lease   STRING  the instance holding the write lease (expires)
+  :fence   STRING  counter: each acquisition of the lease draws the next token
+  :generation  STRING  counter: committed batches and sweeps
+  :changes STREAM  per generation, the rows whose factors it wrote (instances refresh
+                   their in-memory replica from it), capped
 """
 
 from __future__ import annotations
@@ -61,6 +67,22 @@ class Layout:
     def status(self) -> str:
         return f"{self._global}:status"
 
+    @property
+    def lease(self) -> str:
+        return f"{self._global}:lease"
+
+    @property
+    def fence(self) -> str:
+        return f"{self._global}:fence"
+
+    @property
+    def generation(self) -> str:
+        return f"{self._global}:generation"
+
+    @property
+    def changes(self) -> str:
+        return f"{self._global}:changes"
+
     def id_map(self, side: str) -> str:
         return f"{self._global}:{side[0]}id"
 
@@ -94,6 +116,10 @@ class ShardKeys:
     @property
     def receipts(self) -> str:
         return f"{self.tag}:receipts"
+
+    @property
+    def epoch(self) -> str:
+        return f"{self.tag}:epoch"
 
 
 def shard_of(index: int | np.ndarray, shards: int) -> int | np.ndarray:

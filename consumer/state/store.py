@@ -6,6 +6,12 @@ the batch applied are recorded and the intent deleted, in one MULTI/EXEC. A cras
 (1) and (3) leaves the intent, and `recover` re-applies it before anything else happens:
 every write is a plain SET/HSET/HDEL of final values, so applying twice changes nothing.
 A batch is therefore in the state entirely or not at all, with its offsets.
+
+Every write is fenced by the write lease's token (lease.py), so several instances can
+share a namespace: the shards are written by one script each (all pipelined in one round
+trip), which refuses a token older than the shard's; the intent and the final step are
+written only while the token is current. The final step also appends the rows whose
+factors changed to a capped change log, from which other instances refresh their replica.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import base64
 import functools
 import json
+import socket
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -30,10 +37,13 @@ from consumer.state.layout import (
     Layout,
     ShardKeys,
 )
+from consumer.state.lease import LeaseLost, WriteLease
 from unlearn_core.params import Hyperparameters
 
 SIDES = ("user", "item")
 _PIPELINE_CHUNK = 2000
+_SCRIPT_ARGS = 4000  # field/value arguments per command in a script (Lua's unpack limit)
+CHANGES_KEPT = 1000  # change-log entries; an instance further behind reloads everything
 
 # Allocates dense indices for new ids; existing ids keep theirs. One slot: atomic.
 _ALLOCATE = """
@@ -48,6 +58,58 @@ for n = 2, #ARGV do
   out[#out + 1] = tonumber(index)
 end
 return out
+"""
+
+
+# One shard's writes, if no newer token wrote the shard: KEYS[1] is its epoch, ARGV[1]
+# the token, then commands as (name, key number, argument count, arguments...).
+_SHARD_WRITE = """
+local token = tonumber(ARGV[1])
+if tonumber(redis.call('GET', KEYS[1]) or '0') > token then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1])
+local n = 2
+while n <= #ARGV do
+  local count = tonumber(ARGV[n + 2])
+  redis.call(ARGV[n], KEYS[tonumber(ARGV[n + 1])], unpack(ARGV, n + 3, n + 2 + count))
+  n = n + 3 + count
+end
+return 1
+"""
+
+# Store the intent while the token is current (KEYS: fence, intent, lease).
+_WRITE_INTENT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+redis.call('SET', KEYS[2], ARGV[2])
+redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4])
+return 1
+"""
+
+# The final step while the token is current: offsets, status, interaction count, intent
+# removal, the next generation and its change-log entry. Returns the generation, or -1.
+# KEYS: fence, lease, applied, status, intent, generation, changes.
+# ARGV: token, holder, ttl, kept, users, items, all, delta, n, applied..., m, status...
+_FINISH = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return -1
+end
+local n = 10
+local count = tonumber(ARGV[9])
+if count > 0 then redis.call('HSET', KEYS[3], unpack(ARGV, n, n + 2 * count - 1)) end
+n = n + 2 * count
+count = tonumber(ARGV[n])
+n = n + 1
+if count > 0 then redis.call('HSET', KEYS[4], unpack(ARGV, n, n + 2 * count - 1)) end
+if tonumber(ARGV[8]) ~= 0 then redis.call('HINCRBY', KEYS[4], 'interactions', ARGV[8]) end
+redis.call('DEL', KEYS[5])
+local generation = redis.call('INCR', KEYS[6])
+redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[4], generation .. '-1',
+           'users', ARGV[5], 'items', ARGV[6], 'all', ARGV[7])
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+return generation
 """
 
 
@@ -114,11 +176,19 @@ class ModelState:
         client: redis.Redis | redis.RedisCluster,
         namespace: str,
         observer: Observer | None = None,
+        holder: str | None = None,
+        lease_ttl_ms: int = 10_000,
+        lease_wait_s: float = 60.0,
     ) -> None:
         self.client = client
         self.layout = Layout(namespace)
         self.observer = observer
+        self.lease = WriteLease(
+            client, self.layout, holder or socket.gethostname(), lease_ttl_ms, lease_wait_s
+        )
         self._allocate = client.register_script(_ALLOCATE)
+        self._write_intent = client.register_script(_WRITE_INTENT)
+        self._finish = client.register_script(_FINISH)
 
     # ----- metadata and ids -------------------------------------------------------------
 
@@ -259,28 +329,15 @@ class ModelState:
         for key in self.client.scan_iter(match=self.layout.scan_pattern(), count=1000):
             self.client.delete(key)
 
-    def write_shard(self, shard: int, write: ShardWrite) -> None:
-        """One atomic transaction: the shard's state and the offsets it now reflects."""
-        keys = self.layout.shard(shard)
-        pipe = self.client.pipeline(transaction=True)
-        for side in SIDES:
-            if write.factors[side]:
-                pipe.hset(
-                    keys.factors(side),
-                    mapping={n: _f32(v) for n, v in write.factors[side].items()},
-                )
-            full = {n: r.tobytes() for n, r in write.rows[side].items() if len(r)}
-            empty = [n for n, r in write.rows[side].items() if not len(r)]
-            if full:
-                pipe.hset(keys.rows(side), mapping=full)
-            if empty:
-                pipe.hdel(keys.rows(side), *empty)
-        for side, gramian in write.gramians.items():
-            pipe.set(keys.gramian(side), np.asarray(gramian, dtype=GRAMIAN_DTYPE).tobytes())
-        if write.tombstones:
-            pipe.hset(keys.tombstones, mapping={k: repr(v) for k, v in write.tombstones.items()})
-        if write.receipts:
-            pipe.hset(keys.receipts, mapping=write.receipts)
+    def write_shards(self, writes: dict[int, ShardWrite], token: int) -> None:
+        """Each shard's writes in one script, all shards in one round trip.
+
+        A shard a newer token has written is left alone: its rows are newer than these.
+        """
+        pipe = self.client.pipeline(transaction=False)
+        for shard, write in sorted(writes.items()):
+            keys, args = _shard_commands(self.layout.shard(shard), write)
+            pipe.eval(_SHARD_WRITE, len(keys), *keys, token, *args)
         pipe.execute()
 
     @_timed("commit")
@@ -290,45 +347,93 @@ class ModelState:
         applied: dict[str, int],
         status: dict[str, str] | None = None,
         interactions_delta: int = 0,
-    ) -> None:
+        all_rows: bool = False,
+    ) -> int:
         """Make a batch durable: intent, shards, then offsets with the intent's removal.
 
-        `status` and `interactions_delta` are recorded with the offsets (same transaction),
-        so `unlearn status` always describes the state as committed.
+        Needs the write lease. `status` and `interactions_delta` are recorded with the
+        offsets (same transaction), so `unlearn status` always describes the state as
+        committed. `all_rows`: every factor changed (a sweep). Returns the new generation;
+        LeaseLost when another instance took the lease first (nothing was written then).
         """
-        self.client.set(self.layout.intent, _encode_intent(writes, applied))
-        self._apply(writes, applied, status or {}, interactions_delta)
+        token = self.lease.token
+        blob = _encode_intent(writes, applied, token)
+        keys = [self.layout.fence, self.layout.intent, self.layout.lease]
+        args = [token, blob, self.lease.holder, self.lease.ttl_ms]
+        if not self._write_intent(keys=keys, args=args):
+            raise LeaseLost("the write lease was taken over before the batch was written")
+        return self._apply(writes, applied, token, status or {}, interactions_delta, all_rows)
 
     def recover(self) -> bool:
-        """Finish a batch a crash interrupted. True when there was one."""
+        """Finish a batch a crash interrupted (needs the write lease). True when there was one."""
         blob = self.client.get(self.layout.intent)
         if blob is None:
             return False
-        writes, applied = _decode_intent(blob)
+        writes, applied, token = _decode_intent(blob)
         # The interrupted batch's status line is lost, and so is its interaction count
         # delta; `unlearn status` recounts from the rows after a recovery.
-        self._apply(writes, applied, {"recovered_at": repr(time.time())}, 0)
+        self._apply(writes, applied, token, {"recovered_at": repr(time.time())}, 0, False)
         self.client.hset(self.layout.status, "interactions", self.count_interactions())
         return True
+
+    def read_changes(self, after: int) -> tuple[set[int], set[int]] | None:
+        """Users and items whose factors changed in the generations after `after`.
+
+        None when the log no longer reaches back that far or a sweep changed every row:
+        the caller reloads everything then.
+        """
+        entries = self.client.xrange(self.layout.changes, min=f"{after + 1}-1")
+        if not entries or entries[0][0].decode() != f"{after + 1}-1":
+            return None
+        users: set[int] = set()
+        items: set[int] = set()
+        for _, body in entries:
+            if body[b"all"] == b"1":
+                return None
+            users.update(np.frombuffer(body[b"users"], dtype="<u4").tolist())
+            items.update(np.frombuffer(body[b"items"], dtype="<u4").tolist())
+        return users, items
 
     def _apply(
         self,
         writes: dict[int, ShardWrite],
         applied: dict[str, int],
+        token: int,
         status: dict[str, str],
         interactions_delta: int,
-    ) -> None:
-        for shard, write in sorted(writes.items()):
-            self.write_shard(shard, write)
-        pipe = self.client.pipeline(transaction=True)
-        if applied:
-            pipe.hset(self.layout.applied, mapping=applied)
-        if status:
-            pipe.hset(self.layout.status, mapping=status)
-        if interactions_delta:
-            pipe.hincrby(self.layout.status, "interactions", interactions_delta)
-        pipe.delete(self.layout.intent)
-        pipe.execute()
+        all_rows: bool,
+    ) -> int:
+        self.write_shards(writes, token)
+        changed = {
+            side: sorted({n for w in writes.values() for n in w.factors[side]}) for side in SIDES
+        }
+        keys = [
+            self.layout.fence,
+            self.layout.lease,
+            self.layout.applied,
+            self.layout.status,
+            self.layout.intent,
+            self.layout.generation,
+            self.layout.changes,
+        ]
+        args: list[Any] = [
+            self.lease.token,
+            self.lease.holder,
+            self.lease.ttl_ms,
+            CHANGES_KEPT,
+            np.asarray(changed["user"], dtype="<u4").tobytes(),
+            np.asarray(changed["item"], dtype="<u4").tobytes(),
+            int(all_rows),
+            interactions_delta,
+            len(applied),
+            *[x for pair in applied.items() for x in pair],
+            len(status),
+            *[x for pair in status.items() for x in pair],
+        ]
+        generation = int(self._finish(keys=keys, args=args))
+        if generation < 0:
+            raise LeaseLost("the write lease was taken over before the batch was finished")
+        return generation
 
     def memory_usage(self) -> int:
         """Bytes of all the namespace's keys (MEMORY USAGE, Redis's default sampling)."""
@@ -346,6 +451,10 @@ class ModelState:
             for field_ in self.client.hkeys(key):
                 total += int(self.client.hstrlen(key, field_)) // ROW_DTYPE.itemsize
         return total
+
+    def generation(self) -> int:
+        """Committed batches and sweeps so far (see the change log)."""
+        return int(self.client.get(self.layout.generation) or 0)
 
     def read_status(self) -> dict[str, str]:
         return {k.decode(): v.decode() for k, v in self.client.hgetall(self.layout.status).items()}
@@ -382,7 +491,37 @@ class ModelState:
 _EMPTY_ROW = np.empty(0, dtype=ROW_DTYPE)
 
 
-def _encode_intent(writes: dict[int, ShardWrite], applied: dict[str, int]) -> bytes:
+def _shard_commands(keys: ShardKeys, write: ShardWrite) -> tuple[list[str], list[Any]]:
+    """The shard's keys (its epoch first) and the commands for the _SHARD_WRITE script."""
+    names = [keys.epoch]
+    args: list[Any] = []
+
+    def command(name: str, key: str, values: list[Any], per: int) -> None:
+        if key not in names:
+            names.append(key)
+        number = names.index(key) + 1
+        step = _SCRIPT_ARGS - _SCRIPT_ARGS % per
+        for start in range(0, len(values), step):
+            chunk = values[start : start + step]
+            args.extend([name, number, len(chunk), *chunk])
+
+    for side in SIDES:
+        factors = write.factors[side]
+        pairs = [x for n, v in factors.items() for x in (n, _f32(v))]
+        command("HSET", keys.factors(side), pairs, 2)
+        rows = write.rows[side]
+        full = [x for n, r in rows.items() if len(r) for x in (n, r.tobytes())]
+        command("HSET", keys.rows(side), full, 2)
+        command("HDEL", keys.rows(side), [n for n, r in rows.items() if not len(r)], 1)
+    for side, gramian in write.gramians.items():
+        command("SET", keys.gramian(side), [np.asarray(gramian, dtype=GRAMIAN_DTYPE).tobytes()], 1)
+    tombstones = [x for k, v in write.tombstones.items() for x in (k, repr(v))]
+    command("HSET", keys.tombstones, tombstones, 2)
+    command("HSET", keys.receipts, [x for pair in write.receipts.items() for x in pair], 2)
+    return names, args
+
+
+def _encode_intent(writes: dict[int, ShardWrite], applied: dict[str, int], token: int) -> bytes:
     def blobs(values: dict[int, np.ndarray], dtype: np.dtype) -> dict[str, str]:
         return {
             str(n): base64.b64encode(np.ascontiguousarray(v, dtype=dtype).tobytes()).decode()
@@ -392,6 +531,7 @@ def _encode_intent(writes: dict[int, ShardWrite], applied: dict[str, int]) -> by
     return json.dumps(
         {
             "applied": applied,
+            "token": token,
             "shards": {
                 str(shard): {
                     "factors": {side: blobs(w.factors[side], FACTOR_DTYPE) for side in SIDES},
@@ -411,7 +551,7 @@ def _encode_intent(writes: dict[int, ShardWrite], applied: dict[str, int]) -> by
     ).encode()
 
 
-def _decode_intent(blob: bytes) -> tuple[dict[int, ShardWrite], dict[str, int]]:
+def _decode_intent(blob: bytes) -> tuple[dict[int, ShardWrite], dict[str, int], int]:
     raw = json.loads(blob)
     writes = {}
     for shard, body in raw["shards"].items():
@@ -430,7 +570,7 @@ def _decode_intent(blob: bytes) -> tuple[dict[int, ShardWrite], dict[str, int]]:
             for side, v in body["gramians"].items()
         }
         writes[int(shard)] = write
-    return writes, {k: int(v) for k, v in raw["applied"].items()}
+    return writes, {k: int(v) for k, v in raw["applied"].items()}, int(raw["token"])
 
 
 def _f32(vector: np.ndarray) -> bytes:
