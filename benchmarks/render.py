@@ -1,7 +1,7 @@
-"""Rewrite the generated tables in docs/benchmarks.md from benchmarks/results/*.json.
+"""Rewrite the generated tables in docs/*.md from benchmarks/results/*.json.
 
-Every number in those tables comes from a results file that a benchmark command wrote;
-this script only formats them. usage: python -m benchmarks.render
+Every number in those tables comes from a results file that a benchmark (or the fault
+campaign) wrote; this script only formats them. usage: python -m benchmarks.render
 """
 
 from __future__ import annotations
@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from benchmarks._common import REPO
 
 DOC = REPO / "docs" / "benchmarks.md"
+RELIABILITY = REPO / "docs" / "reliability.md"
 RESULTS = REPO / "benchmarks" / "results"
 
 
@@ -144,6 +146,50 @@ def e2e_load(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n\n" + _machine(data)
 
 
+def fault_campaign(data: dict[str, Any]) -> str:
+    faults = [
+        ("consumer killed with SIGKILL at random points", data["kills"]),
+        ("consumer (re)starts", data["consumer_starts"]),
+        ("consumer exits on its own (fatal path)", data["exits_on_their_own"]),
+        ("Redis killed and restarted from its AOF", data["redis_restarts"]),
+        ("Redis unreachable for 10 s (SIGSTOP)", data["redis_unreachable_10s"]),
+        ("broker restarted (same log directory)", data["broker_restarts"]),
+        ("second consumer joined / left the group",
+         f"{data['second_consumer_joins']} / {data['second_consumer_leaves']}"),
+    ]  # fmt: skip
+    stream = [
+        ("events in the input topics", data["events_in_topics"]),
+        ("deletion requests (distinct) / messages", f"{data['deletion_requests']} / "
+         f"{data['deletion_messages']}"),
+        ("interaction messages", data["interaction_messages"]),
+        ("malformed messages tried", data["malformed"]),
+        ("receipts / of them re-sent", f"{data['receipts']} / {data['receipts_resent']}"),
+        ("dead letters", data["dead_letters"]),
+        ("acknowledged by the broker, then missing from its log",
+         data["broker_dropped_acknowledged"]),
+    ]  # fmt: skip
+    promises = [
+        ("requests lost (no receipt)", data["requests_lost"]),
+        ("applied twice", data["applied_twice"]),
+        ("receipts for no request / audit trail wrong",
+         f"{data['receipts_wrong']} / {data['audit_wrong']}"),
+        ("deleted pairs still stored", data["deleted_pairs_present"]),
+        ("interactions not counted exactly once", data["interactions_miscounted"]),
+        ("user and item copies disagree", data["directions_disagree"]),
+        ("stored count wrong", data["count_wrong"]),
+        ("malformed messages not dead-lettered", data["malformed_not_dead_lettered"]),
+        ("partitions not fully consumed", data["partitions_behind"]),
+    ]  # fmt: skip
+    return "\n\n".join(
+        [
+            _table(("fault", "count"), [(a, str(b)) for a, b in faults]),
+            _table(("stream", "count"), [(a, str(b)) for a, b in stream]),
+            _table(("checked from the data", "found"), [(a, str(b)) for a, b in promises]),
+            f"Wall time of the run: {data['seconds']} s.",
+        ]
+    )
+
+
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -159,29 +205,32 @@ def _machine(data: dict[str, Any]) -> str:
     )
 
 
-SECTIONS: dict[str, Callable[[dict[str, Any]], str]] = {
-    "core_speed": core_speed,
-    "forget_quality": forget_quality,
-    "redis_memory": redis_memory,
-    "e2e_load": e2e_load,
+SECTIONS: dict[str, tuple[Path, Callable[[dict[str, Any]], str]]] = {
+    "core_speed": (DOC, core_speed),
+    "forget_quality": (DOC, forget_quality),
+    "redis_memory": (DOC, redis_memory),
+    "e2e_load": (DOC, e2e_load),
+    "fault_campaign": (RELIABILITY, fault_campaign),
 }
 
 
 def main() -> None:
-    text = DOC.read_text()
-    for name, render in SECTIONS.items():
+    texts: dict[Path, str] = {}
+    for name, (doc, render) in SECTIONS.items():
         results = RESULTS / f"{name}.json"
         if not results.is_file():
             continue
+        text = texts.setdefault(doc, doc.read_text())
         block = render(json.loads(results.read_text()))
         pattern = re.compile(rf"(<!-- {name}:begin -->\n).*?(<!-- {name}:end -->)", re.DOTALL)
-        text, count = pattern.subn(
+        texts[doc], count = pattern.subn(
             lambda match, b=block: match.group(1) + b + "\n" + match.group(2), text
         )
         if count != 1:
-            raise SystemExit(f"{DOC} has no '<!-- {name}:begin/end -->' block")
-    DOC.write_text(text)
-    print(f"rewrote {DOC}")
+            raise SystemExit(f"{doc} has no '<!-- {name}:begin/end -->' block")
+    for doc, text in texts.items():
+        doc.write_text(text)
+        print(f"rewrote {doc}")
 
 
 if __name__ == "__main__":

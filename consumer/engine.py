@@ -29,13 +29,14 @@ import numpy as np
 import scipy.sparse as sp
 
 from consumer.events import Deletion, Interaction, Source
+from consumer.gramians import Gramians
 from consumer.state.layout import ROW_DTYPE
 from consumer.state.store import SIDES, ModelState, ShardWrite
 from unlearn_core.convergence import relative_change
 from unlearn_core.interactions import Interactions
 from unlearn_core.loss import loss
 from unlearn_core.model import pair_scores
-from unlearn_core.solve import gramian, solve_rows
+from unlearn_core.solve import solve_rows
 from unlearn_core.sweep import SweepContext, default_solver
 
 SAMPLE_PAIRS = 4096
@@ -91,6 +92,7 @@ class Engine:
         self.params = self.meta.params
         self.shards = self.meta.shards
         self.factors = {side: state.read_all_factors(side, self.meta) for side in SIDES}
+        self.gramians = Gramians(self.factors, self.shards)
         self.interactions = int(state.read_status().get("interactions", 0))
         self.loss = self.full_loss()
 
@@ -118,8 +120,8 @@ class Engine:
             self.grow(side, meta.count(side))
             rows = np.array(sorted(changed), dtype=np.int64)
             if len(rows):
-                self.factors[side][rows] = state.read_factors(
-                    side, rows, self.shards, self.params.factors
+                self.set_rows(
+                    side, rows, state.read_factors(side, rows, self.shards, self.params.factors)
                 )
         status = state.read_status()
         self.interactions = int(status.get("interactions", 0))
@@ -198,10 +200,9 @@ class Engine:
         """
         if self.params.kind != "implicit":
             return 0.0
-        users = self.factors["user"].astype(np.float64)
-        items = self.factors["item"].astype(np.float64)
-        all_pairs = float(np.sum((users.T @ users) * (items.T @ items)))
-        return all_pairs + self.params.regularization * float(np.sum(users**2) + np.sum(items**2))
+        users, items = self.gramians.full("user"), self.gramians.full("item")
+        all_pairs = float(np.sum(users * items))  # sum of (x.y)^2 over all pairs
+        return all_pairs + self.params.regularization * float(np.trace(users) + np.trace(items))
 
     def consolidate(self) -> tuple[float, float]:
         """One full Unlearn-ALS sweep over all data; returns its residual and the loss."""
@@ -214,6 +215,7 @@ class Engine:
         before = self._sample_scores()
         SweepContext(data, self.params, default_solver(self.params)).sweep(users, items)
         self.factors = {"user": users, "item": items}
+        self.gramians.reset(self.factors)
         residual = relative_change(before, self._sample_scores())
         writes: dict[int, ShardWrite] = defaultdict(ShardWrite)
         for side, matrix in self.factors.items():
@@ -235,6 +237,12 @@ class Engine:
     def factors_finite(self) -> bool:
         return all(bool(np.isfinite(f).all()) for f in self.factors.values())
 
+    def set_rows(self, side: str, rows: np.ndarray, factors: np.ndarray) -> None:
+        """New factors for some rows, the Gramians following."""
+        new = np.asarray(factors, dtype=np.float32)
+        self.gramians.replace(side, rows, self.factors[side][rows], new)
+        self.factors[side][rows] = new
+
     def grow(self, side: str, rows: int) -> None:
         current = self.factors[side]
         if rows > len(current):
@@ -243,7 +251,7 @@ class Engine:
             self.factors[side] = grown
 
     def _partial_gramians(self, shard: int) -> dict[str, np.ndarray]:
-        return {side: gramian(f[shard :: self.shards]) for side, f in self.factors.items()}
+        return {side: self.gramians.shard(side, shard) for side in SIDES}
 
     def _sample_scores(self) -> np.ndarray:
         users, items = self.factors["user"], self.factors["item"]
@@ -377,9 +385,9 @@ class _Batch:
                 np.arange(len(rows)),
                 engine.factors[other],
                 params,
-                gramian(engine.factors[other]),
+                engine.gramians.full(other),
             )
-            engine.factors[side][rows] = solved.astype(np.float32)
+            engine.set_rows(side, rows, solved)
 
     def local_loss(self, rows: dict[str, dict[int, np.ndarray]]) -> float:
         """The objective's terms that involve a touched row, with the given rows' data.

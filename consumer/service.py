@@ -83,6 +83,8 @@ class Service:
         self._engine_stale = False
         self._recent_dead: collections.deque[bool] = collections.deque(maxlen=settings.dlq_window)
         self._paused_until: float | None = None
+        self._lag_checked = 0.0
+        self._lag_partitions: set[tuple[str, int]] = set()
         self.consumer = Consumer(
             {
                 # A fetch waits at most one batch window for data: forget latency is the
@@ -95,7 +97,9 @@ class Service:
                 "auto.offset.reset": "earliest",
                 "session.timeout.ms": settings.session_timeout_ms,
                 "heartbeat.interval.ms": max(settings.session_timeout_ms // 10, 100),
-                "max.poll.interval.ms": max(300_000, settings.session_timeout_ms),
+                "max.poll.interval.ms": max(
+                    settings.max_poll_interval_ms, settings.session_timeout_ms
+                ),
             }
         )
         self.producer = Producer(
@@ -122,7 +126,7 @@ class Service:
         try:
             while not self._stopping and (deadline is None or time.monotonic() < deadline):
                 self._poll_once()
-            self._flush_batch()
+            self._flush_batch(wait_for_commit=True)
         finally:
             self.consumer.close()
             self.producer.flush(10)
@@ -150,7 +154,9 @@ class Service:
         if not self._pending:
             self._maybe_consolidate()
 
-    def _flush_batch(self, ack_timeout: float = 30.0) -> None:
+    def _flush_batch(self, ack_timeout: float = 30.0, wait_for_commit: bool = False) -> None:
+        """Process the open batch. The offset commit is asynchronous unless asked: the
+        state is durable by then, and a commit lost in a crash only means a replay."""
         if not self._pending:
             return
         messages, self._pending = self._pending, []
@@ -163,7 +169,7 @@ class Service:
         committing = time.perf_counter()
         if self.producer.flush(ack_timeout) != 0:
             raise FatalError("receipts or dead letters not acknowledged by the broker")
-        self._commit(messages)
+        self._commit(messages, wait_for_commit)
         outcome.phases["commit"] = time.perf_counter() - committing
         self._observe(outcome, messages, interactions, deletions, rejected)
         self._dead_letter_policy(len(messages), len(rejected))
@@ -308,7 +314,15 @@ class Service:
         self._update_lag({(msg.topic(), msg.partition()) for msg in messages})
 
     def _update_lag(self, partitions: set[tuple[str, int]]) -> None:
-        tps = [TopicPartition(t, p) for t, p in partitions]
+        """Lag per partition from the committed offsets: a broker round trip, so at most
+        once a second (every batch would add its latency to every forget)."""
+        self._lag_partitions |= partitions
+        now = time.monotonic()
+        if now - self._lag_checked < 1.0:
+            return
+        self._lag_checked = now
+        tps = [TopicPartition(t, p) for t, p in self._lag_partitions]
+        self._lag_partitions = set()
         try:
             committed = self.consumer.committed(tps, timeout=5)
         except KafkaException:
@@ -326,7 +340,7 @@ class Service:
         self._redis_checked = now
         try:
             state = self.engine.state
-            self.metrics.redis_memory.set(float(state.client.info("memory")["used_memory"]))
+            self.metrics.redis_memory.set(float(state.server_memory()))
             self.metrics.namespace_memory.set(float(state.memory_usage()))
         except Exception:  # a missed sample is not worth failing the loop for
             log.debug("could not sample Redis memory", exc_info=True)
@@ -376,14 +390,14 @@ class Service:
         key = receipt.get("request_id") or receipt["source"]
         self.producer.produce(self.settings.topic_receipts, key=key, value=json.dumps(receipt))
 
-    def _commit(self, messages: list[Message]) -> None:
+    def _commit(self, messages: list[Message], wait: bool) -> None:
         latest: dict[tuple[str, int], int] = {}
         for message in messages:
             key = (message.topic(), message.partition())
             latest[key] = max(latest.get(key, -1), message.offset())
         offsets = [TopicPartition(t, p, o + 1) for (t, p), o in latest.items()]
         try:
-            self.consumer.commit(offsets=offsets, asynchronous=False)
+            self.consumer.commit(offsets=offsets, asynchronous=not wait)
         except KafkaException as exc:
             # The state is durable and the replay check makes a retry harmless: a lost commit
             # only means these events are seen again and re-acknowledged.
@@ -401,8 +415,9 @@ class Service:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Finish and commit the open batch while the partitions are still ours.
         log.info("revoked %s", [f"{p.topic}:{p.partition}" for p in partitions])
-        self._flush_batch(ack_timeout=self.settings.revoke_budget_s)
+        self._flush_batch(ack_timeout=self.settings.revoke_budget_s, wait_for_commit=True)
         self.health.assigned = max(self.health.assigned - len(partitions), 0)
         for p in partitions:  # a revoked partition's lag is another member's to report
+            self._lag_partitions.discard((p.topic, p.partition))
             with contextlib.suppress(KeyError):
                 self.metrics.lag.remove(p.topic, str(p.partition))

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     consolidate_tolerance: float = Field(1e-4, ge=0)
     revoke_budget_s: float = Field(10.0, gt=0)
     session_timeout_ms: int = Field(10_000, ge=1000)
+    max_poll_interval_ms: int = Field(
+        300_000, ge=1000, description="also the rebalance timeout; above the longest sweep"
+    )
     dlq_max_ratio: float = Field(
         0.5, gt=0, le=1, description="dead-lettered share of recent messages that pauses input"
     )

@@ -12,7 +12,7 @@ import redis
 from threadpoolctl import threadpool_limits
 
 from tests import servers
-from unlearn_core import Hyperparameters, Interactions
+from unlearn_core import FactorModel, Hyperparameters, Interactions, train
 
 REPO = Path(__file__).resolve().parent.parent
 # The data sets' license forbids redistribution: they are read from ../shared/data only.
@@ -30,12 +30,28 @@ def redis_url() -> Iterator[str]:
         yield url
 
 
-@pytest.fixture
-def redis_client(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    client.flushdb()
+@pytest.fixture(scope="session")
+def redis_cluster_url() -> Iterator[str]:
+    with servers.redis_cluster() as url:
+        yield url
+
+
+@pytest.fixture(params=["redis", "cluster"])
+def redis_client(request: pytest.FixtureRequest, redis_url: str) -> Iterator[redis.Redis]:
+    """An empty Redis: every test that takes it runs on one server and on a 3-node cluster."""
+    if request.param == "cluster":
+        client = redis.RedisCluster.from_url(request.getfixturevalue("redis_cluster_url"))
+        client.flushdb(target_nodes=redis.RedisCluster.PRIMARIES)
+    else:
+        client = redis.Redis.from_url(redis_url)
+        client.flushdb()
     yield client
     client.close()
+
+
+def all_keys(client: redis.Redis, pattern: str = "*") -> list[bytes]:
+    """Every key on every node (KEYS on a cluster client asks one node)."""
+    return sorted(client.scan_iter(match=pattern, count=1000))
 
 
 @pytest.fixture(scope="session")
@@ -88,3 +104,21 @@ def params_for(kind: str, factors: int = 4, regularization: float = 0.5) -> Hype
         regularization=regularization,
         alpha=2.0,
     )
+
+
+def binary_model(
+    seed: int, n_users: int, n_items: int, density: float, factors: int, iterations: int
+) -> tuple[FactorModel, Interactions]:
+    """A random 0/1 implicit data set (ids u0.., i0..) and a model trained on it."""
+    rng = np.random.default_rng(seed)
+    mask = rng.random((n_users, n_items)) < density
+    users, items = np.nonzero(mask)
+    data = Interactions.from_triples(users, items, np.ones(len(users)), mask.shape, "implicit")
+    model, _ = train(
+        data,
+        [f"u{n}" for n in range(n_users)],
+        [f"i{n}" for n in range(n_items)],
+        params_for("implicit", factors=factors),
+        iterations,
+    )
+    return model, data

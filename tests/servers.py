@@ -13,7 +13,15 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from consumer.embedded import free_port, local_kafka, local_redis, process, wait_until
+from consumer.embedded import (
+    free_port,
+    local_kafka,
+    local_redis,
+    port_open,
+    process,
+    redis_args,
+    wait_until,
+)
 
 
 def docker_available() -> bool:
@@ -86,3 +94,54 @@ def prometheus_server(targets: list[str], scrape_interval: str = "1s") -> Iterat
                 "prometheus",
             )
             yield url
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free and valid too."""
+    while True:
+        port = free_port()
+        if port <= 55535 and not port_open(port + 10000):
+            return port
+
+
+@contextlib.contextmanager
+def redis_cluster(nodes: int = 3) -> Iterator[str]:
+    """A Redis Cluster of `nodes` primaries on loopback; yields one node's URL.
+
+    The slots are assigned and the nodes introduced with CLUSTER commands (no redis-cli
+    needed); ready once every node reports cluster_state:ok.
+    """
+    import redis
+
+    ports = [_cluster_port() for _ in range(nodes)]
+    with (
+        tempfile.TemporaryDirectory(prefix="unlearn-cluster-") as workdir,
+        contextlib.ExitStack() as stack,
+    ):
+        for port in ports:
+            directory = Path(workdir) / str(port)
+            directory.mkdir()
+            args = redis_args(port, str(directory), False, "--cluster-enabled", "yes",
+                              "--cluster-config-file", "nodes.conf",
+                              "--cluster-node-timeout", "2000")  # fmt: skip
+            stack.enter_context(process(args, directory / "redis.log"))
+        clients = [redis.Redis(port=port) for port in ports]
+        for client in clients:
+            wait_until(lambda client=client: client.ping(), "redis cluster node")
+        bounds = [round(n * 16384 / nodes) for n in range(nodes + 1)]
+        for client, low, high in zip(clients, bounds, bounds[1:], strict=False):
+            client.execute_command("CLUSTER ADDSLOTS", *range(low, high))
+        for client in clients[1:]:
+            client.execute_command("CLUSTER MEET", "127.0.0.1", ports[0])
+
+        def ready() -> bool:
+            return all(
+                client.execute_command("CLUSTER INFO")["cluster_state"] == "ok"
+                and len(client.execute_command("CLUSTER NODES")) == nodes
+                for client in clients
+            )
+
+        wait_until(ready, "redis cluster", timeout=30)
+        for client in clients:
+            client.close()
+        yield f"redis://127.0.0.1:{ports[0]}/0"

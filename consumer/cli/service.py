@@ -20,7 +20,8 @@ from consumer.http import Health, MetricsServer
 from consumer.metrics import Metrics
 from consumer.model_file import load_model, save_model
 from consumer.recommend import recommend
-from consumer.service import FatalError, Service
+from consumer.retry import TRANSIENT_REDIS, RetriesExhausted, retry
+from consumer.service import TRANSIENT, FatalError, Service
 from consumer.settings import Settings, load_settings
 from consumer.state.bootstrap import export, load, pair_timestamps
 from consumer.state.store import ModelState, StateError
@@ -86,7 +87,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
     )
 
 
-def connect(settings: Settings) -> ModelState:
+def connect(settings: Settings, wait_s: float = 0.0) -> ModelState:
+    """The namespace's state on the configured Redis, waiting up to `wait_s` for it to answer
+    (the service starts while Redis restarts or fails over; one-shot commands do not wait)."""
     url = settings.redis_url.get_secret_value()
     client_type = redis.RedisCluster if settings.redis_cluster else redis.Redis
     # A Redis that stops answering (a partition, a paused node) must fail calls, so the
@@ -99,7 +102,10 @@ def connect(settings: Settings) -> ModelState:
         extra["password"] = settings.redis_password.get_secret_value()
     client = client_type.from_url(url, **extra)
     try:
-        client.ping()
+        retry(client.ping, TRANSIENT_REDIS, wait_s)
+    except RetriesExhausted as exc:
+        cause = type(exc.__cause__).__name__
+        raise InputError("redis", f"cannot reach Redis: {cause}") from exc
     except redis.RedisError as exc:
         raise InputError("redis", f"cannot reach Redis: {type(exc).__name__}") from exc
     return ModelState(
@@ -163,7 +169,7 @@ def run_service(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     logging.getLogger("unlearn").info("settings: %s", json.dumps(settings.redacted()))
     metrics = Metrics()
-    state = connect(settings)
+    state = connect(settings, wait_s=settings.redis_retry_budget_s)
     state.observer = metrics.observe_redis
     health = Health(deadline_s=60.0, redis_ok=lambda: bool(state.client.ping()))
     server = (
@@ -171,7 +177,11 @@ def run_service(args: argparse.Namespace) -> int:
     )
     try:
         health.recovering = True
-        engine = _engine_when_loaded(state, settings.wait_for_model_s)
+        engine = retry(
+            lambda: _engine_when_loaded(state, settings.wait_for_model_s),
+            TRANSIENT,
+            settings.redis_retry_budget_s,
+        )
         health.recovering = False
         health.tick()
         service = Service(settings, engine, metrics=metrics, health=health)
@@ -179,6 +189,9 @@ def run_service(args: argparse.Namespace) -> int:
         service.run(max_seconds=args.max_seconds)
     except FatalError as exc:
         print(f"unlearn: fatal: {exc}", file=sys.stderr)
+        return 1
+    except RetriesExhausted as exc:
+        print(f"unlearn: fatal: Redis unavailable for too long: {exc}", file=sys.stderr)
         return 1
     finally:
         if server is not None:

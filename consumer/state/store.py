@@ -337,7 +337,8 @@ class ModelState:
         pipe = self.client.pipeline(transaction=False)
         for shard, write in sorted(writes.items()):
             keys, args = _shard_commands(self.layout.shard(shard), write)
-            pipe.eval(_SHARD_WRITE, len(keys), *keys, token, *args)
+            # EVAL by name: Redis Cluster's pipeline routes it by its keys (one slot).
+            pipe.execute_command("EVAL", _SHARD_WRITE, len(keys), *keys, token, *args)
         pipe.execute()
 
     @_timed("commit")
@@ -434,6 +435,13 @@ class ModelState:
         if generation < 0:
             raise LeaseLost("the write lease was taken over before the batch was finished")
         return generation
+
+    def server_memory(self) -> int:
+        """Bytes the Redis server uses; on a cluster, summed over the primaries."""
+        if isinstance(self.client, redis.RedisCluster):
+            per_node = self.client.info("memory", target_nodes=redis.RedisCluster.PRIMARIES)
+            return sum(int(info["used_memory"]) for info in per_node.values())
+        return int(self.client.info("memory")["used_memory"])
 
     def memory_usage(self) -> int:
         """Bytes of all the namespace's keys (MEMORY USAGE, Redis's default sampling)."""

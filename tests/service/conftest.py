@@ -32,13 +32,14 @@ class Setup:
 
 
 @pytest.fixture
-def setup(kafka_bootstrap: str, redis_url: str, random_data) -> Setup:
+def setup(kafka_bootstrap: str, redis_url: str, redis_client: redis.Redis, random_data) -> Setup:
+    """A loaded namespace on a single Redis and, a second time, on a Redis Cluster."""
     settings = fresh_settings(kafka_bootstrap, redis_url, unique("ns"), batch_max_ms=20)
     _, data = random_data(n_users=40, n_items=25, density=0.3, seed=5)
     model, _ = train(
         data, [f"u{n}" for n in range(40)], [f"i{n}" for n in range(25)], params_for("implicit"), 10
     )
-    state = ModelState(redis.Redis.from_url(redis_url), settings.namespace)
+    state = ModelState(redis_client, settings.namespace)
     load(state, model, data, np.full(data.nnz, 1e9), shards=4)
     return Setup(settings, state, data, kafka_bootstrap)
 

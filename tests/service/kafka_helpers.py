@@ -83,3 +83,29 @@ def fresh_settings(bootstrap: str, redis_url: str, namespace: str, **overrides) 
         session_timeout_ms=6000,
         **overrides,
     )
+
+
+def read_to_end(bootstrap: str, topic: str, partitions: int, timeout: float = 120.0) -> list:
+    """Every message of the topic up to each partition's high watermark when called."""
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": unique("reader"), "enable.auto.commit": False}
+    )
+    ends = {
+        p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
+        for p in range(partitions)
+    }
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+    seen = {p: -1 for p in range(partitions)}
+    messages: list = []
+    deadline = time.monotonic() + timeout
+    try:
+        while any(seen[p] < ends[p] - 1 for p in seen):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{topic}: read up to {seen}, the ends are {ends}")
+            for message in consumer.consume(num_messages=1000, timeout=0.2):
+                if message.error() is None:
+                    messages.append(message)
+                    seen[message.partition()] = max(seen[message.partition()], message.offset())
+    finally:
+        consumer.close()
+    return messages

@@ -17,9 +17,8 @@ import redis
 
 from consumer.state.bootstrap import load
 from consumer.state.store import ModelState
-from tests.conftest import params_for
+from tests.conftest import binary_model
 from tests.service.kafka_helpers import create_topics, event, produce, read_all, unique
-from unlearn_core import Interactions, train
 
 REQUESTS = 10_000
 
@@ -37,13 +36,7 @@ def start_service(env: dict[str, str]) -> subprocess.Popen:
 def test_kill_9_mid_stream_loses_nothing_and_applies_nothing_twice(kafka_bootstrap, redis_url):
     rng = np.random.default_rng(7)
     n_users, n_items = 500, 300
-    mask = rng.random((n_users, n_items)) < 0.12
-    users, items = np.nonzero(mask)
-    data = Interactions.from_triples(users, items, np.ones(len(users)), mask.shape, "implicit")
-    model, _ = train(
-        data, [f"u{n}" for n in range(n_users)], [f"i{n}" for n in range(n_items)],
-        params_for("implicit", factors=8), 5,
-    )  # fmt: skip
+    model, data = binary_model(7, n_users, n_items, 0.12, factors=8, iterations=5)
     namespace = unique("crash")
     state = ModelState(redis.Redis.from_url(redis_url), namespace)
     load(state, model, data, np.full(data.nnz, 1e9), shards=8)

@@ -14,7 +14,7 @@ from consumer.events import Deletion, Interaction, Source
 from consumer.state.bootstrap import export, load
 from consumer.state.lease import LeaseLost
 from consumer.state.store import ModelState, ShardWrite
-from tests.conftest import params_for
+from tests.conftest import all_keys, params_for
 from unlearn_core import Interactions, train
 from unlearn_core.convergence import relative_change
 from unlearn_core.model import pair_scores
@@ -169,12 +169,12 @@ def test_a_writer_whose_lease_was_taken_over_writes_nothing(redis_client, popula
     state_a.lease.acquire()
     redis_client.delete(state_a.layout.lease)  # a's lease lapses (a paused too long) ...
     state_b.lease.acquire()  # ... and b takes it
-    before = {k: redis_client.dump(k) for k in redis_client.keys("{unlearn:fenced:*")}
+    before = {k: redis_client.dump(k) for k in all_keys(redis_client, "{unlearn:fenced:*")}
     write = ShardWrite()
     write.factors["user"][0] = np.ones(6, dtype=np.float32)
     with pytest.raises(LeaseLost):
         state_a.commit_batch({0: write}, {"deletions:0": 99})
-    assert {k: redis_client.dump(k) for k in redis_client.keys("{unlearn:fenced:*")} == before
+    assert {k: redis_client.dump(k) for k in all_keys(redis_client, "{unlearn:fenced:*")} == before
     assert state_a.read_applied() == {} and not redis_client.exists(state_a.layout.intent)
 
     # b writes shard 0; a's late shard write (older token) is refused there.

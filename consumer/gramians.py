@@ -1,0 +1,44 @@
+"""The factor Gramians of an engine's replica, per shard, kept current by rank updates.
+
+Every batch needs F'F of the other side (implicit solves) and of both sides (the
+implicit objective's all-pairs term), and writes each touched shard's partial Gramian.
+Recomputing them costs n x k^2 per product, several per batch; a batch that changes r rows
+changes them by r rank-one terms, so they are updated in r x k^2 and recomputed exactly
+only when every row changes (a sweep, a reload).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class Gramians:
+    def __init__(self, factors: dict[str, np.ndarray], shards: int) -> None:
+        self.shards = shards
+        self.partial: dict[str, np.ndarray] = {}
+        self.reset(factors)
+
+    def reset(self, factors: dict[str, np.ndarray]) -> None:
+        """Recompute from scratch: sum of x x' over each shard's rows, in float64."""
+        for side, matrix in factors.items():
+            k = matrix.shape[1]
+            self.partial[side] = np.zeros((self.shards, k, k), dtype=np.float64)
+            for shard in range(self.shards):
+                rows = matrix[shard :: self.shards].astype(np.float64)
+                self.partial[side][shard] = rows.T @ rows
+
+    def replace(self, side: str, rows: np.ndarray, old: np.ndarray, new: np.ndarray) -> None:
+        """Rows `rows` of `side` change from the factors `old` to `new`."""
+        if not len(rows):
+            return
+        old, new = old.astype(np.float64), new.astype(np.float64)
+        shard_of = np.asarray(rows) % self.shards
+        for shard in np.unique(shard_of):
+            mine = shard_of == shard
+            self.partial[side][shard] += new[mine].T @ new[mine] - old[mine].T @ old[mine]
+
+    def full(self, side: str) -> np.ndarray:
+        return self.partial[side].sum(axis=0)
+
+    def shard(self, side: str, shard: int) -> np.ndarray:
+        return self.partial[side][shard]

@@ -1,0 +1,113 @@
+"""Servers and consumers the fault campaign kills, stops and restarts, each by PID.
+
+Every process keeps its port and data directory across restarts, as a pod that comes back
+on the same volume and Service address would.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import redis
+
+from consumer.embedded import port_open, redis_args, wait_until
+
+
+def noida_binary() -> str:
+    """The noida-db broker binary (its Python launcher would hide the PID to kill)."""
+    import noida_db  # type: ignore[import-not-found]
+
+    binary = Path(noida_db.__file__).parent / "noida-db"
+    if not binary.is_file():
+        raise RuntimeError(f"noida-db binary not found at {binary}")
+    return str(binary)
+
+
+class Restartable:
+    """One child process with a fixed command line, log file and readiness check."""
+
+    def __init__(self, name: str, args: list[str], log: Path, env: dict[str, str] | None = None):
+        self.name, self.args, self.log, self.env = name, args, log, env
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                self.args, stdout=out, stderr=subprocess.STDOUT, env=self.env
+            )
+        self.starts += 1
+        self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Servers override this; a consumer is ready once started."""
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs."""
+        if self.alive():
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def pause(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM and the exit code (SIGKILL after the timeout)."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                return -9
+        return int(self.proc.returncode)
+
+
+class RedisServer(Restartable):
+    """redis-server with an fsync-always AOF: a SIGKILL loses nothing acknowledged."""
+
+    def __init__(self, port: int, workdir: Path) -> None:
+        super().__init__("redis", redis_args(port, str(workdir), True), workdir / "redis.log")
+        self.url = f"redis://127.0.0.1:{port}/0"
+
+    def wait_ready(self) -> None:
+        client = redis.Redis.from_url(self.url)
+        # Ready means the AOF is loaded: PING answers LOADING errors until then.
+        wait_until(lambda: client.ping(), "redis-server", timeout=60)
+        client.close()
+
+
+class Broker(Restartable):
+    """noida-db speaking Kafka, its log in a directory that outlives the process."""
+
+    def __init__(self, port: int, workdir: Path) -> None:
+        args = [noida_binary(), "start", "--data-dir", str(workdir / "data"),
+                "--host", "127.0.0.1", "--only", "kafka", "--kafka-port", str(port)]  # fmt: skip
+        super().__init__("broker", args, workdir / "broker.log")
+        self.port = port
+        self.bootstrap = f"127.0.0.1:{port}"
+
+    def wait_ready(self) -> None:
+        wait_until(lambda: port_open(self.port), "noida-db", timeout=60)
+
+
+def consumer(name: str, env: dict[str, str], log: Path) -> Restartable:
+    """`unlearn run` as its own process, named `name` in the write lease."""
+    args = [sys.executable, "-c", "from consumer.cli import main; raise SystemExit(main(['run']))"]
+    return Restartable(name, args, log, {**os.environ, **env, "UNLEARN_INSTANCE_ID": name})
