@@ -4,6 +4,11 @@ the same model measured in the same run.
 
 usage: python -m benchmarks.e2e_load [--deletions-per-s 1000] [--interactions-per-s 1000]
            [--seconds 300] [--knee 250,500,1000,2000] [--knee-seconds 20]
+           [--synthetic USERS,ITEMS,INTERACTIONS] [--train-iterations 5]
+           [--retrain-iterations 15]
+
+--synthetic generates power-law data of that shape instead of reading --pairs (e.g.
+MovieLens-20M's: 138493,26744,20000263); --retrain-iterations 0 skips the implicit row.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,11 +33,12 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from threadpoolctl import threadpool_limits
 
 from benchmarks._common import DATA_DIR, load, machine, require, write_json
-from consumer.embedded import free_port, local_kafka, local_redis
+from consumer.embedded import free_port, local_kafka, local_redis, wait_until
 from consumer.state.bootstrap import load as load_state
 from consumer.state.store import ModelState
-from unlearn_core import Hyperparameters, train
+from unlearn_core import Hyperparameters, Interactions, train
 from unlearn_core.sweep import SweepContext
+from unlearn_core.synthetic import power_law_pairs
 
 PARAMS = Hyperparameters("implicit", factors=64, regularization=1.0, alpha=1.0)
 PARTITIONS = 6
@@ -59,33 +66,50 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=300)
     parser.add_argument("--knee", default="250,500,1000,2000,4000")
     parser.add_argument("--knee-seconds", type=float, default=20)
+    parser.add_argument("--synthetic", default="", help="USERS,ITEMS,INTERACTIONS")
+    parser.add_argument("--train-iterations", type=int, default=5)
+    parser.add_argument("--retrain-iterations", type=int, default=15)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/e2e_load.json"))
     args = parser.parse_args()
     threadpool_limits(1, "blas")
-    data, user_ids, item_ids = load(require(args.pairs), "implicit")
-    model, _ = train(data, user_ids, item_ids, PARAMS, 5)
-    retrain = _implicit_retrain(data)
-    print(
-        f"implicit 15-iteration retrain: {retrain['wall_seconds']:.2f} s wall, "
-        f"{retrain['cpu_seconds']:.2f} CPU s"
-    )
+    started = time.perf_counter()
+    if args.synthetic:
+        data, user_ids, item_ids = _synthetic(*(int(x) for x in args.synthetic.split(",")))
+    else:
+        data, user_ids, item_ids = load(require(args.pairs), "implicit")
+    print(f"data: {data.shape[0]} users, {data.shape[1]} items, {data.nnz} interactions "
+          f"({time.perf_counter() - started:.1f} s)")  # fmt: skip
+    model, _ = train(data, user_ids, item_ids, PARAMS, args.train_iterations)
+    retrain = _implicit_retrain(data, args.retrain_iterations)
+    print(f"implicit retrain: {retrain}")
 
     with local_redis() as redis_url, local_kafka() as bootstrap:
-        state = ModelState(redis.Redis.from_url(redis_url), "bench")
+        client = redis.Redis.from_url(redis_url)
+        state = ModelState(client, "bench")
+        memory_before = int(client.info("memory")["used_memory"])
+        loading = time.perf_counter()
         load_state(state, model, data, np.full(data.nnz, 1e9), shards=16)
+        redis_memory = {
+            "load_seconds": time.perf_counter() - loading,
+            "used_memory_growth": int(client.info("memory")["used_memory"]) - memory_before,
+            "namespace_bytes": state.memory_usage(),
+        }
+        redis_memory["bytes_per_interaction"] = redis_memory["used_memory_growth"] / data.nnz
+        print(f"redis: {redis_memory}")
         topics = ["interactions", "deletions", "unlearn-receipts", "unlearn-dlq"]
         admin = AdminClient({"bootstrap.servers": bootstrap})
         for future in admin.create_topics(
             [NewTopic(t, num_partitions=PARTITIONS) for t in topics]
         ).values():
             future.result(timeout=30)
+        metrics_port = free_port()
         env = {
             **os.environ,
             "UNLEARN_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
             "UNLEARN_REDIS_URL": redis_url,
             "UNLEARN_NAMESPACE": "bench",
             "UNLEARN_SESSION_TIMEOUT_MS": "6000",
-            "UNLEARN_METRICS_PORT": str(free_port()),
+            "UNLEARN_METRICS_PORT": str(metrics_port),
             "UNLEARN_CONSOLIDATE_INTERVAL_S": "0",
             "UNLEARN_CONSOLIDATE_IDLE_MS": "600000",
             "OMP_NUM_THREADS": "1",
@@ -102,6 +126,9 @@ def main() -> None:
             stderr=subprocess.DEVNULL,
         )
         try:
+            starting = time.perf_counter()
+            wait_until(lambda: _ready(metrics_port), "the service", timeout=1800)
+            service_start_seconds = time.perf_counter() - starting
             time.sleep(8)  # group join
             rng = np.random.default_rng(0)
             order = rng.permutation(data.nnz)  # each pair deleted at most once
@@ -113,6 +140,7 @@ def main() -> None:
                     phase, bootstrap, service.pid, data, user_ids, item_ids, order, cursor, rng
                 )
                 print(_summary(phase))
+            service_peak_rss = _peak_rss_bytes(service.pid)
         finally:
             service.terminate()
             service.wait(timeout=60)
@@ -121,9 +149,13 @@ def main() -> None:
         args.out,
         {
             "machine": machine(),
-            "data": str(args.pairs),
+            "data": f"synthetic {args.synthetic}" if args.synthetic else str(args.pairs),
+            "shape": {"users": data.shape[0], "items": data.shape[1], "interactions": data.nnz},
             "params": vars(PARAMS),
             "implicit_retrain": retrain,
+            "redis": redis_memory,
+            "service_start_seconds": service_start_seconds,
+            "service_peak_rss_bytes": service_peak_rss,
             "phases": results,
         },
     )
@@ -205,14 +237,41 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
 
 
-def _implicit_retrain(data) -> dict:
+def _implicit_retrain(data, iterations: int) -> dict:
+    if iterations == 0:
+        return {"iterations": 0, "wall_seconds": float("nan"), "cpu_seconds": float("nan")}
     confidence = sp.csr_matrix(SweepContext(data, PARAMS, "cg").user_confidence)
     als = implicit.cpu.als.AlternatingLeastSquares(
-        factors=64, regularization=1.0, alpha=1.0, iterations=15, calculate_training_loss=False
+        factors=64,
+        regularization=1.0,
+        alpha=1.0,
+        iterations=iterations,
+        calculate_training_loss=False,
     )
     wall, cpu = time.perf_counter(), time.process_time()
     als.fit(confidence, show_progress=False)
-    return {"wall_seconds": time.perf_counter() - wall, "cpu_seconds": time.process_time() - cpu}
+    return {
+        "iterations": iterations,
+        "wall_seconds": time.perf_counter() - wall,
+        "cpu_seconds": time.process_time() - cpu,
+    }
+
+
+def _synthetic(n_users: int, n_items: int, nnz: int):
+    users, items = power_law_pairs(n_users, n_items, nnz, seed=0)
+    data = Interactions.from_triples(users, items, np.ones(nnz), (n_users, n_items), "implicit")
+    return data, [f"u{n}" for n in range(n_users)], [f"i{n}" for n in range(n_items)]
+
+
+def _ready(port: int) -> bool:
+    return urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status == 200
+
+
+def _peak_rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
 def _steady(values: list[float], phase: Phase) -> np.ndarray:

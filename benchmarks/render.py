@@ -139,11 +139,37 @@ def e2e_load(data: dict[str, Any]) -> str:
         )
     retrain = data["implicit_retrain"]
     lines.append("")
-    lines.append(
-        f"`implicit` 15-iteration retrain of the same model in the same run: "
-        f"{retrain['wall_seconds']:.2f} s wall, {retrain['cpu_seconds']:.2f} CPU s."
-    )
+    if retrain.get("iterations", 15):
+        lines.append(
+            f"`implicit` {retrain.get('iterations', 15)}-iteration retrain of the same model in "
+            f"the same run: {retrain['wall_seconds']:.2f} s wall, "
+            f"{retrain['cpu_seconds']:.2f} CPU s."
+        )
+    if "redis" in data:
+        shape, memory = data["shape"], data["redis"]
+        lines.append(
+            f"Data: {data['data']} ({shape['users']:,} users, {shape['items']:,} items, "
+            f"{shape['interactions']:,} interactions). Load into Redis: "
+            f"{memory['load_seconds']:.0f} s; server memory growth "
+            f"{memory['used_memory_growth'] / 2**20:,.0f} MiB = "
+            f"{memory['bytes_per_interaction']:.1f} B per interaction. Service start (replica, "
+            f"objective): {data['service_start_seconds']:.0f} s; service peak RSS "
+            f"{data['service_peak_rss_bytes'] / 2**20:,.0f} MiB."
+        )
     return "\n".join(lines) + "\n\n" + _machine(data)
+
+
+def popular_item(data: dict[str, Any]) -> str:
+    m = data["medians"]
+    rows = [
+        (f"HMGET of the item's {data['users_of_item']:,} user factors from Redis",
+         f"{m['read'] * 1e3:.1f} ms", "what reading them per re-solve would cost"),
+        ("exact re-solve of the item from the in-memory replica", f"{m['solve'] * 1e3:.1f} ms",
+         f"reading would be {data['read_over_solve']:.1f}x the whole solve"),
+        (f"catching up after another instance's batch ({data['batch_users']} users)",
+         f"{m['refresh'] * 1e3:.1f} ms", "change log + those factors"),
+    ]  # fmt: skip
+    return _table(("per popular item, k = 64", "median", "note"), rows) + "\n\n" + _machine(data)
 
 
 def fault_campaign(data: dict[str, Any]) -> str:
@@ -210,6 +236,8 @@ SECTIONS: dict[str, tuple[Path, Callable[[dict[str, Any]], str]]] = {
     "forget_quality": (DOC, forget_quality),
     "redis_memory": (DOC, redis_memory),
     "e2e_load": (DOC, e2e_load),
+    "e2e_load_20m": (DOC, e2e_load),
+    "popular_item": (DOC, popular_item),
     "fault_campaign": (RELIABILITY, fault_campaign),
 }
 

@@ -98,7 +98,11 @@ def test_no_secret_value_reaches_a_configmap():
         text = yaml.safe_dump(config["data"]).lower()
         assert "password" not in text and "secret" not in text
     env = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["env"]
-    secrets = {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in env if "valueFrom" in e}
+    secrets = {
+        e["name"]: e["valueFrom"]["secretKeyRef"]["name"]
+        for e in env
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
     assert secrets == {
         "UNLEARN_KAFKA_SASL_PASSWORD": "unlearn-kafka",
         "UNLEARN_REDIS_PASSWORD": "unlearn-redis",
@@ -165,7 +169,10 @@ def test_threads_follow_the_cpu_limit_and_shutdown_fits_the_grace_period():
     assert env["OMP_NUM_THREADS"] == "3" and env["OPENBLAS_NUM_THREADS"] == "1"
     (config,) = by_kind(docs, "ConfigMap")
     assert pod["terminationGracePeriodSeconds"] > float(config["data"]["UNLEARN_REVOKE_BUDGET_S"])
-    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    # Rolling: a new pod joins before the old one leaves (the write lease keeps them safe).
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    ids = {e["name"]: e.get("valueFrom") for e in pod["containers"][0]["env"]}
+    assert ids["UNLEARN_INSTANCE_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}
 
 
 def test_plain_manifests_are_the_chart_rendered_with_defaults():

@@ -56,6 +56,10 @@ app.kubernetes.io/component: consumer
   value: {{ include "unlearn.threads" . | quote }}
 - name: OPENBLAS_NUM_THREADS
   value: "1"
+- name: UNLEARN_INSTANCE_ID  # the pod's name in the namespace's write lease
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
 {{- with .Values.kafka.saslPasswordSecret }}
 - name: UNLEARN_KAFKA_SASL_PASSWORD
   valueFrom:
