@@ -98,10 +98,20 @@ class Engine:
 
     @contextmanager
     def _exclusive(self) -> Iterator[None]:
-        """Hold the write lease, with the replica brought up to date with Redis."""
-        generation = self.state.lease.acquire()
+        """Hold the write lease, with the replica brought up to date with Redis.
+
+        A batch another instance left half-written (it died mid-commit) is finished first:
+        its redo log holds final values, and this batch must start from them.
+        """
+        generation, pending = self.state.lease.acquire()
         try:
+            recovered = pending and self.state.recover()
+            if recovered:
+                generation = self.state.generation()
             self._refresh(generation)
+            if recovered:  # the crashed batch's objective went with it: recompute
+                self.loss = self.full_loss()
+                self.state.client.hset(self.state.layout.status, "loss", repr(self.loss))
             yield
         finally:
             self.state.lease.release()

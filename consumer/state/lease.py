@@ -33,7 +33,7 @@ if holder and holder ~= ARGV[1] then
 end
 local token = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return {token, tonumber(redis.call('GET', KEYS[3]) or '0')}
+return {token, tonumber(redis.call('GET', KEYS[3]) or '0'), redis.call('EXISTS', KEYS[4])}
 """
 
 _RELEASE = """
@@ -72,16 +72,17 @@ class WriteLease:
         self._acquire = client.register_script(_ACQUIRE)
         self._release = client.register_script(_RELEASE)
 
-    def acquire(self) -> int:
-        """Take the lease (waiting for another holder); returns the namespace generation."""
-        keys = [self.layout.lease, self.layout.fence, self.layout.generation]
+    def acquire(self) -> tuple[int, bool]:
+        """Take the lease (waiting for another holder). Returns the namespace's generation,
+        and whether a batch another holder left half-written (its intent) is pending."""
+        keys = [self.layout.lease, self.layout.fence, self.layout.generation, self.layout.intent]
         deadline = time.monotonic() + self.wait_s
         pause = 0.001
         while True:
-            token, value = self._acquire(keys=keys, args=[self.holder, self.ttl_ms])
+            token, value, *pending = self._acquire(keys=keys, args=[self.holder, self.ttl_ms])
             if int(token) > 0:
                 self.token = int(token)
-                return int(value)
+                return int(value), bool(pending[0])
             if time.monotonic() >= deadline:
                 raise LeaseBusy(f"lease held by another instance for over {self.wait_s:.0f} s")
             # Jittered, growing, never past the holder's expiry.

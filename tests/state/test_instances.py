@@ -196,3 +196,41 @@ def test_a_lease_that_lapsed_untaken_still_commits(redis_client, popular):
     generation = state.commit_batch({1: write}, {"deletions:0": 7})
     assert generation == state.generation() and state.read_applied() == {"deletions:0": 7}
     assert state.read_factors("item", np.array([1]), 4, 6)[0].tolist() == [3.0] * 6
+
+
+def test_an_instance_finishes_the_batch_another_left_half_written(
+    redis_client, popular, monkeypatch
+):
+    """A dies between shard writes; B, already running, takes the lease next: it must
+    finish A's batch from the redo log before its own, or A's replay would count twice."""
+    state_a = _load(redis_client, "half", popular, holder="a")
+    a, b = Engine(state_a), Engine(ModelState(redis_client, "half", holder="b"))
+    first, second = _events(0)[0], _events(1)[0]
+    real_write = ModelState.write_shards
+
+    def die_after_one_shard(self, writes, token):
+        shard = min(writes)
+        real_write(self, {shard: writes[shard]}, token)
+        raise ConnectionError("killed")
+
+    monkeypatch.setattr(ModelState, "write_shards", die_after_one_shard)
+    with pytest.raises(ConnectionError):
+        a.process(*first)
+    monkeypatch.setattr(ModelState, "write_shards", real_write)
+    redis_client.delete(state_a.layout.lease)  # a is gone; its lease lapses
+
+    b.process(*second)  # finishes a's batch, then its own
+    replay = b.process(*first)  # a's partition moved to b: the batch comes again
+    assert replay.events_replayed == len(first[0]) + len(first[1])
+    assert sorted(r["request_id"] for r in replay.resent) == sorted(d.request_id for d in first[1])
+
+    solo_state = _load(redis_client, "half-solo", popular, holder="solo")
+    solo = Engine(solo_state)
+    solo.process(*first)
+    solo.process(*second)
+    assert _item_rows(state_a) == _item_rows(solo_state)
+    _, data = export(state_a)
+    _, solo_data = export(solo_state)
+    assert (data.by_user != solo_data.by_user).nnz == 0
+    assert int(state_a.read_status()["interactions"]) == solo_data.nnz
+    assert b.loss == pytest.approx(solo.loss, rel=1e-3)
