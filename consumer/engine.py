@@ -543,17 +543,25 @@ def _tombstone(u: int, i: int, shards: int) -> tuple[str, int]:
 
 
 def _merge(row: np.ndarray, events: list[tuple[int, float, float]], kind: str) -> np.ndarray:
-    """Add events to a sorted row: implicit weights add up, explicit ratings replace."""
-    merged = {int(r["other"]): (float(r["weight"]), int(r["ts"])) for r in row}
-    for other, weight, ts in events:
-        old_weight, old_ts = merged.get(other, (0.0, 0))
-        new_weight = old_weight + weight if kind == "implicit" else weight
-        merged[other] = (new_weight, max(old_ts, int(min(max(ts, 0), 2**32 - 1))))
-    out = np.empty(len(merged), dtype=ROW_DTYPE)
-    keys = sorted(merged)
-    out["other"] = keys
-    out["weight"] = [merged[k][0] for k in keys]
-    out["ts"] = [merged[k][1] for k in keys]
+    """Add events to a sorted row: implicit weights add up, explicit ratings replace (the
+    last event of a pair wins). Vectorised: a popular item's row holds thousands of records."""
+    other = np.fromiter((e[0] for e in events), np.int64, len(events))
+    weight = np.fromiter((e[1] for e in events), np.float64, len(events))
+    ts = np.clip(np.fromiter((e[2] for e in events), np.float64, len(events)), 0, 2**32 - 1)
+    all_other = np.concatenate([row["other"].astype(np.int64), other])
+    all_weight = np.concatenate([row["weight"].astype(np.float64), weight])
+    all_ts = np.concatenate([row["ts"].astype(np.int64), ts.astype(np.int64)])
+    keys, inverse = np.unique(all_other, return_inverse=True)
+    if kind == "implicit":
+        merged_weight = np.bincount(inverse, weights=all_weight, minlength=len(keys))
+    else:  # stored records come first, events after in order: the last occurrence wins
+        last = np.zeros(len(keys), dtype=np.int64)
+        np.maximum.at(last, inverse, np.arange(len(all_other)))
+        merged_weight = all_weight[last]
+    merged_ts = np.zeros(len(keys), dtype=np.int64)
+    np.maximum.at(merged_ts, inverse, all_ts)
+    out = np.empty(len(keys), dtype=ROW_DTYPE)
+    out["other"], out["weight"], out["ts"] = keys, merged_weight, merged_ts
     return out[out["weight"] != 0]
 
 

@@ -16,7 +16,6 @@ factors changed to a capped change log, from which other instances refresh their
 
 from __future__ import annotations
 
-import base64
 import functools
 import json
 import socket
@@ -29,6 +28,7 @@ from typing import Any
 import numpy as np
 import redis
 
+from consumer.state import intent
 from consumer.state.layout import (
     FACTOR_DTYPE,
     FORMAT_VERSION,
@@ -358,7 +358,7 @@ class ModelState:
         LeaseLost when another instance took the lease first (nothing was written then).
         """
         token = self.lease.token
-        blob = _encode_intent(writes, applied, token)
+        blob = intent.encode(writes, applied, token)
         keys = [self.layout.fence, self.layout.intent, self.layout.lease]
         args = [token, blob, self.lease.holder, self.lease.ttl_ms]
         if not self._write_intent(keys=keys, args=args):
@@ -370,7 +370,7 @@ class ModelState:
         blob = self.client.get(self.layout.intent)
         if blob is None:
             return False
-        writes, applied, token = _decode_intent(blob)
+        writes, applied, token = intent.decode(blob, ShardWrite)
         # The interrupted batch's status line is lost, and so is its interaction count
         # delta; `unlearn status` recounts from the rows after a recovery.
         self._apply(writes, applied, token, {"recovered_at": repr(time.time())}, 0, False)
@@ -527,58 +527,6 @@ def _shard_commands(keys: ShardKeys, write: ShardWrite) -> tuple[list[str], list
     command("HSET", keys.tombstones, tombstones, 2)
     command("HSET", keys.receipts, [x for pair in write.receipts.items() for x in pair], 2)
     return names, args
-
-
-def _encode_intent(writes: dict[int, ShardWrite], applied: dict[str, int], token: int) -> bytes:
-    def blobs(values: dict[int, np.ndarray], dtype: np.dtype) -> dict[str, str]:
-        return {
-            str(n): base64.b64encode(np.ascontiguousarray(v, dtype=dtype).tobytes()).decode()
-            for n, v in values.items()
-        }
-
-    return json.dumps(
-        {
-            "applied": applied,
-            "token": token,
-            "shards": {
-                str(shard): {
-                    "factors": {side: blobs(w.factors[side], FACTOR_DTYPE) for side in SIDES},
-                    "rows": {side: blobs(w.rows[side], ROW_DTYPE) for side in SIDES},
-                    "gramians": {
-                        side: base64.b64encode(
-                            np.asarray(g, dtype=GRAMIAN_DTYPE).tobytes()
-                        ).decode()
-                        for side, g in w.gramians.items()
-                    },
-                    "tombstones": w.tombstones,
-                    "receipts": w.receipts,
-                }
-                for shard, w in writes.items()
-            },
-        }
-    ).encode()
-
-
-def _decode_intent(blob: bytes) -> tuple[dict[int, ShardWrite], dict[str, int], int]:
-    raw = json.loads(blob)
-    writes = {}
-    for shard, body in raw["shards"].items():
-        write = ShardWrite(tombstones=body["tombstones"], receipts=body["receipts"])
-        for side in SIDES:
-            write.factors[side] = {
-                int(n): np.frombuffer(base64.b64decode(v), dtype=FACTOR_DTYPE)
-                for n, v in body["factors"][side].items()
-            }
-            write.rows[side] = {
-                int(n): np.frombuffer(base64.b64decode(v), dtype=ROW_DTYPE)
-                for n, v in body["rows"][side].items()
-            }
-        write.gramians = {
-            side: np.frombuffer(base64.b64decode(v), dtype=GRAMIAN_DTYPE)
-            for side, v in body["gramians"].items()
-        }
-        writes[int(shard)] = write
-    return writes, {k: int(v) for k, v in raw["applied"].items()}, int(raw["token"])
 
 
 def _f32(vector: np.ndarray) -> bytes:
