@@ -407,21 +407,25 @@ class _Batch:
         model's all-pairs term) differ, so the batch updates the objective exactly.
         """
         engine, params = self.engine, self.engine.params
-        users, items, weights = [], [], []
-        for side in SIDES:
-            for row in self.touched[side]:
-                records = rows[side][row]
-                own = np.full(len(records), row, dtype=np.int64)
-                other = records["other"].astype(np.int64)
-                users.append(own if side == "user" else other)
-                items.append(other if side == "user" else own)
-                weights.append(records["weight"].astype(np.float64))
-        if not users:
+        users, items = engine.factors["user"], engine.factors["item"]
+        # Each pair once: all of a touched user's row; of a touched item's row, the users
+        # not touched. One gather per row (its neighbours), times its own factor.
+        touched_user = np.zeros(len(users), dtype=bool)
+        touched_user[list(self.touched["user"])] = True
+        scores, weights = [], []
+        for row in self.touched["user"]:
+            records = rows["user"][row]
+            scores.append(items[records["other"]] @ users[row])
+            weights.append(records["weight"])
+        for row in self.touched["item"]:
+            records = rows["item"][row]
+            records = records[~touched_user[records["other"]]]
+            scores.append(users[records["other"]] @ items[row])
+            weights.append(records["weight"])
+        if not scores:
             return 0.0
-        u, i, w = np.concatenate(users), np.concatenate(items), np.concatenate(weights)
-        _, first = np.unique(u * len(engine.factors["item"]) + i, return_index=True)
-        u, i, w = u[first], i[first], w[first]
-        s = pair_scores(engine.factors["user"], engine.factors["item"], u, i)
+        s = np.concatenate(scores).astype(np.float64)
+        w = np.concatenate(weights).astype(np.float64)
         if params.kind == "implicit":
             c = 1.0 + params.alpha * w
             return float(np.sum(c * (1.0 - s) ** 2 - s**2))
