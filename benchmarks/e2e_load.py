@@ -5,7 +5,7 @@ the same model measured in the same run.
 usage: python -m benchmarks.e2e_load [--deletions-per-s 1000] [--interactions-per-s 1000]
            [--seconds 300] [--knee 250,500,1000,2000] [--knee-seconds 20]
            [--synthetic USERS,ITEMS,INTERACTIONS] [--train-iterations 5]
-           [--retrain-iterations 15]
+           [--retrain-iterations 15] [--broker noida|tansu]
 
 --synthetic generates power-law data of that shape instead of reading --pairs (e.g.
 MovieLens-20M's: 138493,26744,20000263); --retrain-iterations 0 skips the implicit row.
@@ -33,7 +33,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from threadpoolctl import threadpool_limits
 
 from benchmarks._common import DATA_DIR, load, machine, require, write_json
-from consumer.embedded import free_port, local_kafka, local_redis, wait_until
+from consumer.embedded import free_port, local_kafka, local_noida, local_redis, wait_until
 from consumer.state.bootstrap import load as load_state
 from consumer.state.store import ModelState
 from unlearn_core import Hyperparameters, Interactions, train
@@ -67,6 +67,7 @@ def main() -> None:
     parser.add_argument("--knee", default="250,500,1000,2000,4000")
     parser.add_argument("--knee-seconds", type=float, default=20)
     parser.add_argument("--synthetic", default="", help="USERS,ITEMS,INTERACTIONS")
+    parser.add_argument("--broker", choices=("noida", "tansu"), default="noida")
     parser.add_argument("--train-iterations", type=int, default=5)
     parser.add_argument("--retrain-iterations", type=int, default=15)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/e2e_load.json"))
@@ -83,7 +84,8 @@ def main() -> None:
     retrain = _implicit_retrain(data, args.retrain_iterations)
     print(f"implicit retrain: {retrain}")
 
-    with local_redis() as redis_url, local_kafka() as bootstrap:
+    broker = local_noida() if args.broker == "noida" else local_kafka()
+    with local_redis() as redis_url, broker as bootstrap:
         client = redis.Redis.from_url(redis_url)
         state = ModelState(client, "bench")
         memory_before = int(client.info("memory")["used_memory"])
@@ -150,6 +152,7 @@ def main() -> None:
         {
             "machine": machine(),
             "data": f"synthetic {args.synthetic}" if args.synthetic else str(args.pairs),
+            "broker": args.broker,
             "shape": {"users": data.shape[0], "items": data.shape[1], "interactions": data.nnz},
             "params": vars(PARAMS),
             "implicit_retrain": retrain,

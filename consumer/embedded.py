@@ -128,3 +128,31 @@ def local_kafka() -> Iterator[str]:
         with process(args, Path(scratch) / "broker.log"):
             wait_until(lambda: port_open(port), "Kafka broker")
             yield f"127.0.0.1:{port}"
+
+
+def noida_binary() -> str:
+    """The noida-db broker binary (its Python launcher would hide the PID to stop)."""
+    try:
+        import noida_db  # type: ignore[import-not-found]
+    except ImportError:
+        raise EmbeddedServerError("no noida-db: pip install noida-db==0.2.3") from None
+    binary = Path(noida_db.__file__).parent / "noida-db"
+    if not binary.is_file():
+        raise EmbeddedServerError(f"noida-db not found at {binary}")
+    return str(binary)
+
+
+@contextlib.contextmanager
+def local_noida() -> Iterator[str]:
+    """noida-db speaking Kafka on a free loopback port, its log on disk; yields bootstrap.
+
+    A second Kafka-protocol broker: correct watermarks, and a log that keeps up with
+    sustained load where Tansu's in-memory storage slows down as topics grow.
+    """
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="unlearn-noida-") as scratch:
+        args = [noida_binary(), "start", "--data-dir", f"{scratch}/data", "--host", "127.0.0.1",
+                "--only", "kafka", "--kafka-port", str(port)]  # fmt: skip
+        with process(args, Path(scratch) / "broker.log"):
+            wait_until(lambda: port_open(port), "Kafka broker (noida-db)")
+            yield f"127.0.0.1:{port}"

@@ -14,17 +14,7 @@ from pathlib import Path
 
 import redis
 
-from consumer.embedded import port_open, redis_args, wait_until
-
-
-def noida_binary() -> str:
-    """The noida-db broker binary (its Python launcher would hide the PID to kill)."""
-    import noida_db  # type: ignore[import-not-found]
-
-    binary = Path(noida_db.__file__).parent / "noida-db"
-    if not binary.is_file():
-        raise RuntimeError(f"noida-db binary not found at {binary}")
-    return str(binary)
+from consumer.embedded import noida_binary, port_open, redis_args, wait_until
 
 
 class Restartable:
