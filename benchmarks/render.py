@@ -147,16 +147,33 @@ def e2e_load(data: dict[str, Any]) -> str:
         )
     if "redis" in data:
         shape, memory = data["shape"], data["redis"]
+        source = data["data"].split("/data/")[-1]
         lines.append(
-            f"Data: {data['data']} ({shape['users']:,} users, {shape['items']:,} items, "
-            f"{shape['interactions']:,} interactions). Load into Redis: "
-            f"{memory['load_seconds']:.0f} s; server memory growth "
+            f"Data: {source} ({shape['users']:,} users, {shape['items']:,} items, "
+            f"{shape['interactions']:,} interactions); broker: {data.get('broker', 'tansu')}. "
+            f"Load into Redis: {memory['load_seconds']:.1f} s; server memory growth "
             f"{memory['used_memory_growth'] / 2**20:,.0f} MiB = "
             f"{memory['bytes_per_interaction']:.1f} B per interaction. Service start (replica, "
             f"objective): {data['service_start_seconds']:.0f} s; service peak RSS "
             f"{data['service_peak_rss_bytes'] / 2**20:,.0f} MiB."
         )
     return "\n".join(lines) + "\n\n" + _machine(data)
+
+
+def profile_engine(data: dict[str, Any]) -> str:
+    m = data["phase_medians_ms"]
+    batch = data["batch"]
+    head = (
+        f"Batches of {batch['deletions']} deletions + {batch['interactions']} interactions, "
+        f"median per batch under cProfile: read {m['read']:.1f} ms, solve (with the batch "
+        f"objective) {m['solve']:.1f} ms, write {m['write']:.1f} ms, total {m['total']:.1f} ms."
+    )
+    modules = ("engine.py", "store.py", "solve.py", "model.py", "intent.py", "gramians.py")
+    ours = [r for r in data["top_cumulative"] if r["function"].split(":")[0] in modules][:12]
+    rows = [(f"`{r['function']}`", str(r["calls"]), f"{r['cumulative_ms_per_batch']:.2f}")
+            for r in ours]  # fmt: skip
+    table = _table(("function", "calls", "cumulative ms per batch"), rows)
+    return head + "\n\n" + table + "\n\n" + _machine(data)
 
 
 def popular_item(data: dict[str, Any]) -> str:
@@ -238,7 +255,9 @@ SECTIONS: dict[str, tuple[Path, Callable[[dict[str, Any]], str]]] = {
     "e2e_load": (DOC, e2e_load),
     "e2e_load_20m": (DOC, e2e_load),
     "popular_item": (DOC, popular_item),
+    "profile_engine": (DOC, profile_engine),
     "fault_campaign": (RELIABILITY, fault_campaign),
+    "fault_campaign_soak": (RELIABILITY, fault_campaign),
 }
 
 
