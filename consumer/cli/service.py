@@ -232,6 +232,8 @@ def run_status(args: argparse.Namespace) -> int:
         "params": vars(meta.params),
         "applied_offsets": applied,
         "interrupted_batch": bool(state.client.exists(state.layout.intent)),
+        "generation": state.generation(),  # batches and sweeps committed
+        "lease_holder": state.lease.holder_now(),  # the instance writing right now, if any
         "lag": _lag(settings),
     }
     print(json.dumps(out, indent=2))

@@ -69,6 +69,7 @@ class WriteLease:
         self.wait_s = wait_s
         self.token = 0  # 0: not held (tokens start at 1)
         self._sleep = sleep
+        self._client = client
         self._acquire = client.register_script(_ACQUIRE)
         self._release = client.register_script(_RELEASE)
 
@@ -88,6 +89,11 @@ class WriteLease:
             # Jittered, growing, never past the holder's expiry.
             pause = min(pause * 2, 0.05)
             self._sleep(min(random.uniform(pause / 2, pause), max(int(value), 1) / 1000))
+
+    def holder_now(self) -> str | None:
+        """The instance holding the lease at this moment (None: free)."""
+        value = self._client.get(self.layout.lease)
+        return value.decode() if value is not None else None
 
     def release(self) -> None:
         if self.token:

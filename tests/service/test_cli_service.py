@@ -90,6 +90,7 @@ def test_load_status_run_audit_export(setup, tmp_path, capsys, monkeypatch):
     assert status["interactions"] == lines - status["last_batch"]["removed"]
     assert status["residual"] is not None
     assert status["applied_offsets"] and not status["interrupted_batch"]
+    assert status["generation"] >= 1 and status["lease_holder"] is None  # stopped: released
     assert sum(p["lag"] for p in status["lag"].values()) == 0
 
     assert main(["audit", "--request-id", "forget-me", *flags(setup)]) == 0
