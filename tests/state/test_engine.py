@@ -12,6 +12,7 @@ from consumer.events import Deletion, Interaction, Source
 from consumer.state.bootstrap import export, load
 from consumer.state.store import ModelState
 from tests.conftest import all_keys, params_for
+from tests.state.crash import process_killed_mid_commit
 from unlearn_core import Change, SweepPolicy, loss, train, update
 
 NOW = 2_000_000_000.0  # deletion time later than every stored interaction
@@ -146,22 +147,12 @@ def test_a_replayed_batch_changes_nothing_and_resends_receipts(loaded, redis_cli
     assert snapshot() == before
 
 
-def test_a_crash_in_the_middle_of_a_commit_is_finished_on_restart(loaded, monkeypatch):
+def test_a_crash_in_the_middle_of_a_commit_is_finished_on_restart(loaded):
     state, _, data = loaded
     u, _ = first_pair(data)
     stream = Stream()
     deletion = stream.delete(user=f"u{u}", request_id="crash")
-    real_write = ModelState.write_shards
-
-    def crash_after_one_shard(self, writes, token):
-        first = min(writes)
-        real_write(self, {first: writes[first]}, token)
-        raise ConnectionError("killed")
-
-    monkeypatch.setattr(ModelState, "write_shards", crash_after_one_shard)
-    with pytest.raises(ConnectionError):
-        Engine(state).process([], [deletion])
-    monkeypatch.setattr(ModelState, "write_shards", real_write)
+    process_killed_mid_commit(lambda: Engine(state).process([], [deletion]))
     assert state.client.exists(state.layout.intent)
     engine = Engine(state)  # recovers the interrupted batch
     assert not state.client.exists(state.layout.intent)

@@ -15,6 +15,7 @@ from consumer.state.bootstrap import export, load
 from consumer.state.lease import LeaseLost
 from consumer.state.store import ModelState, ShardWrite
 from tests.conftest import all_keys, params_for
+from tests.state.crash import process_killed_mid_commit
 from unlearn_core import Interactions, train
 from unlearn_core.convergence import relative_change
 from unlearn_core.model import pair_scores
@@ -198,25 +199,13 @@ def test_a_lease_that_lapsed_untaken_still_commits(redis_client, popular):
     assert state.read_factors("item", np.array([1]), 4, 6)[0].tolist() == [3.0] * 6
 
 
-def test_an_instance_finishes_the_batch_another_left_half_written(
-    redis_client, popular, monkeypatch
-):
+def test_an_instance_finishes_the_batch_another_left_half_written(redis_client, popular):
     """A dies between shard writes; B, already running, takes the lease next: it must
     finish A's batch from the redo log before its own, or A's replay would count twice."""
     state_a = _load(redis_client, "half", popular, holder="a")
     a, b = Engine(state_a), Engine(ModelState(redis_client, "half", holder="b"))
     first, second = _events(0)[0], _events(1)[0]
-    real_write = ModelState.write_shards
-
-    def die_after_one_shard(self, writes, token):
-        shard = min(writes)
-        real_write(self, {shard: writes[shard]}, token)
-        raise ConnectionError("killed")
-
-    monkeypatch.setattr(ModelState, "write_shards", die_after_one_shard)
-    with pytest.raises(ConnectionError):
-        a.process(*first)
-    monkeypatch.setattr(ModelState, "write_shards", real_write)
+    process_killed_mid_commit(lambda: a.process(*first))
     redis_client.delete(state_a.layout.lease)  # a is gone; its lease lapses
 
     b.process(*second)  # finishes a's batch, then its own
