@@ -197,6 +197,8 @@ def fault_campaign(data: dict[str, Any]) -> str:
         ("Redis killed and restarted from its AOF", data["redis_restarts"]),
         ("Redis unreachable for 10 s (SIGSTOP)", data["redis_unreachable_10s"]),
         ("broker restarted (same log directory)", data["broker_restarts"]),
+        ("broker restarted again: its group coordinator stopped assigning",
+         data.get("broker_restarts_for_stuck_group", 0)),
         ("second consumer joined / left the group",
          f"{data['second_consumer_joins']} / {data['second_consumer_leaves']}"),
     ]  # fmt: skip
@@ -214,6 +216,7 @@ def fault_campaign(data: dict[str, Any]) -> str:
     promises = [
         ("requests lost (no receipt)", data["requests_lost"]),
         ("applied twice", data["applied_twice"]),
+        ("acknowledged but nothing removed", data.get("acknowledged_not_removed", 0)),
         ("receipts for no request / audit trail wrong",
          f"{data['receipts_wrong']} / {data['audit_wrong']}"),
         ("deleted pairs still stored", data["deleted_pairs_present"]),

@@ -72,6 +72,7 @@ class Log:
     joins: int = 0
     leaves: int = 0
     producer_fatal: int = 0
+    broker_restarts_for_stuck_group: int = 0
     exits: list[tuple[str, int]] = field(default_factory=list)  # on their own
     errors: list[str] = field(default_factory=list)
 
@@ -233,6 +234,31 @@ def run_timeline(
     log.joins += 1
 
 
+def drain(broker: Broker, group: str, inputs: list[str], log: Log) -> dict[str, int]:
+    """Wait for the group to consume everything; the lag left after 300 s.
+
+    noida-db's group coordinator can stop completing joins after its restart amid member
+    churn (both consumers alive and asking, no assignment for minutes; Apache Kafka expires
+    such a rebalance after its timeout). With no progress for 60 s the broker is restarted
+    once more, as an operator would, and the restart is counted in the figures.
+    """
+    deadline = time.monotonic() + 300
+    behind = sum(lag(broker.bootstrap, group, inputs).values())
+    progressed = time.monotonic()
+    while behind and time.monotonic() < deadline:
+        time.sleep(2)
+        now_behind = sum(lag(broker.bootstrap, group, inputs).values())
+        if now_behind < behind:
+            progressed = time.monotonic()
+        elif time.monotonic() - progressed > 60:
+            broker.stop()
+            broker.start()
+            log.broker_restarts_for_stuck_group += 1
+            progressed = time.monotonic()
+        behind = now_behind
+    return lag(broker.bootstrap, group, inputs)
+
+
 def lag(bootstrap: str, group: str, topics: list[str]) -> dict[str, int]:
     client = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
     try:
@@ -296,10 +322,7 @@ def test_fault_campaign_loses_nothing_and_applies_nothing_twice(tmp_path_factory
         for thread in threads:
             thread.join()
         inputs = [topics["interactions"], topics["deletions"]]
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and any(lag(broker.bootstrap, group, inputs).values()):
-            time.sleep(2)
-        remaining = lag(broker.bootstrap, group, inputs)
+        remaining = drain(broker, group, inputs, log)
         supervisor.done.set()
         watcher.join()
         for process in (second, primary):
@@ -334,6 +357,7 @@ def test_fault_campaign_loses_nothing_and_applies_nothing_twice(tmp_path_factory
         redis_restarts=log.redis_restarts,
         redis_unreachable_10s=log.redis_pauses,
         broker_restarts=log.broker_restarts,
+        broker_restarts_for_stuck_group=log.broker_restarts_for_stuck_group,
         generator_producer_recreated=log.producer_fatal,
         second_consumer_joins=log.joins,
         second_consumer_leaves=log.leaves,
@@ -355,6 +379,7 @@ def test_fault_campaign_loses_nothing_and_applies_nothing_twice(tmp_path_factory
 PROMISES = (
     "requests_lost",
     "applied_twice",
+    "acknowledged_not_removed",
     "receipts_wrong",
     "audit_wrong",
     "deleted_pairs_present",
@@ -427,7 +452,11 @@ def check(state, data, inputs, receipts, dead, remaining) -> dict:
             sum(not b["resent"] for b in bodies) > 1 or len({b["applied_at"] for b in bodies}) > 1
             for bodies in by_source.values()
         )
-        + sum(removed != 1 for removed in removed_by_request.values()),
+        + sum(removed > 1 for removed in removed_by_request.values()),
+        "acknowledged_not_removed": sum(
+            removed == 0 and any(by_source.get(s) for s in requests[r])
+            for r, removed in removed_by_request.items()
+        ),
         "receipts_wrong": len(by_source.keys() - sources),
         "audit_wrong": sum(len(audit.get(src, [])) != 1 for src in sources)
         + len(audit.keys() - sources),
