@@ -70,9 +70,12 @@ class BatchOutcome:
 
 
 class Engine:
-    def __init__(self, state: ModelState, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, state: ModelState, clock: Callable[[], float] = time.time, solve_threads: int = 1
+    ) -> None:
         self.state = state
         self.clock = clock
+        self.solve_threads = solve_threads  # BLAS stays at one thread per call
         rng = np.random.default_rng(0)
         self._sample_seed = rng.integers(0, 2**31, 2)
         state.lease.acquire()
@@ -396,6 +399,7 @@ class _Batch:
                 engine.factors[other],
                 params,
                 engine.gramians.full(other),
+                num_threads=engine.solve_threads,
             )
             engine.set_rows(side, rows, solved)
 

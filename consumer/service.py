@@ -227,7 +227,11 @@ class Service:
         def attempt() -> BatchOutcome:
             nonlocal first
             if not first or self._engine_stale:
-                self.engine = Engine(self.engine.state, clock=self.engine.clock)
+                self.engine = Engine(
+                    self.engine.state,
+                    clock=self.engine.clock,
+                    solve_threads=self.engine.solve_threads,
+                )
                 self._engine_stale = False
             first = False
             return self.engine.process(interactions, deletions)

@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     redis_retry_budget_s: float = Field(
         300.0, gt=0, description="how long a batch waits out a Redis outage before exiting"
     )
+    solve_threads: int = Field(
+        1, ge=0, description="threads for a batch's row solves (0: one per core)"
+    )
     instance_id: str = Field(
         default_factory=socket.gethostname,
         min_length=1,

@@ -178,7 +178,7 @@ def run_service(args: argparse.Namespace) -> int:
     try:
         health.recovering = True
         engine = retry(
-            lambda: _engine_when_loaded(state, settings.wait_for_model_s),
+            lambda: _engine_when_loaded(state, settings.wait_for_model_s, settings.solve_threads),
             TRANSIENT,
             settings.redis_retry_budget_s,
         )
@@ -199,13 +199,13 @@ def run_service(args: argparse.Namespace) -> int:
     return 0
 
 
-def _engine_when_loaded(state: ModelState, wait_s: float) -> Engine:
+def _engine_when_loaded(state: ModelState, wait_s: float, solve_threads: int) -> Engine:
     """The engine, once the namespace holds a model (a bootstrap Job may still be loading)."""
     deadline = time.monotonic() + wait_s
     log = logging.getLogger("unlearn")
     while True:
         try:
-            return Engine(state)
+            return Engine(state, solve_threads=solve_threads)
         except StateError as exc:
             if time.monotonic() >= deadline:
                 raise

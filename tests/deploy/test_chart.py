@@ -167,6 +167,7 @@ def test_threads_follow_the_cpu_limit_and_shutdown_fits_the_grace_period():
     pod = deployment["spec"]["template"]["spec"]
     env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
     assert env["OMP_NUM_THREADS"] == "3" and env["OPENBLAS_NUM_THREADS"] == "1"
+    assert env["UNLEARN_SOLVE_THREADS"] == "3"
     (config,) = by_kind(docs, "ConfigMap")
     assert pod["terminationGracePeriodSeconds"] > float(config["data"]["UNLEARN_REVOKE_BUDGET_S"])
     # Rolling: a new pod joins before the old one leaves (the write lease keeps them safe).

@@ -222,3 +222,32 @@ def test_merging_events_into_a_row_adds_implicit_weights_and_replaces_ratings():
     assert explicit["other"].tolist() == [1, 2, 5]
     assert explicit["weight"].tolist() == [-2.0, 1.0, 4.0]  # the last rating of each pair
     assert explicit["ts"].tolist() == [100, 50, 400]
+
+
+def test_solving_on_several_threads_gives_the_same_model(redis_client, random_data, monkeypatch):
+    from unlearn_core import solve
+
+    _, data = random_data(n_users=200, n_items=100, density=0.3, seed=8)
+    params = params_for("implicit", factors=32, regularization=1.0)
+    users, items = [f"u{n}" for n in range(200)], [f"i{n}" for n in range(100)]
+    model, _ = train(data, users, items, params, 5, solver="cholesky")
+    split_into = []
+    partition = solve._partition
+    monkeypatch.setattr(
+        solve,
+        "_partition",
+        lambda lengths, parts: split_into.append(parts) or partition(lengths, parts),
+    )
+    engines = []
+    for threads in (1, 2):
+        state = ModelState(redis_client, f"threads-{threads}")
+        load(state, model, data, np.full(data.nnz, 1_000_000_000.0), shards=4)
+        engines.append(Engine(state, solve_threads=threads))
+    deletions = [Stream().delete(f"u{u}") for u in range(0, 200, 3)]  # every item touched
+    for engine in engines:
+        split_into.clear()
+        engine.process([], deletions)
+    assert max(split_into) == 2  # the second engine really split its rows over two threads
+    one, two = engines
+    assert np.array_equal(one.factors["user"], two.factors["user"])
+    assert np.array_equal(one.factors["item"], two.factors["item"])

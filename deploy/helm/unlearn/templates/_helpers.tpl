@@ -56,6 +56,8 @@ app.kubernetes.io/component: consumer
   value: {{ include "unlearn.threads" . | quote }}
 - name: OPENBLAS_NUM_THREADS
   value: "1"
+- name: UNLEARN_SOLVE_THREADS  # a batch's row solves over the pod's CPUs
+  value: {{ include "unlearn.threads" . | quote }}
 - name: UNLEARN_INSTANCE_ID  # the pod's name in the namespace's write lease
   valueFrom:
     fieldRef:
