@@ -40,6 +40,7 @@ from unlearn_core.solve import solve_rows
 from unlearn_core.sweep import SweepContext, default_solver
 
 SAMPLE_PAIRS = 4096
+_NOTHING_LOADED = -1  # generation of an engine whose replica is still empty
 
 
 def source_key(source: Source) -> str:
@@ -78,15 +79,9 @@ class Engine:
         self.solve_threads = solve_threads  # BLAS stays at one thread per call
         rng = np.random.default_rng(0)
         self._sample_seed = rng.integers(0, 2**31, 2)
-        state.lease.acquire()
-        try:
-            # A batch a crash interrupted goes in before anything else.
-            recovered = state.recover()
-            self._reload()
-            if recovered:  # its status line was lost with it: other instances read this
-                state.client.hset(state.layout.status, "loss", repr(self.loss))
-        finally:
-            state.lease.release()
+        self.generation = _NOTHING_LOADED
+        with self._exclusive():  # finishes an interrupted batch, then loads everything
+            pass
 
     def _reload(self) -> None:
         state = self.state
@@ -111,23 +106,29 @@ class Engine:
             recovered = pending and self.state.recover()
             if recovered:
                 generation = self.state.generation()
-            self._refresh(generation)
+            reloaded = self._refresh(generation)
             if recovered:  # the crashed batch's objective went with it: recompute
-                self.loss = self.full_loss()
+                if not reloaded:
+                    self.loss = self.full_loss()
                 self.state.client.hset(self.state.layout.status, "loss", repr(self.loss))
             yield
         finally:
             self.state.lease.release()
 
-    def _refresh(self, generation: int) -> None:
-        """Read the factors other instances changed since this engine last committed."""
+    def _refresh(self, generation: int) -> bool:
+        """Read the factors other instances changed since this engine last committed.
+
+        True when everything was reloaded (and the objective recomputed from all rows).
+        """
         if generation == self.generation:
-            return
+            return False
         state = self.state
-        changes = state.read_changes(self.generation)
+        changes = (
+            None if self.generation == _NOTHING_LOADED else state.read_changes(self.generation)
+        )
         if changes is None:
             self._reload()
-            return
+            return True
         meta = state.meta()
         for side, changed in zip(SIDES, changes, strict=True):
             self.grow(side, meta.count(side))
@@ -140,6 +141,7 @@ class Engine:
         self.interactions = int(status.get("interactions", 0))
         self.loss = float(status["loss"]) if "loss" in status else self.full_loss()
         self.generation = generation
+        return False
 
     # ----- the batch ------------------------------------------------------------------
 
