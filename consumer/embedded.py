@@ -142,6 +142,12 @@ def noida_binary() -> str:
     return str(binary)
 
 
+def noida_args(port: int, data_dir: str) -> list[str]:
+    """The command line of noida-db speaking only Kafka on loopback, its log in data_dir."""
+    return [noida_binary(), "start", "--data-dir", data_dir, "--host", "127.0.0.1",
+            "--only", "kafka", "--kafka-port", str(port)]  # fmt: skip
+
+
 @contextlib.contextmanager
 def local_noida() -> Iterator[str]:
     """noida-db speaking Kafka on a free loopback port, its log on disk; yields bootstrap.
@@ -150,9 +156,9 @@ def local_noida() -> Iterator[str]:
     sustained load where Tansu's in-memory storage slows down as topics grow.
     """
     port = free_port()
-    with tempfile.TemporaryDirectory(prefix="unlearn-noida-") as scratch:
-        args = [noida_binary(), "start", "--data-dir", f"{scratch}/data", "--host", "127.0.0.1",
-                "--only", "kafka", "--kafka-port", str(port)]  # fmt: skip
-        with process(args, Path(scratch) / "broker.log"):
-            wait_until(lambda: port_open(port), "Kafka broker (noida-db)")
-            yield f"127.0.0.1:{port}"
+    with (
+        tempfile.TemporaryDirectory(prefix="unlearn-noida-") as scratch,
+        process(noida_args(port, f"{scratch}/data"), Path(scratch) / "broker.log"),
+    ):
+        wait_until(lambda: port_open(port), "Kafka broker (noida-db)")
+        yield f"127.0.0.1:{port}"

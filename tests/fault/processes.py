@@ -14,7 +14,7 @@ from pathlib import Path
 
 import redis
 
-from consumer.embedded import noida_binary, port_open, redis_args, wait_until
+from consumer.embedded import noida_args, port_open, redis_args, wait_until
 
 
 class Restartable:
@@ -87,9 +87,7 @@ class Broker(Restartable):
     """noida-db speaking Kafka, its log in a directory that outlives the process."""
 
     def __init__(self, port: int, workdir: Path) -> None:
-        args = [noida_binary(), "start", "--data-dir", str(workdir / "data"),
-                "--host", "127.0.0.1", "--only", "kafka", "--kafka-port", str(port)]  # fmt: skip
-        super().__init__("broker", args, workdir / "broker.log")
+        super().__init__("broker", noida_args(port, str(workdir / "data")), workdir / "broker.log")
         self.port = port
         self.bootstrap = f"127.0.0.1:{port}"
 

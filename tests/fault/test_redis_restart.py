@@ -19,9 +19,8 @@ from consumer.engine import Engine
 from consumer.service import Service
 from consumer.state.bootstrap import load
 from consumer.state.store import ModelState
-from tests.conftest import params_for
+from tests.conftest import binary_model
 from tests.service.kafka_helpers import event, fresh_settings, produce, read_all
-from unlearn_core import Interactions, train
 
 REQUESTS = 600
 
@@ -29,16 +28,7 @@ REQUESTS = 600
 @pytest.mark.slow
 def test_a_redis_restart_mid_stream_loses_nothing(kafka_bootstrap):
     rng = np.random.default_rng(3)
-    mask = rng.random((200, 120)) < 0.15
-    users, items = np.nonzero(mask)
-    data = Interactions.from_triples(users, items, np.ones(len(users)), mask.shape, "implicit")
-    model, _ = train(
-        data,
-        [f"u{n}" for n in range(200)],
-        [f"i{n}" for n in range(120)],
-        params_for("implicit", factors=6),
-        5,
-    )
+    model, data = binary_model(3, 200, 120, 0.15, factors=6, iterations=5)
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
     with tempfile.TemporaryDirectory() as workdir:
