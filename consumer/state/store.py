@@ -505,6 +505,8 @@ def _shard_commands(keys: ShardKeys, write: ShardWrite) -> tuple[list[str], list
     args: list[Any] = []
 
     def command(name: str, key: str, values: list[Any], per: int) -> None:
+        if not values:
+            return  # nothing to write: the key need not travel with the script
         if key not in names:
             names.append(key)
         number = names.index(key) + 1
