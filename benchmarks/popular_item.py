@@ -65,10 +65,11 @@ def main() -> None:
             timings["solve"].append(time.perf_counter() - started)
 
             changed = rng.choice(args.users, args.batch_users, replace=False)
+            previous = state.head()[1]
             generation = _commit_change(state, users, changed)
-            engine = _replica_at(reader, users, generation - 1)
+            engine = _replica_at(reader, users, generation - 1, previous)
             started = time.perf_counter()
-            engine._refresh(generation)
+            engine._refresh(*state.head())
             timings["refresh"].append(time.perf_counter() - started)
         memory = int(client.info("memory")["used_memory"])
     medians = {name: median(values) for name, values in timings.items()}
@@ -112,18 +113,18 @@ def _commit_change(state: ModelState, users: np.ndarray, changed: np.ndarray) ->
     writes.setdefault(0, ShardWrite()).factors["item"][0] = np.ones(PARAMS.factors, np.float32)
     state.lease.acquire()
     try:
-        return state.commit_batch(writes, {})
+        return state.commit_batch(writes, {})[0]
     finally:
         state.lease.release()
 
 
-def _replica_at(state: ModelState, users: np.ndarray, generation: int) -> Engine:
+def _replica_at(state: ModelState, users: np.ndarray, generation: int, head: str | None) -> Engine:
     """An engine whose replica is one generation behind (built without reading everything)."""
     engine = Engine.__new__(Engine)
     engine.state = state
     engine.meta = state.meta()
     engine.params, engine.shards = PARAMS, SHARDS
-    engine.generation = generation
+    engine.generation, engine.head = generation, head
     engine.factors = {"user": users.copy(), "item": np.zeros((1, PARAMS.factors), np.float32)}
     engine.gramians = Gramians(engine.factors, SHARDS)
     return engine

@@ -20,17 +20,19 @@ import json
 import time
 import zlib
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
+import redis
 import scipy.sparse as sp
 
 from consumer.events import Deletion, Interaction, Source
 from consumer.gramians import Gramians
+from consumer.receipts import Receipt
 from consumer.state.layout import ROW_DTYPE
+from consumer.state.lease import LeaseBusy, LeaseLost
 from consumer.state.store import SIDES, ModelState, ShardWrite
 from unlearn_core.convergence import relative_change
 from unlearn_core.interactions import Interactions
@@ -40,11 +42,44 @@ from unlearn_core.solve import solve_rows
 from unlearn_core.sweep import SweepContext, default_solver
 
 SAMPLE_PAIRS = 4096
+# The largest value a float32 holds: stored weights and the confidences built from them.
+_F32_MAX = float(np.finfo(np.float32).max)
 _NOTHING_LOADED = -1  # generation of an engine whose replica is still empty
 
 
 def source_key(source: Source) -> str:
-    return f"{source.topic}:{source.partition}:{source.offset}"
+    return source.key
+
+
+class Unprocessable(Exception):
+    """Events the state cannot take (a pair's weights sum beyond float32): named, so the
+    service dead-letters exactly them and applies the rest of the batch."""
+
+    def __init__(self, sources: list[Source], detail: str) -> None:
+        super().__init__(detail)
+        self.sources = sources
+        self.detail = detail
+
+
+class BatchFailed(Exception):
+    """The batch failed before anything of it was written (its in-memory effects undone):
+    some event in it cannot be processed. The service splits the batch to find it."""
+
+
+class StateRolledBack(Exception):
+    """Redis holds older offsets than this engine committed: the state was restored from
+    an older snapshot (or a failover lost writes). The lost events must be replayed."""
+
+    def __init__(self, behind: dict[str, tuple[int, int]]) -> None:
+        # partition key -> (offset the state holds, offset this engine had committed)
+        super().__init__(
+            ", ".join(f"{k}: state at {a}, committed {c}" for k, (a, c) in behind.items())
+        )
+        self.behind = behind
+
+
+# Failures that are not the batch's content: Redis trouble and instances taking turns.
+_PASSING = (redis.RedisError, LeaseLost, LeaseBusy, StateRolledBack)
 
 
 def receipt_shard(key: str, shards: int) -> int:
@@ -54,14 +89,15 @@ def receipt_shard(key: str, shards: int) -> int:
 
 @dataclass
 class BatchOutcome:
-    receipts: list[dict[str, Any]] = field(default_factory=list)  # new, to publish
-    resent: list[dict[str, Any]] = field(default_factory=list)  # replayed deletions
+    receipts: list[Receipt] = field(default_factory=list)  # new, to publish
+    resent: list[Receipt] = field(default_factory=list)  # replayed deletions
     applied: dict[str, int] = field(default_factory=dict)  # "topic:partition" -> offset
     interactions_applied: int = 0
     interactions_applied_new: int = 0  # of them, pairs not stored before (count grows)
-    interactions_late: int = 0
+    interactions_late: int = 0  # covered by a deletion processed in an earlier batch
+    interactions_suppressed: int = 0  # covered by a deletion of this batch (in its receipt)
     events_replayed: int = 0
-    removed: int = 0
+    removed: int = 0  # stored interactions removed
     users_solved: int = 0
     items_solved: int = 0
     residual: float = 0.0
@@ -80,12 +116,17 @@ class Engine:
         rng = np.random.default_rng(0)
         self._sample_seed = rng.integers(0, 2**31, 2)
         self.generation = _NOTHING_LOADED
+        self.head: str | None = None  # the id of the newest commit the replica reflects
+        self.diverged = False  # set when a refresh found Redis on another history
+        # partition key -> the last offset this engine committed: Redis holding less means
+        # the state went back in time (a restore, a failover that lost writes).
+        self.committed: dict[str, int] = {}
         with self._exclusive():  # finishes an interrupted batch, then loads everything
             pass
 
     def _reload(self) -> None:
         state = self.state
-        self.generation = state.generation()
+        self.generation, self.head = state.head()
         self.meta = state.meta()
         self.params = self.meta.params
         self.shards = self.meta.shards
@@ -101,12 +142,12 @@ class Engine:
         A batch another instance left half-written (it died mid-commit) is finished first:
         its redo log holds final values, and this batch must start from them.
         """
-        generation, pending = self.state.lease.acquire()
+        generation, head, pending = self.state.lease.acquire()
         try:
             recovered = pending and self.state.recover()
             if recovered:
-                generation = self.state.generation()
-            reloaded = self._refresh(generation)
+                generation, head = self.state.head()
+            reloaded = self._refresh(generation, head)
             if recovered:  # the crashed batch's objective went with it: recompute
                 if not reloaded:
                     self.loss = self.full_loss()
@@ -115,17 +156,21 @@ class Engine:
         finally:
             self.state.lease.release()
 
-    def _refresh(self, generation: int) -> bool:
+    def _refresh(self, generation: int, head: str | None) -> bool:
         """Read the factors other instances changed since this engine last committed.
 
         True when everything was reloaded (and the objective recomputed from all rows).
+        Each commit names the one before it, so a Redis that went back to an older
+        snapshot (and perhaps moved on from there) is noticed: everything is reloaded.
         """
-        if generation == self.generation:
+        if generation == self.generation and head == self.head:
             return False
         state = self.state
-        changes = (
-            None if self.generation == _NOTHING_LOADED else state.read_changes(self.generation)
-        )
+        changes = None
+        if self.generation != _NOTHING_LOADED and generation > self.generation:
+            changes = state.read_changes(self.generation, self.head)
+        elif self.generation != _NOTHING_LOADED:
+            self.diverged = True  # Redis is at or behind our own last commit, elsewhere
         if changes is None:
             self._reload()
             return True
@@ -140,23 +185,50 @@ class Engine:
         status = state.read_status()
         self.interactions = int(status.get("interactions", 0))
         self.loss = float(status["loss"]) if "loss" in status else self.full_loss()
-        self.generation = generation
+        self.generation, self.head = generation, head
         return False
 
     # ----- the batch ------------------------------------------------------------------
 
-    def process(self, interactions: list[Interaction], deletions: list[Deletion]) -> BatchOutcome:
-        with self._exclusive():
-            return self._process(interactions, deletions)
+    def process(
+        self,
+        interactions: list[Interaction],
+        deletions: list[Deletion],
+        acknowledged: Mapping[str, int] | None = None,
+        skipped: Sequence[Source] = (),
+    ) -> BatchOutcome:
+        """One batch, durable when this returns.
 
-    def _process(self, interactions: list[Interaction], deletions: list[Deletion]) -> BatchOutcome:
+        `acknowledged`: partition key -> the last offset acknowledged to Kafka before the
+        state lost it (after a rollback); the receipts of those requests say `reapplied`.
+        `skipped`: messages of the batch that have no effect (dead-lettered); their
+        offsets are recorded as done all the same.
+        """
+        with self._exclusive():
+            return self._process(interactions, deletions, acknowledged or {}, skipped)
+
+    def _process(
+        self,
+        interactions: list[Interaction],
+        deletions: list[Deletion],
+        acknowledged: Mapping[str, int],
+        skipped: Sequence[Source],
+    ) -> BatchOutcome:
         started = time.perf_counter()
         out = BatchOutcome()
         applied = self.state.read_applied()
-        out.applied = _advance(applied, [e.source for e in (*interactions, *deletions)])
+        behind = {
+            key: (applied.get(key, -1), offset)
+            for key, offset in self.committed.items()
+            if applied.get(key, -1) < offset
+        }
+        if behind:
+            raise StateRolledBack(behind)
+        sources = [*(e.source for e in (*interactions, *deletions)), *skipped]
+        out.applied = _advance(applied, sources)
 
         def done(source: Source) -> bool:
-            return applied.get(f"{source.topic}:{source.partition}", -1) >= source.offset
+            return applied.get(source.partition_key, -1) >= source.offset
 
         fresh_i = [e for e in interactions if not done(e.source)]
         fresh_d = [e for e in deletions if not done(e.source)]
@@ -165,36 +237,63 @@ class Engine:
             if done(deletion.source):
                 receipt = self._stored_receipt(deletion.source)
                 if receipt is not None:
-                    out.resent.append({**receipt, "resent": True})
+                    out.resent.append(receipt.again())
         if not fresh_i and not fresh_d:
             if any(offset > applied.get(key, -1) for key, offset in out.applied.items()):
-                self.generation = self.state.commit_batch({}, out.applied)
+                self._commit({}, out.applied, sources)
             return out
 
         batch = _Batch(self, fresh_i, fresh_d)
-        batch.read()
-        out.phases["read"] = time.perf_counter() - started
-        batch.edit(out)
-        solved = time.perf_counter()
-        before = self._sample_scores()
-        loss_before = batch.local_loss(batch.original) + self._global_loss()
-        batch.solve()
-        self.loss += batch.local_loss(batch.rows) + self._global_loss() - loss_before
-        out.loss = self.loss
+        try:
+            batch.read()
+            out.phases["read"] = time.perf_counter() - started
+            batch.edit(out)
+            solved = time.perf_counter()
+            before = self._sample_scores()
+            loss_before = batch.local_loss(batch.original) + self._global_loss()
+            batch.solve()
+            loss_after = batch.local_loss(batch.rows) + self._global_loss()
+        except Unprocessable:
+            batch.undo()
+            raise
+        except Exception as exc:
+            if isinstance(exc, _PASSING):  # Redis trouble: the service retries
+                batch.undo()
+                raise
+            batch.undo()
+            raise BatchFailed(f"{type(exc).__name__}: {exc}") from exc
+        out.loss = self.loss + loss_after - loss_before
         out.residual = relative_change(before, self._sample_scores())
         out.users_solved, out.items_solved = len(batch.touched["user"]), len(batch.touched["item"])
         out.phases["solve"] = time.perf_counter() - solved
         written = time.perf_counter()
-        out.receipts = batch.receipts(out.residual)
-        self.generation = self.state.commit_batch(
-            batch.shard_writes(out.receipts),
-            out.applied,
-            status=self._status(out),
-            interactions_delta=out.interactions_applied_new - out.removed,
-        )
+        out.receipts = batch.receipts(out.residual, acknowledged)
+        try:
+            self._commit(
+                batch.shard_writes(out.receipts),
+                out.applied,
+                sources,
+                status=self._status(out),
+                interactions_delta=out.interactions_applied_new - out.removed,
+            )
+        except BaseException:
+            batch.undo()  # whatever Redis holds now, the replica is rebuilt from it
+            raise
+        self.loss = out.loss
         self.interactions += out.interactions_applied_new - out.removed
         out.phases["write"] = time.perf_counter() - written
         return out
+
+    def _commit(
+        self,
+        writes: dict[int, ShardWrite],
+        applied: dict[str, int],
+        sources: list[Source] | None = None,
+        **kw,
+    ) -> None:
+        marks = _marks(sources or [])
+        self.generation, self.head = self.state.commit_batch(writes, applied, marks=marks, **kw)
+        self.committed.update(applied)
 
     # ----- consolidation --------------------------------------------------------------
 
@@ -244,7 +343,7 @@ class Engine:
             "loss": repr(self.loss),
             "updated_at": repr(self.clock()),
         }
-        self.generation = self.state.commit_batch(dict(writes), {}, status=status, all_rows=True)
+        self._commit(dict(writes), {}, status=status, all_rows=True)
         return residual, self.loss
 
     # ----- helpers --------------------------------------------------------------------
@@ -299,14 +398,18 @@ class Engine:
             "updated_at": repr(last["at"]),
         }
 
-    def _stored_receipt(self, source: Source) -> dict[str, Any] | None:
-        key = source_key(source)
-        stored = self.state.read_receipt(receipt_shard(key, self.shards), key)
-        return json.loads(stored) if stored is not None else None
+    def _stored_receipt(self, source: Source) -> Receipt | None:
+        stored = self.state.read_receipt(receipt_shard(source.key, self.shards), source.key)
+        return Receipt.from_json(stored) if stored is not None else None
 
 
 class _Batch:
-    """The working set of one batch: touched rows, edited in memory, then solved."""
+    """The working set of one batch: touched rows, edited in memory, then solved.
+
+    Until the commit, its only effect outside itself is on the engine's factor replica
+    (the solves); `undo` puts that back, so a batch that fails leaves the engine as if it
+    had never run.
+    """
 
     def __init__(self, engine: Engine, interactions: list[Interaction], deletions: list[Deletion]):
         self.engine = engine
@@ -319,7 +422,9 @@ class _Batch:
         self.original: dict[str, dict[int, np.ndarray]] = {side: {} for side in SIDES}
         self.touched: dict[str, set[int]] = {side: set() for side in SIDES}
         self.tombstones: dict[str, tuple[int, float]] = {}  # field -> (shard, T) to write
-        self.removed_by: dict[int, int] = {}  # deletion position -> interactions removed
+        # deletion position -> the distinct pairs it removed (stored, or arriving with it)
+        self.removed_by: dict[int, set[tuple[int, int]]] = defaultdict(set)
+        self.replaced: list[tuple[str, np.ndarray, np.ndarray]] = []  # for undo
 
     def read(self) -> None:
         state = self.state
@@ -354,39 +459,68 @@ class _Batch:
 
     def edit(self, out: BatchOutcome) -> None:
         for position, (u, i, t) in enumerate(self.deletion_rows):
+            removed = self.removed_by[position]
             if u >= 0 and i >= 0:
-                removed = self._remove("user", u, {i}, t)
+                if self._remove("user", u, {i}, t):
+                    removed.add((u, i))
                 self._remove("item", i, {u}, t)
             elif u >= 0:
-                gone = self._take("user", u, t)
-                removed = len(gone)
-                for j in gone:
+                for j in self._take("user", u, t):
+                    removed.add((u, j))
                     self._remove("item", j, {u}, t)
             else:
-                gone = self._take("item", i, t)
-                removed = len(gone)
-                for v in gone:
+                for v in self._take("item", i, t):
+                    removed.add((v, i))
                     self._remove("user", v, {i}, t)
-            self.removed_by[position] = removed
-            out.removed += removed
+            out.removed += len(removed)
         additions: dict[str, dict[int, list[tuple[int, float, float]]]] = {
             side: defaultdict(list) for side in SIDES
         }
+        sources: dict[tuple[int, int], list[Source]] = defaultdict(list)
         for event, u, i in zip(self.interactions, self.iu.tolist(), self.ii.tolist(), strict=True):
             if event.ts <= self.limits.get((u, i), -np.inf):
-                out.interactions_late += 1
+                out.interactions_late += 1  # an earlier batch's deletion covers it
+                continue
+            covering = self._covering(u, i, event.ts)
+            if covering is not None:  # this batch's deletion covers it: never learned
+                self.removed_by[covering].add((u, i))
+                out.interactions_suppressed += 1
                 continue
             additions["user"][u].append((i, event.weight, event.ts))
             additions["item"][i].append((u, event.weight, event.ts))
+            sources[(u, i)].append(event.source)
             out.interactions_applied += 1
             out.learned_ts.append(event.ts)
         for side in SIDES:
             for row, events in additions[side].items():
                 before = len(self.rows[side][row])
-                self.rows[side][row] = _merge(self.rows[side][row], events, self.kind)
+                merged = _merge(self.rows[side][row], events, self.kind)
+                if side == "user":
+                    self._check_weights(row, merged, sources)
+                self.rows[side][row] = merged
                 self.touched[side].add(row)
                 if side == "user":
                     out.interactions_applied_new += len(self.rows[side][row]) - before
+
+    def _covering(self, u: int, i: int, ts: float) -> int | None:
+        """The first deletion of this batch whose scope and time cover the pair's event."""
+        for position, (du, di, t) in enumerate(self.deletion_rows):
+            if ts <= t and du in (u, -1) and di in (i, -1):
+                return position
+        return None
+
+    def _check_weights(
+        self, user: int, row: np.ndarray, sources: dict[tuple[int, int], list[Source]]
+    ) -> None:
+        """A pair's weights may each be valid and still sum beyond float32, or make a
+        confidence (1 + alpha w) no float32 solve can hold: those events are refused."""
+        weight = row["weight"].astype(np.float64)
+        confidence = 1.0 + self.engine.params.alpha * np.abs(weight)
+        bad = ~np.isfinite(weight) | (np.abs(weight) > _F32_MAX) | (confidence > _F32_MAX)
+        if bad.any():
+            culprits = [src for j in row["other"][bad].tolist() for src in sources[(user, int(j))]]
+            if culprits:
+                raise Unprocessable(culprits, "the pair's weights sum beyond float32")
 
     def solve(self) -> None:
         engine, params = self.engine, self.engine.params
@@ -403,7 +537,16 @@ class _Batch:
                 engine.gramians.full(other),
                 num_threads=engine.solve_threads,
             )
+            if not np.isfinite(solved).all() or np.abs(solved).max() > _F32_MAX:
+                raise ArithmeticError(f"a {side} solve gave factors no float32 holds")
+            self.replaced.append((side, rows, engine.factors[side][rows].copy()))
             engine.set_rows(side, rows, solved)
+
+    def undo(self) -> None:
+        """Put back the factors the solves replaced, newest first."""
+        while self.replaced:
+            side, rows, old = self.replaced.pop()
+            self.engine.set_rows(side, rows, old)
 
     def local_loss(self, rows: dict[str, dict[int, np.ndarray]]) -> float:
         """The objective's terms that involve a touched row, with the given rows' data.
@@ -443,28 +586,42 @@ class _Batch:
             penalty += float(counts @ norms)
         return float(np.sum((w - s) ** 2)) + params.regularization * penalty
 
-    def receipts(self, residual: float) -> list[dict[str, Any]]:
+    def receipts(self, residual: float, acknowledged: Mapping[str, int]) -> list[Receipt]:
         now = self.engine.clock()
         out = []
         for position, deletion in enumerate(self.deletions):
+            source = deletion.source
+            started = (
+                deletion.requested_at if deletion.requested_at is not None else deletion.received
+            )
             out.append(
-                {
-                    "request_id": deletion.request_id,
-                    "scope": deletion.scope,
-                    "user": deletion.user,
-                    "item": deletion.item,
-                    "removed": self.removed_by.get(position, 0),
-                    "event_ts": deletion.ts,
-                    "applied_at": now,
-                    "latency_seconds": max(now - deletion.ts, 0.0),
-                    "residual": residual,
-                    "source": source_key(deletion.source),
-                    "resent": False,
-                }
+                Receipt(
+                    request_id=deletion.request_id,
+                    scope=deletion.scope,
+                    user=deletion.user,
+                    item=deletion.item,
+                    removed=len(self.removed_by.get(position, ())),
+                    kept_newer=self._kept(position),
+                    event_ts=deletion.ts,
+                    ts_adjusted=deletion.ts_adjusted,
+                    received_at=deletion.received,
+                    applied_at=now,
+                    latency_seconds=now - started,
+                    residual=residual,
+                    source=source.key,
+                    reapplied=source.offset <= acknowledged.get(source.partition_key, -1),
+                )
             )
         return out
 
-    def shard_writes(self, receipts: list[dict[str, Any]]) -> dict[int, ShardWrite]:
+    def _kept(self, position: int) -> int:
+        """The scope's pairs still stored after the batch (each newer than the deletion)."""
+        u, i, _ = self.deletion_rows[position]
+        if u >= 0 and i >= 0:
+            return int(np.isin(i, self.rows["user"][u]["other"]))
+        return len(self.rows["user"][u]) if u >= 0 else len(self.rows["item"][i])
+
+    def shard_writes(self, receipts: list[Receipt]) -> dict[int, ShardWrite]:
         engine = self.engine
         writes: dict[int, ShardWrite] = defaultdict(ShardWrite)
         for side in SIDES:
@@ -475,8 +632,8 @@ class _Batch:
         for name, (shard, t) in self.tombstones.items():
             writes[shard].tombstones[name] = t
         for receipt in receipts:
-            shard = receipt_shard(receipt["source"], self.shards)
-            writes[shard].receipts[receipt["source"]] = json.dumps(receipt)
+            shard = receipt_shard(receipt.source, self.shards)
+            writes[shard].receipts[receipt.source] = receipt.to_json()
         for shard, write in writes.items():
             write.gramians = engine._partial_gramians(shard)
         return dict(writes)
@@ -496,7 +653,11 @@ class _Batch:
         ]
 
     def _tombstone_limits(self) -> dict[tuple[int, int], float]:
-        """The latest deletion time covering each interaction's pair, this batch included."""
+        """The latest deletion time of an earlier batch covering each interaction's pair.
+
+        This batch's own deletions are matched in `edit` (what they suppress goes into
+        their receipts); their tombstones are written with the batch.
+        """
         fields: dict[int, list[str]] = defaultdict(list)
         for u, i in zip(self.iu.tolist(), self.ii.tolist(), strict=True):
             fields[u % self.shards] += [f"p:{u}:{i}", f"u:{u}"]
@@ -505,12 +666,7 @@ class _Batch:
             name, shard = _tombstone(u, i, self.shards)
             fields[shard].append(name)
         known = self.state.read_tombstones({s: sorted(set(f)) for s, f in fields.items()})
-        for u, i, t in self.deletion_rows:
-            name, shard = _tombstone(u, i, self.shards)
-            if t > known.get(name, -np.inf):
-                known[name] = t
-                self.tombstones[name] = (shard, t)
-        return {
+        limits = {
             (u, i): max(
                 known.get(f"p:{u}:{i}", -np.inf),
                 known.get(f"u:{u}", -np.inf),
@@ -518,6 +674,12 @@ class _Batch:
             )
             for u, i in zip(self.iu.tolist(), self.ii.tolist(), strict=True)
         }
+        for u, i, t in self.deletion_rows:
+            name, shard = _tombstone(u, i, self.shards)
+            if t > known.get(name, -np.inf):
+                known[name] = t
+                self.tombstones[name] = (shard, t)
+        return limits
 
     def _load(self, side: str, indices: set[int]) -> None:
         missing = np.array(sorted(indices - self.rows[side].keys()), dtype=np.int64)
@@ -554,7 +716,11 @@ def _tombstone(u: int, i: int, shards: int) -> tuple[str, int]:
 
 def _merge(row: np.ndarray, events: list[tuple[int, float, float]], kind: str) -> np.ndarray:
     """Add events to a sorted row: implicit weights add up, explicit ratings replace (the
-    last event of a pair wins). Vectorised: a popular item's row holds thousands of records."""
+    last event of a pair wins). Vectorised: a popular item's row holds thousands of records.
+
+    The time kept is the one a deletion must reach to remove everything the weight holds:
+    the earliest event's for a sum (implicit), the winning rating's for a replacement.
+    """
     other = np.fromiter((e[0] for e in events), np.int64, len(events))
     weight = np.fromiter((e[1] for e in events), np.float64, len(events))
     ts = np.clip(np.fromiter((e[2] for e in events), np.float64, len(events)), 0, 2**32 - 1)
@@ -564,12 +730,13 @@ def _merge(row: np.ndarray, events: list[tuple[int, float, float]], kind: str) -
     keys, inverse = np.unique(all_other, return_inverse=True)
     if kind == "implicit":
         merged_weight = np.bincount(inverse, weights=all_weight, minlength=len(keys))
+        merged_ts = np.full(len(keys), np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(merged_ts, inverse, all_ts)
     else:  # stored records come first, events after in order: the last occurrence wins
         last = np.zeros(len(keys), dtype=np.int64)
         np.maximum.at(last, inverse, np.arange(len(all_other)))
         merged_weight = all_weight[last]
-    merged_ts = np.zeros(len(keys), dtype=np.int64)
-    np.maximum.at(merged_ts, inverse, all_ts)
+        merged_ts = all_ts[last]
     out = np.empty(len(keys), dtype=ROW_DTYPE)
     out["other"], out["weight"], out["ts"] = keys, merged_weight, merged_ts
     return out[out["weight"] != 0]
@@ -602,11 +769,21 @@ def _interactions(
     )
 
 
+def _marks(sources: list[Source]) -> dict[str, str]:
+    """Per partition, the fingerprint mark of the batch's last message that has one."""
+    last: dict[str, Source] = {}
+    for source in sources:
+        best = last.get(source.partition_key)
+        if source.fingerprint and (best is None or source.offset > best.offset):
+            last[source.partition_key] = source
+    return {key: f"{s.offset}:{s.fingerprint}" for key, s in last.items()}
+
+
 def _advance(applied: dict[str, int], sources: list[Source]) -> dict[str, int]:
     """The batch's partitions and how far it takes each (never back): other partitions'
     offsets belong to other instances and are not written."""
     out: dict[str, int] = {}
     for source in sources:
-        key = f"{source.topic}:{source.partition}"
+        key = source.partition_key
         out[key] = max(out.get(key, applied.get(key, -1)), source.offset)
     return out

@@ -1,7 +1,12 @@
 """One HTTP endpoint: /metrics (Prometheus), /healthz (the loop is alive), /readyz (serving).
 
 /healthz: the poll loop ticked within its deadline (a stuck loop fails it, so the pod is
-restarted). /readyz: partitions are assigned, Redis answers, and no recovery is running.
+restarted). /readyz: partitions are assigned, Redis answers, no recovery is running, and
+no partition lacks events the state needs; its body also says what input is paused.
+
+The server binds `metrics_host` (loopback unless told otherwise), drops a client that
+sends nothing for `http_timeout_s`, and serves at most `http_max_connections` at once
+(the rest wait in the listen backlog): half-open connections cannot pile up threads.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ class Health:
         self.redis_ok = redis_ok
         self.assigned = 0
         self.recovering = False
+        self.paused: list[str] = []  # "topic:partition (why)": input held back
+        self.gaps: list[str] = []  # partitions whose needed events the broker lost
         self._last_tick = time.monotonic()
 
     def tick(self) -> None:
@@ -36,6 +43,8 @@ class Health:
     def ready(self) -> tuple[bool, str]:
         if self.recovering:
             return False, "recovering an interrupted batch"
+        if self.gaps:
+            return False, "events the state needs are gone from the broker: " + ", ".join(self.gaps)
         if self.assigned == 0:
             return False, "no partitions assigned"
         try:
@@ -43,16 +52,51 @@ class Health:
                 return False, "Redis does not answer"
         except Exception as exc:  # any failure to reach Redis means not ready
             return False, f"Redis does not answer: {type(exc).__name__}"
-        return True, f"{self.assigned} partitions assigned"
+        paused = f"; paused: {', '.join(self.paused)}" if self.paused else ""
+        return True, f"{self.assigned} partitions assigned{paused}"
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    """A threading server that runs at most `slots` handler threads."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type, slots: int) -> None:
+        self._slots = threading.BoundedSemaphore(slots)
+        super().__init__(address, handler)
+
+    def process_request(self, request, client_address) -> None:  # type: ignore[no-untyped-def]
+        self._slots.acquire()  # the accept loop waits; new clients wait in the backlog
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:  # type: ignore[no-untyped-def]
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class MetricsServer:
     """Serves the endpoints from a daemon thread; stop() shuts it down."""
 
-    def __init__(self, port: int, metrics: Metrics, health: Health, host: str = "0.0.0.0"):
+    def __init__(
+        self,
+        port: int,
+        metrics: Metrics,
+        health: Health,
+        host: str = "127.0.0.1",
+        timeout_s: float = 5.0,
+        max_connections: int = 32,
+    ):
         registry = metrics.registry
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = timeout_s  # a client that sends nothing for this long is dropped
+
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
@@ -73,7 +117,7 @@ class MetricsServer:
             def log_message(self, *_: object) -> None:  # scrapes every second: keep logs quiet
                 return
 
-        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.server = _BoundedServer((host, port), Handler, max_connections)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()

@@ -17,6 +17,12 @@ from prometheus_client import (
     ProcessCollector,
 )
 
+from consumer.event_time import ADJUSTMENTS
+from consumer.events import REASONS
+
+TOPIC_KINDS = ("interactions", "deletions")
+EPOCH_REASONS = ("topic_id", "recreated", "offsets_reused")
+
 # Latency buckets from 1 ms to 10 minutes: deletions should sit in the first few.
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60, 600)
 _PHASE = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5)
@@ -120,9 +126,53 @@ class Metrics:
         self.last_commit = Gauge(
             "unlearn_last_commit_timestamp_seconds", "Time of the last offset commit", registry=r
         )
-        # 1 while input is paused because too many recent messages were dead-lettered.
+        # Partitions paused because most of their recent messages were dead-lettered, by
+        # input topic kind: a surge on interactions never pauses deletions.
         self.dlq_paused = Gauge(
-            "unlearn_dlq_paused", "1 while a dead-letter surge pauses consumption", registry=r
+            "unlearn_dlq_paused",
+            "Partitions paused by a dead-letter surge",
+            ["topic_kind"],
+            registry=r,
+        )
+        # Event times the time rule changed (read in another unit, capped at arrival...),
+        # by input topic kind and what it did (consumer/event_time.py ADJUSTMENTS).
+        self.time_adjusted = Counter(
+            "unlearn_event_times_adjusted_total",
+            "Event times changed by the time rule",
+            ["topic_kind", "adjustment"],
+            registry=r,
+        )
+        # Times the state was found behind what had been acknowledged (Redis restored from
+        # an older snapshot, a failover that lost writes), and the messages replayed for it.
+        self.state_rollbacks = Counter(
+            "unlearn_state_rollbacks_total", "Times the state was found rolled back", registry=r
+        )
+        self.reapplied = Counter(
+            "unlearn_messages_reapplied_total",
+            "Messages applied again because the state had lost them",
+            registry=r,
+        )
+        # Messages the state needs that the broker no longer holds, per partition: that
+        # partition is not read and the service is not ready until an operator decides.
+        self.offset_gap = Gauge(
+            "unlearn_offset_gap_messages",
+            "Messages the state needs that the broker no longer holds",
+            ["topic", "partition"],
+            registry=r,
+        )
+        # A partition started a new life: its topic was re-created (or its offsets reused).
+        self.new_epochs = Counter(
+            "unlearn_partition_epochs_total",
+            "Partitions that started a new life (topic re-created, offsets reused)",
+            ["reason"],
+            registry=r,
+        )
+        # Messages `unlearn redrive` sent back, by what became of them the second time.
+        self.redriven = Counter(
+            "unlearn_redriven_total",
+            "Re-driven dead letters, by outcome",
+            ["outcome"],
+            registry=r,
         )
         # Latency of Redis operations (a pipeline or transaction each), by operation.
         self.redis_seconds = Histogram(
@@ -156,6 +206,25 @@ class Metrics:
         )
         self._converged_at = time.time()
         self.since_converged.set_function(lambda: time.time() - self._converged_at)
+        self._declare_label_sets()
+
+    def _declare_label_sets(self) -> None:
+        """Every label set a counter can take, at 0: the first event of a kind is then an
+        increase that rate() and increase() see, not a series born at its value."""
+        for reason in REASONS:
+            self.dead_lettered.labels(reason)
+        for kind in TOPIC_KINDS:
+            self.consumed.labels(kind)
+            self.applied.labels(kind)
+            self.dlq_paused.labels(kind)
+            for adjustment in ADJUSTMENTS:
+                self.time_adjusted.labels(kind, adjustment)
+        for resent in ("true", "false"):
+            self.receipts.labels(resent)
+        for reason in EPOCH_REASONS:
+            self.new_epochs.labels(reason)
+        for outcome in ("applied", "dead_lettered"):
+            self.redriven.labels(outcome)
 
     def converged(self) -> None:
         self._converged_at = time.time()

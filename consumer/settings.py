@@ -11,7 +11,7 @@ import socket
 import tomllib
 from pathlib import Path
 from typing import Any, ClassVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr
 from pydantic_settings import (
@@ -50,6 +50,20 @@ class Settings(BaseSettings):
     group_id: str = "unlearn"
     namespace: str = "default"
     metrics_port: int = 0  # 0: no metrics endpoint
+    metrics_host: str = Field(
+        "127.0.0.1", description="address /metrics, /healthz, /readyz bind (the chart: 0.0.0.0)"
+    )
+    http_timeout_s: float = Field(
+        5.0, gt=0, description="an HTTP client that sends nothing for this long is dropped"
+    )
+    http_max_connections: int = Field(
+        32, ge=1, description="HTTP connections served at once; more wait in the backlog"
+    )
+    max_clock_skew_s: float = Field(
+        300.0,
+        ge=0,
+        description="an event time further ahead than this counts at its arrival (and is counted)",
+    )
     batch_max_events: int = Field(500, ge=1)
     batch_max_ms: int = Field(20, ge=1)
     max_message_bytes: int = Field(4096, ge=64)
@@ -105,8 +119,7 @@ class Settings(BaseSettings):
         for name in ("kafka_sasl_password", "kafka_ssl_key_password", "redis_password"):
             values[name] = None if getattr(self, name) is None else MASK
         values["kafka_properties"] = {
-            k: (MASK if any(w in k.lower() for w in _SECRET_WORDS) else v)
-            for k, v in self.kafka_properties.items()
+            k: (MASK if _secret_name(k) else v) for k, v in self.kafka_properties.items()
         }
         return values
 
@@ -139,9 +152,26 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
 
 
 def mask_url(url: str) -> str:
+    """The URL with every secret masked: the password in its user part, and any query or
+    fragment parameter named like a secret (redis-py reads `?password=...`)."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:{MASK}@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    netloc = parts.netloc
+    user, at, host = netloc.rpartition("@")
+    if at and ":" in user:
+        netloc = f"{user.partition(':')[0]}:{MASK}@{host}"
+    query, fragment = _mask_params(parts.query), _mask_params(parts.fragment)
+    return urlunsplit(parts._replace(netloc=netloc, query=query, fragment=fragment))
+
+
+def _secret_name(name: str) -> bool:
+    return any(word in name.lower() for word in _SECRET_WORDS)
+
+
+def _mask_params(text: str) -> str:
+    if not text:
+        return text
+    out = []
+    for pair in text.split("&"):
+        name, eq, _ = pair.partition("=")
+        out.append(f"{name}={MASK}" if eq and _secret_name(unquote(name)) else pair)
+    return "&".join(out)

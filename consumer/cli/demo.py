@@ -130,7 +130,11 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"embedded servers: Redis {redis_url}, Kafka {bootstrap}")
         state = ModelState(redis.Redis.from_url(redis_url), "demo")
         stamps = pair_timestamps(
-            interactions, data.users[train_rows], data.items[train_rows], data.stamps[train_rows]
+            interactions,
+            data.users[train_rows],
+            data.items[train_rows],
+            data.stamps[train_rows],
+            model.params.kind,
         )
         with tqdm(total=4, desc="loading Redis", unit="shard", disable=None) as bar:
             load_state(state, model, interactions, stamps, shards=4, progress=bar.update)

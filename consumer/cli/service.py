@@ -127,7 +127,7 @@ def run_load(args: argparse.Namespace) -> int:
     data, u, i = interactions_from_rows(rows, users, items, model.params)
     if len(users) > model.shape[0] or len(items) > model.shape[1]:
         model = model.with_ids(users.ids[model.shape[0] :], items.ids[model.shape[1] :])
-    stamps = pair_timestamps(data, u, i, rows.timestamps)
+    stamps = pair_timestamps(data, u, i, rows.timestamps, model.params.kind)
     state = connect(settings)
     started = time.perf_counter()
     with tqdm(total=args.shards, desc="load", unit="shard", disable=None) as bar:
@@ -173,7 +173,16 @@ def run_service(args: argparse.Namespace) -> int:
     state.observer = metrics.observe_redis
     health = Health(deadline_s=60.0, redis_ok=lambda: bool(state.client.ping()))
     server = (
-        MetricsServer(settings.metrics_port, metrics, health) if settings.metrics_port else None
+        MetricsServer(
+            settings.metrics_port,
+            metrics,
+            health,
+            settings.metrics_host,
+            settings.http_timeout_s,
+            settings.http_max_connections,
+        )
+        if settings.metrics_port
+        else None
     )
     try:
         health.recovering = True

@@ -17,17 +17,27 @@ _ROWS_PER_WRITE = 5000  # rows per transaction while loading: bounded request si
 
 
 def pair_timestamps(
-    data: Interactions, users: np.ndarray, items: np.ndarray, timestamps: np.ndarray
+    data: Interactions,
+    users: np.ndarray,
+    items: np.ndarray,
+    timestamps: np.ndarray,
+    kind: str = "implicit",
 ) -> np.ndarray:
-    """The latest event time of each stored pair, aligned with data.by_user.data (0: none)."""
+    """Each stored pair's time, aligned with data.by_user.data (0: none).
+
+    The time a deletion must reach to remove all the pair's weight holds: the earliest
+    event's where weights add up (implicit), the latest's where a rating replaces the one
+    before (explicit).
+    """
     ts = np.nan_to_num(np.asarray(timestamps, dtype=np.float64), nan=0.0)
     keys = np.asarray(users, np.int64) * data.shape[1] + np.asarray(items, np.int64)
     order = np.argsort(keys, kind="stable")
     unique, starts = np.unique(keys[order], return_index=True)
-    latest = np.maximum.reduceat(ts[order], starts) if len(starts) else np.empty(0)
+    reduce = np.minimum if kind == "implicit" else np.maximum
+    per_pair = reduce.reduceat(ts[order], starts) if len(starts) else np.empty(0)
     out = np.zeros(data.nnz)
     pos, found = locate(unique, data.entry_keys)
-    out[found] = latest[pos[found]]
+    out[found] = per_pair[pos[found]]
     return out
 
 

@@ -27,7 +27,14 @@ global ({unlearn:NS}):
   :fence   STRING  counter: each acquisition of the lease draws the next token
   :generation  STRING  counter: committed batches and sweeps
   :changes STREAM  per generation, the rows whose factors it wrote (instances refresh
-                   their in-memory replica from it), capped
+                   their in-memory replica from it), the commit's id and the one before
+                   it, capped
+  :head    STRING  the id of the newest commit: a replica whose last commit is not the
+                   one the next names was left behind by a restore, and reloads
+  :marks   HASH  partition key -> fingerprints of the epoch's first message and of recent
+                 batches' last ones ("first|newest,...": positions.Marks)
+  :epochs  HASH  "topic:partition" -> {"epoch", "topic_id"}: the partition's current life
+                 (a re-created topic starts a new one; its keys read "topic#N:partition")
 """
 
 from __future__ import annotations
@@ -82,6 +89,18 @@ class Layout:
     @property
     def changes(self) -> str:
         return f"{self._global}:changes"
+
+    @property
+    def head(self) -> str:
+        return f"{self._global}:head"
+
+    @property
+    def marks(self) -> str:
+        return f"{self._global}:marks"
+
+    @property
+    def epochs(self) -> str:
+        return f"{self._global}:epochs"
 
     def id_map(self, side: str) -> str:
         return f"{self._global}:{side[0]}id"

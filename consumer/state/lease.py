@@ -33,7 +33,8 @@ if holder and holder ~= ARGV[1] then
 end
 local token = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return {token, tonumber(redis.call('GET', KEYS[3]) or '0'), redis.call('EXISTS', KEYS[4])}
+return {token, tonumber(redis.call('GET', KEYS[3]) or '0'), redis.call('EXISTS', KEYS[4]),
+        redis.call('GET', KEYS[5]) or ''}
 """
 
 _RELEASE = """
@@ -73,17 +74,24 @@ class WriteLease:
         self._acquire = client.register_script(_ACQUIRE)
         self._release = client.register_script(_RELEASE)
 
-    def acquire(self) -> tuple[int, bool]:
+    def acquire(self) -> tuple[int, str | None, bool]:
         """Take the lease (waiting for another holder). Returns the namespace's generation,
-        and whether a batch another holder left half-written (its intent) is pending."""
-        keys = [self.layout.lease, self.layout.fence, self.layout.generation, self.layout.intent]
+        the id of its newest commit, and whether a batch another holder left half-written
+        (its intent) is pending."""
+        keys = [self.layout.lease, self.layout.fence, self.layout.generation, self.layout.intent,
+                self.layout.head]  # fmt: skip
         deadline = time.monotonic() + self.wait_s
         pause = 0.001
         while True:
-            token, value, *pending = self._acquire(keys=keys, args=[self.holder, self.ttl_ms])
+            token, value, *rest = self._acquire(keys=keys, args=[self.holder, self.ttl_ms])
             if int(token) > 0:
                 self.token = int(token)
-                return int(value), bool(pending[0])
+                pending, head = rest
+                return (
+                    int(value),
+                    (head.decode() if isinstance(head, bytes) else head) or None,
+                    bool(pending),
+                )
             if time.monotonic() >= deadline:
                 raise LeaseBusy(f"lease held by another instance for over {self.wait_s:.0f} s")
             # Jittered, growing, never past the holder's expiry.

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import socket
 import time
 from collections import defaultdict
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 import redis
 
+from consumer.positions import MARKS_KEPT, Marks
 from consumer.state import intent
 from consumer.state.layout import (
     FACTOR_DTYPE,
@@ -89,9 +91,14 @@ return 1
 """
 
 # The final step while the token is current: offsets, status, interaction count, intent
-# removal, the next generation and its change-log entry. Returns the generation, or -1.
-# KEYS: fence, lease, applied, status, intent, generation, changes.
-# ARGV: token, holder, ttl, kept, users, items, all, delta, n, applied..., m, status...
+# removal, the next generation and its change-log entry (which names the commit before it,
+# so a replica can tell a continuation from a history Redis went back on). Returns the
+# generation, or -1.
+# Each partition's fingerprints (positions.Marks) get the batch's last message in front,
+# capped; a partition's first batch records its message as the epoch's first too.
+# KEYS: fence, lease, applied, status, intent, generation, changes, head, marks.
+# ARGV: token, holder, ttl, kept, users, items, all, delta, n, applied..., m, status...,
+#       j, marks..., marks kept, commit id (last).
 _FINISH = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return -1
@@ -103,13 +110,58 @@ n = n + 2 * count
 count = tonumber(ARGV[n])
 n = n + 1
 if count > 0 then redis.call('HSET', KEYS[4], unpack(ARGV, n, n + 2 * count - 1)) end
+n = n + 2 * count
+count = tonumber(ARGV[n])
+local marks_kept = tonumber(ARGV[n + 2 * count + 1])
+n = n + 1
+for m = 0, count - 1 do
+  local field, mark = ARGV[n + 2 * m], ARGV[n + 2 * m + 1]
+  local current = redis.call('HGET', KEYS[9], field)
+  local value
+  if not current then
+    value = mark .. '|' .. mark
+  else
+    local bar = string.find(current, '|', 1, true)
+    local kept = {mark}
+    for entry in string.gmatch(string.sub(current, bar + 1), '[^,]+') do
+      if #kept >= marks_kept then break end
+      kept[#kept + 1] = entry
+    end
+    value = string.sub(current, 1, bar - 1) .. '|' .. table.concat(kept, ',')
+  end
+  redis.call('HSET', KEYS[9], field, value)
+end
 if tonumber(ARGV[8]) ~= 0 then redis.call('HINCRBY', KEYS[4], 'interactions', ARGV[8]) end
 redis.call('DEL', KEYS[5])
 local generation = redis.call('INCR', KEYS[6])
+local commit = ARGV[#ARGV]
+local previous = redis.call('GET', KEYS[8]) or ''
 redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[4], generation .. '-1',
-           'users', ARGV[5], 'items', ARGV[6], 'all', ARGV[7])
+           'users', ARGV[5], 'items', ARGV[6], 'all', ARGV[7], 'id', commit, 'prev', previous)
+redis.call('SET', KEYS[8], commit)
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 return generation
+"""
+
+
+# A partition's life (KEYS[1] :epochs, ARGV[1] "topic:partition"). ARGV[2] = 'advance':
+# move it to epoch ARGV[3] + 1 with topic id ARGV[4] if it is still at epoch ARGV[3];
+# 'identify': record topic id ARGV[4] for epoch ARGV[3] if none is recorded. Several
+# instances may notice at once: one changes it, the others get the result. Returns it.
+_EPOCH = """
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+local record = {epoch = 0, topic_id = cjson.null}
+if current then record = cjson.decode(current) end
+local seen = tonumber(ARGV[3])
+if ARGV[2] == 'advance' and record['epoch'] == seen then
+  record = {epoch = seen + 1, topic_id = ARGV[4]}
+  if ARGV[4] == '' then record['topic_id'] = cjson.null end
+  redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(record))
+elseif ARGV[2] == 'identify' and record['epoch'] == seen and record['topic_id'] == cjson.null then
+  record['topic_id'] = ARGV[4]
+  redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(record))
+end
+return cjson.encode(record)
 """
 
 
@@ -189,6 +241,7 @@ class ModelState:
         self._allocate = client.register_script(_ALLOCATE)
         self._write_intent = client.register_script(_WRITE_INTENT)
         self._finish = client.register_script(_FINISH)
+        self._epoch = client.register_script(_EPOCH)
 
     # ----- metadata and ids -------------------------------------------------------------
 
@@ -210,6 +263,14 @@ class ModelState:
             alpha=float(raw["alpha"]),
         )
         return Meta(params, int(raw["shards"]), int(raw["users"]), int(raw["items"]))
+
+    def log_salt(self) -> bytes:
+        """The namespace's key for naming subjects in logs (redaction.py), made once."""
+        salt = self.client.hget(self.layout.meta, "salt")
+        if salt is None:  # a namespace loaded by an older version
+            self.client.hsetnx(self.layout.meta, "salt", os.urandom(16).hex())
+            salt = self.client.hget(self.layout.meta, "salt")
+        return bytes.fromhex(salt.decode())
 
     @_timed("allocate")
     def allocate(self, side: str, ids: list[str]) -> np.ndarray:
@@ -277,6 +338,33 @@ class ModelState:
         """ "topic:partition" -> the last offset whose effect is in the state."""
         return {k.decode(): int(v) for k, v in self.client.hgetall(self.layout.applied).items()}
 
+    def read_marks(self, keys: list[str]) -> dict[str, Marks]:
+        """The recorded fingerprints of these partition keys (absent: none yet)."""
+        if not keys:
+            return {}
+        values = self.client.hmget(self.layout.marks, keys)
+        return {k: Marks.decode(v.decode()) for k, v in zip(keys, values, strict=True) if v}
+
+    def read_epochs(self, partitions: list[str]) -> dict[str, dict[str, Any]]:
+        """ "topic:partition" -> {"epoch": n, "topic_id": id or None}: the partition's life."""
+        if not partitions:
+            return {}
+        values = self.client.hmget(self.layout.epochs, partitions)
+        return {
+            p: json.loads(v) if v else {"epoch": 0, "topic_id": None}
+            for p, v in zip(partitions, values, strict=True)
+        }
+
+    def advance_epoch(self, partition: str, seen: int, topic_id: str | None) -> dict[str, Any]:
+        """Start the partition's next life if it is still at epoch `seen`; the record now."""
+        args = [partition, "advance", seen, topic_id or ""]
+        return json.loads(self._epoch(keys=[self.layout.epochs], args=args))
+
+    def identify_epoch(self, partition: str, epoch: int, topic_id: str) -> dict[str, Any]:
+        """Record the topic id the partition's life `epoch` has, if none is recorded."""
+        args = [partition, "identify", epoch, topic_id]
+        return json.loads(self._epoch(keys=[self.layout.epochs], args=args))
+
     @_timed("read_tombstones")
     def read_tombstones(self, fields_by_shard: dict[int, list[str]]) -> dict[str, float]:
         pipe = self.client.pipeline(transaction=False)
@@ -322,6 +410,7 @@ class ModelState:
                 "users": 0,
                 "items": 0,
                 "format": FORMAT_VERSION,
+                "salt": os.urandom(16).hex(),
             },
         )
 
@@ -349,13 +438,16 @@ class ModelState:
         status: dict[str, str] | None = None,
         interactions_delta: int = 0,
         all_rows: bool = False,
-    ) -> int:
+        marks: dict[str, str] | None = None,
+    ) -> tuple[int, str]:
         """Make a batch durable: intent, shards, then offsets with the intent's removal.
 
         Needs the write lease. `status` and `interactions_delta` are recorded with the
         offsets (same transaction), so `unlearn status` always describes the state as
-        committed. `all_rows`: every factor changed (a sweep). Returns the new generation;
-        LeaseLost when another instance took the lease first (nothing was written then).
+        committed. `all_rows`: every factor changed (a sweep). `marks`: partition key ->
+        the fingerprint mark ("offset:digest") of the batch's last message there. Returns
+        the new generation and the commit's id; LeaseLost when another instance took the
+        lease first (nothing was written then).
         """
         token = self.lease.token
         blob = intent.encode(writes, applied, token)
@@ -363,7 +455,9 @@ class ModelState:
         args = [token, blob, self.lease.holder, self.lease.ttl_ms]
         if not self._write_intent(keys=keys, args=args):
             raise LeaseLost("the write lease was taken over before the batch was written")
-        return self._apply(writes, applied, token, status or {}, interactions_delta, all_rows)
+        return self._apply(
+            writes, applied, token, status or {}, interactions_delta, all_rows, marks or {}
+        )
 
     def recover(self) -> bool:
         """Finish a batch a crash interrupted (needs the write lease). True when there was one."""
@@ -373,18 +467,23 @@ class ModelState:
         writes, applied, token = intent.decode(blob, ShardWrite)
         # The interrupted batch's status line is lost, and so is its interaction count
         # delta; `unlearn status` recounts from the rows after a recovery.
-        self._apply(writes, applied, token, {"recovered_at": repr(time.time())}, 0, False)
+        self._apply(writes, applied, token, {"recovered_at": repr(time.time())}, 0, False, {})
         self.client.hset(self.layout.status, "interactions", self.count_interactions())
         return True
 
-    def read_changes(self, after: int) -> tuple[set[int], set[int]] | None:
-        """Users and items whose factors changed in the generations after `after`.
+    def read_changes(self, after: int, head: str | None = None) -> tuple[set[int], set[int]] | None:
+        """Users and items whose factors changed in the generations after `after`, whose
+        commit was `head`.
 
-        None when the log no longer reaches back that far or a sweep changed every row:
-        the caller reloads everything then.
+        None when the log no longer reaches back that far, when a sweep changed every row,
+        or when the commit after `after` does not follow `head` (Redis went back to an
+        older state and moved on from there): the caller reloads everything then.
         """
         entries = self.client.xrange(self.layout.changes, min=f"{after + 1}-1")
         if not entries or entries[0][0].decode() != f"{after + 1}-1":
+            return None
+        previous = entries[0][1].get(b"prev", b"").decode() or None
+        if previous != head:
             return None
         users: set[int] = set()
         items: set[int] = set()
@@ -403,7 +502,8 @@ class ModelState:
         status: dict[str, str],
         interactions_delta: int,
         all_rows: bool,
-    ) -> int:
+        marks: dict[str, str],
+    ) -> tuple[int, str]:
         self.write_shards(writes, token)
         changed = {
             side: sorted({n for w in writes.values() for n in w.factors[side]}) for side in SIDES
@@ -416,7 +516,10 @@ class ModelState:
             self.layout.intent,
             self.layout.generation,
             self.layout.changes,
+            self.layout.head,
+            self.layout.marks,
         ]
+        commit = os.urandom(8).hex()
         args: list[Any] = [
             self.lease.token,
             self.lease.holder,
@@ -430,11 +533,15 @@ class ModelState:
             *[x for pair in applied.items() for x in pair],
             len(status),
             *[x for pair in status.items() for x in pair],
+            len(marks),
+            *[x for pair in marks.items() for x in pair],
+            MARKS_KEPT,
+            commit,
         ]
         generation = int(self._finish(keys=keys, args=args))
         if generation < 0:
             raise LeaseLost("the write lease was taken over before the batch was finished")
-        return generation
+        return generation, commit
 
     def server_memory(self) -> int:
         """Bytes the Redis server uses; on a cluster, summed over the primaries."""
@@ -463,6 +570,14 @@ class ModelState:
     def generation(self) -> int:
         """Committed batches and sweeps so far (see the change log)."""
         return int(self.client.get(self.layout.generation) or 0)
+
+    def head(self) -> tuple[int, str | None]:
+        """The generation and the id of the newest commit (None before the first)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(self.layout.generation)
+        pipe.get(self.layout.head)
+        generation, head = pipe.execute()
+        return int(generation or 0), head.decode() if head is not None else None
 
     def read_status(self) -> dict[str, str]:
         return {k.decode(): v.decode() for k, v in self.client.hgetall(self.layout.status).items()}

@@ -36,8 +36,32 @@ MALFORMED: list[tuple[str, bytes | None, str]] = [
     ("interactions", b"[" * 1500 + b"]" * 1500, "not_json"),
     ("deletions", b"{}", "missing_id"),
     ("deletions", b'{"ts": 5}', "missing_id"),
-    ("deletions", b'{"user": "1", "request_id": 17}', "bad_request_id"),
+    ("interactions", b'{"user": "1", "item": "2", "weight": 1e39}', "bad_weight"),
+    ("interactions", b'{"user": "1", "item": "2", "ts": true}', "bad_ts"),
     ("deletions", b'{"user": "1", "request_id": ""}', "bad_request_id"),
-    ("deletions", b'{"user": "1", "ts": true}', "bad_ts"),
+    ("deletions", b'{"user": "1", "request_id": "\\ud800"}', "bad_request_id"),
+    ("deletions", b'{"user": "1", "request_id": true}', "bad_request_id"),
+    ("deletions", b'{"user": "1", "request_id": {"id": 1}}', "bad_request_id"),
     ("deletions", b'{"user": {"id": "1"}}', "bad_id"),
+    # An explicit null is ambiguous: never read as "every user" or "every item".
+    ("deletions", b'{"user": null, "item": "100"}', "null_id"),
+    ("deletions", b'{"user": "7", "item": null}', "null_id"),
+]
+
+# Reasons only the engine gives (a valid message its batch could not process alone).
+ENGINE_REASONS = {"unprocessable"}
+
+# Deletions in forms a producer may well write: each is applied, never dead-lettered.
+# (raw value, scope, request id, what the time rule says of its ts)
+HARMLESS_DELETIONS: list[tuple[bytes, str, str | None, str | None]] = [
+    (b'{"user": "1", "request_id": 17}', "user", "17", "missing"),
+    (b'{"user": "1", "request_id": 17.0}', "user", "17", "missing"),
+    (b'{"user": "1", "ts": null}', "user", None, "missing"),
+    (b'{"user": "1", "ts": true}', "user", None, "unreadable"),
+    (b'{"user": "1", "ts": "next tuesday"}', "user", None, "unreadable"),
+    (b'{"user": "1", "item": "2", "ts": "2026-11-30T10:00:00Z"}', "pair", None, None),
+    (b'{"item": "2", "ts": "2026-11-30T10:00:00+01:00"}', "item", None, None),
+    (b'{"user": "1", "ts": 1796157731295}', "user", None, "milliseconds"),
+    (b'{"user": "1", "ts": 1e300}', "user", None, "future"),
+    (b'{"user": "1", "ts": -5}', "user", None, "negative"),
 ]

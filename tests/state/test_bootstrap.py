@@ -81,9 +81,11 @@ def test_missing_namespace_is_a_clear_error(redis_client):
         ModelState(redis_client, "nothing-here").meta()
 
 
-def test_pair_timestamps_take_the_latest_event():
-    data = Interactions.from_triples([0, 0, 1], [1, 1, 0], [1.0, 1.0, 1.0], (2, 2), "implicit")
-    stamps = pair_timestamps(
-        data, np.array([0, 0, 1]), np.array([1, 1, 0]), np.array([5.0, 9.0, 3.0])
-    )
-    assert stamps.tolist() == [9.0, 3.0]  # CSR order: (0,1) then (1,0)
+def test_a_summed_pair_keeps_its_earliest_event_and_a_rating_its_latest():
+    # A deletion must reach every event a stored weight holds: for a sum, the earliest;
+    # a rating replaces the one before, so only the latest is in the weight.
+    users, items, times = np.array([0, 0, 1]), np.array([1, 1, 0]), np.array([5.0, 9.0, 3.0])
+    for kind, expected in (("implicit", [5.0, 3.0]), ("explicit", [9.0, 3.0])):
+        data = Interactions.from_triples(users, items, [1.0, 1.0, 1.0], (2, 2), kind)
+        stamps = pair_timestamps(data, users, items, times, kind)
+        assert stamps.tolist() == expected  # CSR order: (0,1) then (1,0)

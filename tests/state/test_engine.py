@@ -56,8 +56,8 @@ def test_a_pair_deletion_removes_it_both_ways_and_matches_the_core(loaded):
     u, i = first_pair(data)
     engine, stream = Engine(state), Stream()
     out = engine.process([], [stream.delete(f"u{u}", f"i{i}", request_id="r-1")])
-    assert out.removed == 1 and out.receipts[0]["removed"] == 1
-    assert out.receipts[0]["request_id"] == "r-1" and out.receipts[0]["scope"] == "pair"
+    assert out.removed == 1 and out.receipts[0].removed == 1
+    assert out.receipts[0].request_id == "r-1" and out.receipts[0].scope == "pair"
     assert i not in state.read_rows("user", np.array([u]), 4)[0]["other"]
     assert u not in state.read_rows("item", np.array([i]), 4)[0]["other"]
     exported, exported_data = export(state)
@@ -78,8 +78,8 @@ def test_whole_user_and_whole_item_deletions(loaded):
     engine, stream = Engine(state), Stream()
     user_items = data.by_user.indices[data.by_user.indptr[3] : data.by_user.indptr[4]]
     out = engine.process([], [stream.delete(user="u3"), stream.delete(item="i7")])
-    assert out.receipts[0]["removed"] == len(user_items)
-    assert out.receipts[1]["scope"] == "item"
+    assert out.receipts[0].removed == len(user_items)
+    assert out.receipts[1].scope == "item"
     exported, exported_data = export(state)
     assert exported_data.row_counts()[3] == 0 and exported_data.column_counts()[7] == 0
     assert not exported.user_factors[3].any() and not exported.item_factors[7].any()
@@ -110,7 +110,14 @@ def test_a_deletion_also_stops_older_interactions_in_the_same_batch(loaded):
         [stream.interact("newcomer", "i1", ts=100.0), stream.interact("newcomer", "i2", ts=300.0)],
         [stream.delete(user="newcomer", ts=200.0)],
     )
-    assert (out.interactions_late, out.interactions_applied) == (1, 1)
+    assert (out.interactions_suppressed, out.interactions_late, out.interactions_applied) == (
+        1,
+        0,
+        1,
+    )
+    # The receipt counts what the request kept out of the model, and what of its scope
+    # stays (newer than the deletion).
+    assert (out.receipts[0].removed, out.receipts[0].kept_newer) == (1, 1)
     assert int(state.read_status()["interactions"]) == state.count_interactions()
     index = int(state.lookup("user", ["newcomer"])[0])
     assert state.read_rows("user", np.array([index]), 4)[0]["other"].tolist() == [2]
@@ -143,7 +150,7 @@ def test_a_replayed_batch_changes_nothing_and_resends_receipts(loaded, redis_cli
     before = snapshot()
     again = Engine(state).process(*events)
     assert again.events_replayed == 2 and not again.receipts
-    assert [r["request_id"] for r in again.resent] == ["r"] and again.resent[0]["resent"]
+    assert [r.request_id for r in again.resent] == ["r"] and again.resent[0].resent
     assert snapshot() == before
 
 
@@ -161,7 +168,7 @@ def test_a_crash_in_the_middle_of_a_commit_is_finished_on_restart(loaded):
     assert exported_data.row_counts()[u] == 0 and exported_data.by_item[:, [u]].nnz == 0
     replay = engine.process([], [deletion])
     assert replay.events_replayed == 1 and replay.removed == 0
-    assert replay.resent[0]["request_id"] == "crash"
+    assert replay.resent[0].request_id == "crash"
     stored = json.loads(state.read_receipt(*_receipt_location(state, deletion)))
     assert stored["removed"] == data.row_counts()[u]
 
@@ -215,13 +222,14 @@ def test_merging_events_into_a_row_adds_implicit_weights_and_replaces_ratings():
     row = np.array([(1, 2.0, 100), (5, 1.0, 300)], dtype=ROW_DTYPE)
     events = [(5, 3.0, 200.7), (2, 1.0, 50.0), (5, 4.0, 400.2), (1, -2.0, 90.0)]
     implicit = _merge(row, events, "implicit")
-    # pair 1 sums to zero and is dropped; 5: 1 + 3 + 4; times are the latest of each pair
+    # pair 1 sums to zero and is dropped; 5: 1 + 3 + 4. A sum keeps its earliest event's
+    # time (a deletion reaching it removes all the sum holds).
     assert implicit["other"].tolist() == [2, 5]
-    assert implicit["weight"].tolist() == [1.0, 8.0] and implicit["ts"].tolist() == [50, 400]
+    assert implicit["weight"].tolist() == [1.0, 8.0] and implicit["ts"].tolist() == [50, 200]
     explicit = _merge(row, events, "explicit")
     assert explicit["other"].tolist() == [1, 2, 5]
     assert explicit["weight"].tolist() == [-2.0, 1.0, 4.0]  # the last rating of each pair
-    assert explicit["ts"].tolist() == [100, 50, 400]
+    assert explicit["ts"].tolist() == [90, 50, 400]  # ... and its time
 
 
 def test_solving_on_several_threads_gives_the_same_model(redis_client, random_data, monkeypatch):

@@ -126,10 +126,10 @@ def test_two_instances_forgetting_one_popular_item_at_once_match_one_instance(
     assert _item_rows(duo_state) == _item_rows(solo_state)
     assert 0 not in _item_rows(duo_state)  # nobody has item 0 any more
     assert int(duo_state.read_status()["interactions"]) == duo_data.nnz == solo_data.nnz
-    assert sorted(r["request_id"] for r in receipts[0] + receipts[1]) == sorted(
+    assert sorted(r.request_id for r in receipts[0] + receipts[1]) == sorted(
         f"r-{u}" for u in range(N_USERS)
     )
-    assert all(r["removed"] == 1 for r in receipts[0] + receipts[1])
+    assert all(r.removed == 1 for r in receipts[0] + receipts[1])
     applied = duo_state.read_applied()
     assert applied == solo_state.read_applied()
 
@@ -194,7 +194,7 @@ def test_a_lease_that_lapsed_untaken_still_commits(redis_client, popular):
     redis_client.delete(state.layout.lease)
     write = ShardWrite()
     write.factors["item"][1] = np.full(6, 3.0, dtype=np.float32)
-    generation = state.commit_batch({1: write}, {"deletions:0": 7})
+    generation, _ = state.commit_batch({1: write}, {"deletions:0": 7})
     assert generation == state.generation() and state.read_applied() == {"deletions:0": 7}
     assert state.read_factors("item", np.array([1]), 4, 6)[0].tolist() == [3.0] * 6
 
@@ -211,7 +211,7 @@ def test_an_instance_finishes_the_batch_another_left_half_written(redis_client, 
     b.process(*second)  # finishes a's batch, then its own
     replay = b.process(*first)  # a's partition moved to b: the batch comes again
     assert replay.events_replayed == len(first[0]) + len(first[1])
-    assert sorted(r["request_id"] for r in replay.resent) == sorted(d.request_id for d in first[1])
+    assert sorted(r.request_id for r in replay.resent) == sorted(d.request_id for d in first[1])
 
     solo_state = _load(redis_client, "half-solo", popular, holder="solo")
     solo = Engine(solo_state)

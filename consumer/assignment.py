@@ -1,0 +1,272 @@
+"""Partitions as the state sees them: their life (epoch), where they resume, what is
+missing, and the check that a topic's offsets still mean what the state recorded.
+
+The decisions are positions.py's; this module asks the broker and Redis what they need
+(committed offsets, log start and end, topic ids, the messages at recorded offsets) and
+seeks the consumer. It runs on assignment, when offsets run backwards (a topic deleted
+and created again under a running consumer), and after the state was found rolled back.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicCollection, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from consumer.dead_letters import Partition
+from consumer.events import partition_key
+from consumer.positions import Resume, decide, fingerprint, offsets_to_probe, same_log
+from consumer.state.store import ModelState
+
+log = logging.getLogger("unlearn.assignment")
+
+_NO_TOPIC_ID = base64.b64encode(bytes(16)).decode().rstrip("=")
+# Probe answers meaning "no message at that offset any more".
+_NOTHING_THERE = (
+    KafkaError._PARTITION_EOF,
+    KafkaError.OFFSET_OUT_OF_RANGE,
+    KafkaError._AUTO_OFFSET_RESET,
+)
+
+
+@dataclass
+class PartitionView:
+    """What this instance knows of one assigned partition."""
+
+    epoch: int = 0
+    next_offset: int = -1  # the next offset expected from the consumer (-1: unknown)
+    reapply_through: int = -1  # offsets up to this were acknowledged, then lost by the state
+    missing: tuple[int, int] | None = None  # the state needs these; the broker lost them
+
+
+@dataclass
+class Verdicts:
+    """What one pass found, for metrics and logs."""
+
+    # (partition, why): "topic_id" (its id changed), "recreated" (a new log), "offsets_reused"
+    new_epochs: list[tuple[Partition, str]] = field(default_factory=list)
+    rolled_back: list[tuple[Partition, int]] = field(default_factory=list)  # messages lost
+    gaps: list[tuple[Partition, tuple[int, int]]] = field(default_factory=list)
+
+
+class Assignments:
+    def __init__(self, consumer: Consumer, kafka_config: dict[str, Any], state: ModelState) -> None:
+        self.consumer = consumer
+        self.kafka_config = kafka_config
+        self.state = state
+        self.views: dict[Partition, PartitionView] = {}
+        self._admin: AdminClient | None = None
+
+    # ----- what the rest of the service asks ------------------------------------------
+
+    def epoch(self, topic: str, partition: int) -> int:
+        view = self.views.get((topic, partition))
+        return view.epoch if view is not None else 0
+
+    def key(self, topic: str, partition: int) -> str:
+        return partition_key(topic, partition, self.epoch(topic, partition))
+
+    def acknowledged(self) -> dict[str, int]:
+        """Partition key -> the last offset acknowledged before the state lost it."""
+        return {
+            partition_key(t, p, v.epoch): v.reapply_through
+            for (t, p), v in self.views.items()
+            if v.reapply_through >= 0
+        }
+
+    def gaps(self) -> dict[Partition, tuple[int, int]]:
+        return {p: v.missing for p, v in self.views.items() if v.missing is not None}
+
+    def ran_backwards(self, topic: str, partition: int, offset: int) -> bool:
+        """Note a consumed offset; True when it is before the one expected (a topic
+        re-created, or a broker that hands out old offsets again) without our seeking."""
+        view = self.views.get((topic, partition))
+        if view is None:
+            return False
+        backwards = 0 <= offset < view.next_offset
+        view.next_offset = offset + 1
+        return backwards
+
+    def forget(self, partitions: Iterable[Partition]) -> None:
+        for partition in partitions:
+            self.views.pop(partition, None)
+
+    # ----- deciding -------------------------------------------------------------------
+
+    def resolve(self, partitions: list[Partition]) -> tuple[list[TopicPartition], Verdicts]:
+        """Each partition's life and resume offset (TopicPartitions to assign or seek)."""
+        verdicts = Verdicts()
+        if not partitions:
+            return [], verdicts
+        plain = [partition_key(t, p) for t, p in partitions]
+        epochs = self.state.read_epochs(plain)
+        topic_ids = self._topic_ids({t for t, _ in partitions})
+        for (topic, number), name in zip(partitions, plain, strict=True):
+            record, current_id = epochs[name], topic_ids.get(topic)
+            if current_id and record.get("topic_id") and record["topic_id"] != current_id:
+                epochs[name] = self._next_epoch(name, record, current_id)
+                verdicts.new_epochs.append(((topic, number), "topic_id"))
+            elif current_id and not record.get("topic_id"):
+                epochs[name] = self.state.identify_epoch(name, record["epoch"], current_id)
+        keys = {
+            p: partition_key(*p, epochs[n]["epoch"]) for p, n in zip(partitions, plain, strict=True)
+        }
+        marks = self.state.read_marks(list(keys.values()))
+        resume_after: dict[Partition, int | None] = {}
+        unsure = [p for p in partitions if keys[p] in marks]
+        for partition, same, after in self._compare(unsure, {p: marks[keys[p]] for p in unsure}):
+            if same:
+                continue
+            name = partition_key(*partition)
+            epochs[name] = self._next_epoch(name, epochs[name], topic_ids.get(partition[0]))
+            keys[partition] = partition_key(*partition, epochs[name]["epoch"])
+            resume_after[partition] = after
+            verdicts.new_epochs.append((partition, "offsets_reused" if after is not None else "recreated"))
+        applied = self.state.read_applied()
+        renewed = {p for p, _ in verdicts.new_epochs}
+        committed = self._committed([p for p in partitions if p not in renewed])
+        watermarks = self._watermarks(partitions)
+        out = []
+        for partition in partitions:
+            low, high = watermarks[partition]
+            epoch = epochs[partition_key(*partition)]["epoch"]
+            stored = applied.get(keys[partition])
+            if partition in renewed:
+                after = resume_after.get(partition)
+                start = low if after is None else max(after + 1, low)
+                resume = Resume(start, -1, None)
+            elif epoch > 0 and stored is None:
+                # A later life nothing was applied from yet: the group's committed offset
+                # may still be the old log's (its reset did not get through).
+                resume = Resume(low, -1, None)
+            else:
+                resume = decide(stored, committed.get(partition), low, high)
+            view = PartitionView(
+                epoch,
+                resume.offset,
+                resume.reapply_through,
+                resume.missing,
+            )
+            self.views[partition] = view
+            if resume.reapply_through >= 0:
+                lost = resume.reapply_through - resume.offset + 1
+                verdicts.rolled_back.append((partition, lost))
+            if resume.missing is not None:
+                verdicts.gaps.append((partition, resume.missing))
+            out.append(TopicPartition(partition[0], partition[1], resume.offset))
+        if renewed:  # the group's offsets name the old log: start the new one's afresh
+            fresh = [tp for tp in out if (tp.topic, tp.partition) in renewed]
+            try:
+                self.consumer.commit(offsets=fresh, asynchronous=False)
+            except KafkaException as exc:
+                log.warning("could not reset the group's offsets of a new epoch: %s", exc)
+        return out, verdicts
+
+    def _next_epoch(self, name: str, record: dict[str, Any], topic_id: str | None) -> dict:
+        return self.state.advance_epoch(name, int(record["epoch"]), topic_id)
+
+    def _compare(
+        self, partitions: list[Partition], marks: dict
+    ) -> Iterable[tuple[Partition, bool, int | None]]:
+        """For each partition with recorded marks: is the broker's log the same one?"""
+        if not partitions:
+            return []
+        newest = {p: (marks[p].recent or (marks[p].first,))[0] for p in partitions}
+        found = self._probe({p: [newest[p].offset] for p in partitions})
+        changed = [p for p in partitions if found[p].get(newest[p].offset) != newest[p].fingerprint]
+        more = self._probe(
+            {p: [o for o in offsets_to_probe(marks[p]) if o != newest[p].offset] for p in changed}
+        )
+        for p in changed:
+            found[p].update(more[p])
+        return [(p, *same_log(marks[p], found[p])) for p in partitions]
+
+    # ----- asking the broker ----------------------------------------------------------
+
+    def _admin_client(self) -> AdminClient:
+        if self._admin is None:
+            self._admin = AdminClient(self.kafka_config)
+        return self._admin
+
+    def _topic_ids(self, topics: set[str]) -> dict[str, str]:
+        """Topic -> id, for brokers that give topic ids (others: absent)."""
+        try:
+            futures = self._admin_client().describe_topics(TopicCollection(sorted(topics)))
+            out = {}
+            for topic, future in futures.items():
+                topic_id = str(future.result(timeout=10).topic_id or "").rstrip("=")
+                if topic_id and topic_id != _NO_TOPIC_ID:
+                    out[topic] = topic_id
+            return out
+        except (KafkaException, ValueError, TypeError) as exc:
+            log.info("topic ids not available (%s): fingerprints decide", exc)
+            return {}
+
+    def _committed(self, partitions: list[Partition]) -> dict[Partition, int]:
+        if not partitions:
+            return {}
+        tps = [TopicPartition(t, p) for t, p in partitions]
+        result = self.consumer.committed(tps, timeout=10)
+        return {(tp.topic, tp.partition): tp.offset for tp in result if tp.offset >= 0}
+
+    def _watermarks(self, partitions: list[Partition]) -> dict[Partition, tuple[int, int]]:
+        return {
+            p: self.consumer.get_watermark_offsets(TopicPartition(*p), timeout=10)
+            for p in partitions
+        }
+
+    def _probe(self, wanted: dict[Partition, list[int]]) -> dict[Partition, dict[int, str | None]]:
+        """The fingerprints of the messages the broker holds at the given offsets (None:
+        no message there any more). One short-lived consumer outside the group."""
+        found: dict[Partition, dict[int, str | None]] = {p: {} for p in wanted}
+        todo = {p: list(offsets) for p, offsets in wanted.items() if offsets}
+        if not todo:
+            return found
+        probe = Consumer(
+            {
+                **self.kafka_config,
+                "group.id": "unlearn-probe",
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+                "auto.offset.reset": "error",
+            }
+        )
+        try:
+            while todo:
+                current = {p: offsets.pop(0) for p, offsets in todo.items()}
+                probe.assign([TopicPartition(t, n, o) for (t, n), o in current.items()])
+                for partition, result in self._read_one_each(probe, current).items():
+                    found[partition][current[partition]] = result
+                todo = {p: o for p, o in todo.items() if o}
+        finally:
+            probe.close()
+        return found
+
+    @staticmethod
+    def _read_one_each(probe: Consumer, current: dict[Partition, int]) -> dict:
+        out: dict[Partition, str | None] = {}
+        deadline = time.monotonic() + 10
+        while len(out) < len(current) and time.monotonic() < deadline:
+            for message in probe.consume(num_messages=len(current), timeout=0.5):
+                partition = (message.topic(), message.partition())
+                if partition not in current or partition in out:
+                    continue
+                error = message.error()
+                if error is None:
+                    at = message.offset() == current[partition]
+                    out[partition] = (
+                        fingerprint(message.key(), message.value(), message.timestamp()[1])
+                        if at
+                        else None
+                    )
+                elif error.code() in _NOTHING_THERE:
+                    out[partition] = None
+        for partition in current:
+            out.setdefault(partition, None)
+        return out

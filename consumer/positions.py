@@ -1,0 +1,133 @@
+"""Where each input partition resumes: decided by the state, checked against the broker.
+
+The offsets whose effect is in Redis are recorded with the state (`:applied`), so the
+state, not the consumer group, says where a partition resumes. The group's committed
+offset only tells what was acknowledged (receipts published) before:
+
+- committed behind the state: the tail between them is read again; its effect is already
+  in the state, so only its receipts are re-sent (a crash between the two);
+- committed ahead of the state: the state lost acknowledged work (Redis restored from an
+  older snapshot, a failover that lost writes); reading from the state's offset applies
+  it again ("reapplied" in those receipts), and the loss is counted and alerted;
+- the broker no longer holds what the state needs (retention passed it): the partition is
+  not read, readiness fails naming the partition and the offsets, and an alert pages.
+
+Offsets only mean something within one life of a topic. A topic deleted and created again
+(or a broker that lost its log and hands out the same offsets again) would make every new
+message look like one already applied. Each batch records a fingerprint of its last
+message per partition (and the first one of the topic's life); on assignment, and whenever
+offsets run backwards, the broker's messages at those offsets are compared with the
+fingerprints (and the topic id, where the broker has one). A mismatch starts a new epoch:
+new source keys, so nothing new is mistaken for a replay and no receipt is overwritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+MARKS_KEPT = 16  # batch-end fingerprints kept per partition
+
+
+def fingerprint(key: bytes | None, value: bytes | None, timestamp_ms: int) -> str:
+    """A short digest naming one message: equal messages at an offset are the same one."""
+    digest = hashlib.blake2b(digest_size=8)
+    for part in (key or b"", value or b""):
+        digest.update(len(part).to_bytes(4, "little"))
+        digest.update(part)
+    digest.update(int(timestamp_ms).to_bytes(8, "little", signed=True))
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    offset: int
+    fingerprint: str
+
+    def encode(self) -> str:
+        return f"{self.offset}:{self.fingerprint}"
+
+    @classmethod
+    def decode(cls, text: str) -> Mark:
+        offset, fp = text.split(":", 1)
+        return cls(int(offset), fp)
+
+
+@dataclass(frozen=True, slots=True)
+class Marks:
+    """A partition's fingerprints: the first message of its epoch, and the last message
+    of each recent batch (newest first)."""
+
+    first: Mark
+    recent: tuple[Mark, ...]
+
+    def encode(self) -> str:
+        return "|".join([self.first.encode(), ",".join(m.encode() for m in self.recent)])
+
+    @classmethod
+    def decode(cls, text: str) -> Marks:
+        first, _, recent = text.partition("|")
+        return cls(Mark.decode(first), tuple(Mark.decode(m) for m in recent.split(",") if m))
+
+    def after(self, mark: Mark) -> Marks:
+        return Marks(self.first, (mark, *self.recent)[:MARKS_KEPT])
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """What the broker holds at a probed offset (None: nothing there any more)."""
+
+    offset: int
+    fingerprint: str | None
+
+
+def same_log(marks: Marks | None, found: dict[int, str | None]) -> tuple[bool, int | None]:
+    """Do the broker's messages still match the recorded ones?
+
+    Returns (same, resume_after): same is False when the log is another one (re-created,
+    or offsets reused); then resume_after is the newest recorded offset the broker still
+    holds unchanged, from which reading continues (None: not one, read the whole log).
+    """
+    if marks is None:
+        return True, None
+    newest = marks.recent[0] if marks.recent else marks.first
+    if found.get(newest.offset) == newest.fingerprint:
+        return True, None
+    if found.get(marks.first.offset) != marks.first.fingerprint:
+        return False, None  # the epoch's first message is gone or another: a new log
+    for mark in marks.recent:
+        if found.get(mark.offset) == mark.fingerprint:
+            return False, mark.offset
+    return False, marks.first.offset
+
+
+def offsets_to_probe(marks: Marks | None) -> list[int]:
+    if marks is None:
+        return []
+    return sorted({marks.first.offset, *(m.offset for m in marks.recent)})
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    offset: int  # where to start reading
+    reapply_through: int  # last offset acknowledged before the state lost it (-1: none)
+    missing: tuple[int, int] | None  # [from, to) needed by the state, gone from the broker
+
+
+def decide(applied: int | None, committed: int | None, low: int, high: int) -> Resume:
+    """Where a partition resumes, from the state's last applied offset, the group's
+    committed offset (the next to read; None when the group has none), and the broker's
+    log start and end."""
+    if applied is None:  # the state never saw this partition (or this epoch of it)
+        start = committed if committed is not None else low
+        return Resume(max(start, low), -1, None)
+    wanted = applied + 1
+    reapply_through = -1
+    start = wanted
+    if committed is not None and committed < wanted:
+        start = committed  # re-send the receipts of what was applied, not acknowledged
+    elif committed is not None and committed > wanted:
+        reapply_through = committed - 1  # acknowledged once, lost by the state since
+    if wanted < low:
+        return Resume(low, reapply_through, (wanted, low))
+    return Resume(max(start, low), reapply_through, None)

@@ -1,0 +1,55 @@
+"""The receipt: what the service tells the requester (and the audit trail keeps) about one
+deletion request, sent only once the effect it describes is durable."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from consumer.events import Scope
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    request_id: str | None
+    scope: Scope
+    user: str | None
+    item: str | None
+    # Distinct (user, item) pairs the request removed: stored ones, and ones that arrived
+    # in the same batch and were suppressed.
+    removed: int
+    # Pairs of the scope still stored after the request, every one newer than `event_ts`.
+    kept_newer: int
+    event_ts: float  # the effective time T: interactions of the scope at or before T are gone
+    ts_adjusted: str | None  # what the time rule did to the request's time ("missing": now)
+    received_at: float  # when the service read the request
+    applied_at: float  # when its effect was computed (durable before the receipt is sent)
+    latency_seconds: float  # applied_at minus the request's own time, never clamped
+    residual: float
+    source: str  # "topic:partition:offset" ("topic#N:..." for a re-created topic's Nth life)
+    resent: bool = False  # sent again after a crash: the effect happened once, before
+    # Applied again because the state had lost it (restored from an older snapshot);
+    # an earlier receipt for the same request may exist, its effect was undone by the loss.
+    reapplied: bool = False
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Receipt:
+        """A stored receipt; fields this version added are filled for older ones."""
+        raw: dict[str, Any] = json.loads(text)
+        names = {f.name for f in dataclasses.fields(cls)}
+        defaults = {"kept_newer": 0, "ts_adjusted": None, "received_at": raw.get("applied_at")}
+        return cls(**{**defaults, **{k: v for k, v in raw.items() if k in names}})
+
+    def again(self) -> Receipt:
+        """This receipt, re-sent for a replayed request."""
+        return dataclasses.replace(self, resent=True)
+
+    @property
+    def key(self) -> str:
+        """The Kafka key it is published under."""
+        return self.request_id or self.source
