@@ -201,6 +201,9 @@ def fault_campaign(data: dict[str, Any]) -> str:
          data.get("broker_restarts_for_stuck_group", 0)),
         ("second consumer joined / left the group",
          f"{data['second_consumer_joins']} / {data['second_consumer_leaves']}"),
+        ("garbage burst on interactions (300 messages)", data.get("garbage_surges", "-")),
+        ("deletions topic deleted and created again", data.get("topic_recreations", "-")),
+        ("Redis restarted from an older snapshot (AOF off)", data.get("redis_rollbacks", "-")),
     ]  # fmt: skip
     stream = [
         ("events in the input topics", data["events_in_topics"]),
@@ -208,15 +211,27 @@ def fault_campaign(data: dict[str, Any]) -> str:
          f"{data['deletion_messages']}"),
         ("interaction messages", data["interaction_messages"]),
         ("malformed messages tried", data["malformed"]),
-        ("receipts / of them re-sent", f"{data['receipts']} / {data['receipts_resent']}"),
+        ("poison messages (valid weights whose sum is beyond float32)",
+         data.get("poison_messages", "-")),
+        ("receipts / of them re-sent / re-applied after the state lost them",
+         f"{data['receipts']} / {data['receipts_resent']} / {data.get('receipts_reapplied', '-')}"),
+        ("receipts the broker lost after acknowledging them, re-sent from the audit trail",
+         data.get("receipts_only_resent", "-")),
+        ("deletions acknowledged in the 10 s after the garbage burst",
+         data.get("deletions_acknowledged_during_surge", "-")),
         ("dead letters", data["dead_letters"]),
         ("acknowledged by the broker, then missing from its log",
          data["broker_dropped_acknowledged"]),
+        ("interactions the broker lost after they were read (applied, then gone or re-sent)",
+         data.get("broker_lost_after_read", "-")),
     ]  # fmt: skip
     promises = [
         ("requests lost (no receipt)", data["requests_lost"]),
         ("applied twice", data["applied_twice"]),
-        ("acknowledged but nothing removed", data.get("acknowledged_not_removed", 0)),
+        ("acknowledged but nothing removed (receipts that understate)",
+         data.get("acknowledged_not_removed", 0)),
+        ("receipts that overstate (a pair said removed, still stored)",
+         data.get("receipts_overstate", "-")),
         ("receipts for no request / audit trail wrong",
          f"{data['receipts_wrong']} / {data['audit_wrong']}"),
         ("deleted pairs still stored", data["deleted_pairs_present"]),
@@ -224,6 +239,8 @@ def fault_campaign(data: dict[str, Any]) -> str:
         ("user and item copies disagree", data["directions_disagree"]),
         ("stored count wrong", data["count_wrong"]),
         ("malformed messages not dead-lettered", data["malformed_not_dead_lettered"]),
+        ("poison not dead-lettered as unprocessable / stored",
+         f"{data.get('poison_not_dead_lettered', '-')} / {data.get('poison_stored', '-')}"),
         ("partitions not fully consumed", data["partitions_behind"]),
     ]  # fmt: skip
     return "\n\n".join(

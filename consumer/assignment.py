@@ -21,12 +21,13 @@ from confluent_kafka.admin import AdminClient
 
 from consumer.dead_letters import Partition
 from consumer.events import partition_key
-from consumer.positions import Resume, decide, fingerprint, offsets_to_probe, same_log
+from consumer.positions import Marks, Resume, decide, fingerprint, offsets_to_probe, same_log
 from consumer.state.store import ModelState
 
 log = logging.getLogger("unlearn.assignment")
 
 _NO_TOPIC_ID = base64.b64encode(bytes(16)).decode().rstrip("=")
+_EPOCH_NOTE = "unlearn-epoch="  # offset commit metadata: the partition's life
 # Probe answers meaning "no message at that offset any more".
 _NOTHING_THERE = (
     KafkaError._PARTITION_EOF,
@@ -107,10 +108,12 @@ class Assignments:
         plain = [partition_key(t, p) for t, p in partitions]
         epochs = self.state.read_epochs(plain)
         topic_ids = self._topic_ids({t for t, _ in partitions})
+        watermarks = self._watermarks(partitions)
         for (topic, number), name in zip(partitions, plain, strict=True):
             record, current_id = epochs[name], topic_ids.get(topic)
             if current_id and record.get("topic_id") and record["topic_id"] != current_id:
-                epochs[name] = self._next_epoch(name, record, current_id)
+                low = watermarks[(topic, number)][0]
+                epochs[name] = self._next_epoch(name, record, current_id, low)
                 verdicts.new_epochs.append(((topic, number), "topic_id"))
             elif current_id and not record.get("topic_id"):
                 epochs[name] = self.state.identify_epoch(name, record["epoch"], current_id)
@@ -118,37 +121,38 @@ class Assignments:
             p: partition_key(*p, epochs[n]["epoch"]) for p, n in zip(partitions, plain, strict=True)
         }
         marks = self.state.read_marks(list(keys.values()))
-        resume_after: dict[Partition, int | None] = {}
         unsure = [p for p in partitions if keys[p] in marks]
-        for partition, same, after in self._compare(unsure, {p: marks[keys[p]] for p in unsure}):
+        lows = {p: watermarks[p][0] for p in unsure}
+        for partition, same, after in self._compare({p: marks[keys[p]] for p in unsure}, lows):
             if same:
                 continue
             name = partition_key(*partition)
-            epochs[name] = self._next_epoch(name, epochs[name], topic_ids.get(partition[0]))
+            # A new log is read from its start; offsets reused after a message that is
+            # still the same, from the message after it.
+            begin = lows[partition] if after is None else max(after + 1, lows[partition])
+            epochs[name] = self._next_epoch(name, epochs[name], topic_ids.get(partition[0]), begin)
             keys[partition] = partition_key(*partition, epochs[name]["epoch"])
-            resume_after[partition] = after
-            verdicts.new_epochs.append((partition, "offsets_reused" if after is not None else "recreated"))
+            verdicts.new_epochs.append(
+                (partition, "offsets_reused" if after is not None else "recreated")
+            )
         applied = self.state.read_applied()
         renewed = {p for p, _ in verdicts.new_epochs}
         committed = self._committed([p for p in partitions if p not in renewed])
-        watermarks = self._watermarks(partitions)
         out = []
         for partition in partitions:
             low, high = watermarks[partition]
-            epoch = epochs[partition_key(*partition)]["epoch"]
+            record = epochs[partition_key(*partition)]
             stored = applied.get(keys[partition])
-            if partition in renewed:
-                after = resume_after.get(partition)
-                start = low if after is None else max(after + 1, low)
-                resume = Resume(start, -1, None)
-            elif epoch > 0 and stored is None:
-                # A later life nothing was applied from yet: the group's committed offset
-                # may still be the old log's (its reset did not get through).
-                resume = Resume(low, -1, None)
+            offset, life = committed.get(partition, (None, None))
+            if life != record["epoch"] and not (life is None and record["epoch"] == 0):
+                offset = None  # committed in another life of the topic: it means nothing here
+            if record["epoch"] > 0 and stored is None:
+                # A life nothing was applied from yet starts where it was found to begin.
+                resume = Resume(max(int(record.get("start") or 0), low), -1, None)
             else:
-                resume = decide(stored, committed.get(partition), low, high)
+                resume = decide(stored, offset, low, high)
             view = PartitionView(
-                epoch,
+                record["epoch"],
                 resume.offset,
                 resume.reapply_through,
                 resume.missing,
@@ -161,31 +165,44 @@ class Assignments:
                 verdicts.gaps.append((partition, resume.missing))
             out.append(TopicPartition(partition[0], partition[1], resume.offset))
         if renewed:  # the group's offsets name the old log: start the new one's afresh
-            fresh = [tp for tp in out if (tp.topic, tp.partition) in renewed]
+            fresh = [
+                TopicPartition(
+                    tp.topic,
+                    tp.partition,
+                    tp.offset,
+                    metadata=self.commit_note(tp.topic, tp.partition),
+                )
+                for tp in out
+                if (tp.topic, tp.partition) in renewed
+            ]
             try:
                 self.consumer.commit(offsets=fresh, asynchronous=False)
             except KafkaException as exc:
                 log.warning("could not reset the group's offsets of a new epoch: %s", exc)
         return out, verdicts
 
-    def _next_epoch(self, name: str, record: dict[str, Any], topic_id: str | None) -> dict:
-        return self.state.advance_epoch(name, int(record["epoch"]), topic_id)
+    def _next_epoch(
+        self, name: str, record: dict[str, Any], topic_id: str | None, start: int
+    ) -> dict:
+        return self.state.advance_epoch(name, int(record["epoch"]), topic_id, start)
 
     def _compare(
-        self, partitions: list[Partition], marks: dict
+        self, marks: dict[Partition, Marks], lows: dict[Partition, int]
     ) -> Iterable[tuple[Partition, bool, int | None]]:
-        """For each partition with recorded marks: is the broker's log the same one?"""
-        if not partitions:
+        """For each partition with recorded marks: is the broker's log the same one?
+        The newest mark first; the others only where it does not match."""
+        if not marks:
             return []
-        newest = {p: (marks[p].recent or (marks[p].first,))[0] for p in partitions}
-        found = self._probe({p: [newest[p].offset] for p in partitions})
-        changed = [p for p in partitions if found[p].get(newest[p].offset) != newest[p].fingerprint]
+        newest = {p: (m.recent or (m.first,))[0] for p, m in marks.items()}
+        found = self._probe({p: [n.offset] for p, n in newest.items() if n.offset >= lows[p]})
+        changed = [p for p, n in newest.items() if found.get(p, {}).get(n.offset) != n.fingerprint]
         more = self._probe(
-            {p: [o for o in offsets_to_probe(marks[p]) if o != newest[p].offset] for p in changed}
-        )
+            {p: [o for o in offsets_to_probe(marks[p], lows[p]) if o != newest[p].offset]
+             for p in changed}
+        )  # fmt: skip
         for p in changed:
-            found[p].update(more[p])
-        return [(p, *same_log(marks[p], found[p])) for p in partitions]
+            found.setdefault(p, {}).update(more.get(p, {}))
+        return [(p, *same_log(m, found.get(p, {}), lows[p])) for p, m in marks.items()]
 
     # ----- asking the broker ----------------------------------------------------------
 
@@ -208,12 +225,27 @@ class Assignments:
             log.info("topic ids not available (%s): fingerprints decide", exc)
             return {}
 
-    def _committed(self, partitions: list[Partition]) -> dict[Partition, int]:
+    def commit_note(self, topic: str, partition: int) -> str:
+        """The metadata an offset commit carries: the life of the partition it belongs to
+        (a re-created topic's old commits must not be read as the new one's)."""
+        return f"{_EPOCH_NOTE}{self.epoch(topic, partition)}"
+
+    def _committed(self, partitions: list[Partition]) -> dict[Partition, tuple[int, int | None]]:
+        """The group's committed offsets, with the epoch their commit named (None: the
+        commit carries no note: committed before there were epochs, or a broker that
+        drops commit metadata)."""
         if not partitions:
             return {}
         tps = [TopicPartition(t, p) for t, p in partitions]
         result = self.consumer.committed(tps, timeout=10)
-        return {(tp.topic, tp.partition): tp.offset for tp in result if tp.offset >= 0}
+        out = {}
+        for tp in result:
+            if tp.offset < 0:
+                continue
+            note = tp.metadata or ""
+            life = int(note[len(_EPOCH_NOTE) :]) if note.startswith(_EPOCH_NOTE) else None
+            out[(tp.topic, tp.partition)] = (tp.offset, life)
+        return out
 
     def _watermarks(self, partitions: list[Partition]) -> dict[Partition, tuple[int, int]]:
         return {
@@ -260,11 +292,7 @@ class Assignments:
                 error = message.error()
                 if error is None:
                     at = message.offset() == current[partition]
-                    out[partition] = (
-                        fingerprint(message.key(), message.value(), message.timestamp()[1])
-                        if at
-                        else None
-                    )
+                    out[partition] = fingerprint(message.key(), message.value()) if at else None
                 elif error.code() in _NOTHING_THERE:
                     out[partition] = None
         for partition in current:

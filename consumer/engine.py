@@ -216,14 +216,7 @@ class Engine:
     ) -> BatchOutcome:
         started = time.perf_counter()
         out = BatchOutcome()
-        applied = self.state.read_applied()
-        behind = {
-            key: (applied.get(key, -1), offset)
-            for key, offset in self.committed.items()
-            if applied.get(key, -1) < offset
-        }
-        if behind:
-            raise StateRolledBack(behind)
+        applied = self.check_not_behind()
         sources = [*(e.source for e in (*interactions, *deletions)), *skipped]
         out.applied = _advance(applied, sources)
 
@@ -283,6 +276,19 @@ class Engine:
         self.interactions += out.interactions_applied_new - out.removed
         out.phases["write"] = time.perf_counter() - written
         return out
+
+    def check_not_behind(self) -> dict[str, int]:
+        """The state's applied offsets; StateRolledBack when they are older than this
+        engine's own commits (Redis restored from an older snapshot, a lossy failover)."""
+        applied = self.state.read_applied()
+        behind = {
+            key: (applied.get(key, -1), offset)
+            for key, offset in self.committed.items()
+            if applied.get(key, -1) < offset
+        }
+        if behind:
+            raise StateRolledBack(behind)
+        return applied
 
     def _commit(
         self,
@@ -738,7 +744,8 @@ def _merge(row: np.ndarray, events: list[tuple[int, float, float]], kind: str) -
         merged_weight = all_weight[last]
         merged_ts = all_ts[last]
     out = np.empty(len(keys), dtype=ROW_DTYPE)
-    out["other"], out["weight"], out["ts"] = keys, merged_weight, merged_ts
+    with np.errstate(over="ignore"):  # a sum beyond float32 is refused by the caller
+        out["other"], out["weight"], out["ts"] = keys, merged_weight, merged_ts
     return out[out["weight"] != 0]
 
 

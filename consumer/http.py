@@ -60,6 +60,7 @@ class _BoundedServer(ThreadingHTTPServer):
     """A threading server that runs at most `slots` handler threads."""
 
     daemon_threads = True
+    request_queue_size = 128  # the listen backlog, where clients beyond the slots wait
 
     def __init__(self, address: tuple[str, int], handler: type, slots: int) -> None:
         self._slots = threading.BoundedSemaphore(slots)

@@ -29,13 +29,13 @@ from dataclasses import dataclass
 MARKS_KEPT = 16  # batch-end fingerprints kept per partition
 
 
-def fingerprint(key: bytes | None, value: bytes | None, timestamp_ms: int) -> str:
-    """A short digest naming one message: equal messages at an offset are the same one."""
+def fingerprint(key: bytes | None, value: bytes | None) -> str:
+    """A short digest naming one message by its key and bytes. Not its timestamp: a
+    producer's retry of a message the broker lost is the same message, not a new one."""
     digest = hashlib.blake2b(digest_size=8)
     for part in (key or b"", value or b""):
         digest.update(len(part).to_bytes(4, "little"))
         digest.update(part)
-    digest.update(int(timestamp_ms).to_bytes(8, "little", signed=True))
     return digest.hexdigest()
 
 
@@ -81,30 +81,35 @@ class Found:
     fingerprint: str | None
 
 
-def same_log(marks: Marks | None, found: dict[int, str | None]) -> tuple[bool, int | None]:
+def same_log(
+    marks: Marks | None, found: dict[int, str | None], low: int
+) -> tuple[bool, int | None]:
     """Do the broker's messages still match the recorded ones?
 
-    Returns (same, resume_after): same is False when the log is another one (re-created,
-    or offsets reused); then resume_after is the newest recorded offset the broker still
-    holds unchanged, from which reading continues (None: not one, read the whole log).
+    `found`: the broker's fingerprints at the recorded offsets it still holds (`low` is
+    its log start: retention may have removed older ones, which proves nothing). Returns
+    (same, resume_after): same is False when the log is another one (re-created, or its
+    offsets reused); resume_after is then the newest recorded offset whose message is
+    unchanged, after which reading continues (None: read the whole log, it is new).
     """
     if marks is None:
         return True, None
     newest = marks.recent[0] if marks.recent else marks.first
-    if found.get(newest.offset) == newest.fingerprint:
-        return True, None
-    if found.get(marks.first.offset) != marks.first.fingerprint:
-        return False, None  # the epoch's first message is gone or another: a new log
+    if newest.offset < low or found.get(newest.offset) == newest.fingerprint:
+        return True, None  # unchanged, or retention passed all that was recorded
+    first_held = marks.first.offset >= low
+    if first_held and found.get(marks.first.offset) != marks.first.fingerprint:
+        return False, None  # the epoch's first message is another: a new log
     for mark in marks.recent:
-        if found.get(mark.offset) == mark.fingerprint:
+        if mark.offset >= low and found.get(mark.offset) == mark.fingerprint:
             return False, mark.offset
-    return False, marks.first.offset
+    return False, marks.first.offset if first_held else low - 1
 
 
-def offsets_to_probe(marks: Marks | None) -> list[int]:
+def offsets_to_probe(marks: Marks | None, low: int = 0) -> list[int]:
     if marks is None:
         return []
-    return sorted({marks.first.offset, *(m.offset for m in marks.recent)})
+    return sorted({o for o in (marks.first.offset, *(m.offset for m in marks.recent)) if o >= low})
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,6 +60,7 @@ log = logging.getLogger("unlearn.service")
 # instance holding or having taken the namespace's write lease.
 TRANSIENT = (*TRANSIENT_REDIS, LeaseLost, LeaseBusy)
 GAP_RECHECK_S = 10.0  # how often a partition held back by a gap is looked at again
+STATE_CHECK_S = 5.0  # how often an idle service checks that Redis did not go back in time
 ADJUSTMENT_LOG_S = 60.0  # at most one log line per kind of time adjustment this often
 
 
@@ -115,6 +116,7 @@ class Service:
         self._lag_checked = 0.0
         self._lag_partitions: set[tuple[str, int]] = set()
         self._gaps_checked = 0.0
+        self._state_checked = time.monotonic()
         self._adjustments: Tally[tuple[str, str]] = Tally()
         self._adjustments_logged: dict[tuple[str, str], float] = {}
         self._salt = engine.state.log_salt()
@@ -182,6 +184,7 @@ class Service:
         self._sample_redis()
         self._resume_surged()
         self._recheck_gaps()
+        self._check_state()
         room = s.batch_max_events - len(self._pending)
         messages = self.consumer.consume(num_messages=max(room, 1), timeout=s.batch_max_ms / 1000)
         received = time.time()
@@ -232,7 +235,7 @@ class Service:
             self._heal_rollback(exc)  # nothing of this batch is committed: it is read again
             return
         for message, rejected in parsed.rejected:
-            self._dead_letter(message, rejected.reason, rejected.detail)
+            self._dead_letter(message, rejected.source, rejected.reason, rejected.detail)
         for outcome in outcomes:
             for receipt in (*outcome.receipts, *outcome.resent):
                 self._send_receipt(receipt)
@@ -298,16 +301,30 @@ class Service:
         self.engine = self._new_engine(keep_committed=False)
         self._seek(sorted(self.assignments.views), rollback_counted=True)
 
+    def _check_state(self) -> None:
+        """Now and then, even with nothing to process: is Redis still where this engine
+        left it? A restore from an older snapshot would otherwise wait for the next event."""
+        now = time.monotonic()
+        if now - self._state_checked < STATE_CHECK_S or self._pending:
+            return
+        self._state_checked = now
+        try:
+            self.engine.check_not_behind()
+        except StateRolledBack as exc:
+            self._heal_rollback(exc)
+        except TRANSIENT as exc:  # Redis away: the next batch waits it out
+            log.info("state check skipped: %s", type(exc).__name__)
+
     def _unprocessable(self, parsed: _Parsed, events: list, detail: str) -> None:
         """Dead-letter events the batch could not process, durably before their offsets
         are recorded (the retry that follows records them as done)."""
         for event in events:
             log.error(
-                "a %s on %s could not be processed (%s): dead-lettered as unprocessable (%s)",
-                type(event).__name__.lower(), event.source.key, detail,
-                scope_name(self._salt, event.user, event.item),
+                "%s on %s could not be processed (%s): dead-lettered as unprocessable (%s)",
+                "an interaction" if isinstance(event, Interaction) else "a deletion",
+                event.source.key, detail, scope_name(self._salt, event.user, event.item),
             )  # fmt: skip
-            self._dead_letter(parsed.messages[event.source], "unprocessable", detail)
+            self._dead_letter(parsed.messages[event.source], event.source, "unprocessable", detail)
         if self.producer.flush(30) != 0:
             raise FatalError("dead letters not acknowledged by the broker")
 
@@ -347,10 +364,28 @@ class Service:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("assigned %s", [f"{p.topic}:{p.partition}" for p in partitions])
-        starts, verdicts = self.assignments.resolve([(p.topic, p.partition) for p in partitions])
+        starts, verdicts = self._resolve([(p.topic, p.partition) for p in partitions])
         consumer.assign(starts)
         self._report(verdicts)
         self.health.assigned += len(partitions)
+
+    def _resolve(self, partitions: list[Partition]) -> tuple[list[TopicPartition], Verdicts]:
+        """Where the partitions resume; a Redis or broker outage meanwhile is waited out
+        (this runs inside poll, in a rebalance: an error here would stop the service)."""
+
+        def note(exc: BaseException, failures: int) -> None:
+            self.metrics.redis_errors.labels("assignment").inc()
+            self.health.tick()
+
+        try:
+            return retry(
+                lambda: self.assignments.resolve(partitions),
+                (*TRANSIENT_REDIS, KafkaException),
+                self.settings.redis_retry_budget_s,
+                note,
+            )
+        except RetriesExhausted as exc:
+            raise FatalError(f"cannot tell where the partitions resume: {exc}") from exc
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Finish and commit the open batch while the partitions are still ours.
@@ -358,6 +393,8 @@ class Service:
         self._flush_batch(ack_timeout=self.settings.revoke_budget_s, wait_for_commit=True)
         self.health.assigned = max(self.health.assigned - len(partitions), 0)
         gone = [(p.topic, p.partition) for p in partitions]
+        for topic, number in gone:  # another instance commits them now
+            self.engine.committed.pop(self.assignments.key(topic, number), None)
         self.assignments.forget(gone)
         for partition in gone:  # its next owner judges it afresh
             self.surge.forget(partition)
@@ -370,7 +407,7 @@ class Service:
 
     def _seek(self, partitions: list[Partition], rollback_counted: bool = False) -> None:
         """Decide again where these (assigned) partitions resume, and go there."""
-        starts, verdicts = self.assignments.resolve(partitions)
+        starts, verdicts = self._resolve(partitions)
         for start in starts:
             self.consumer.seek(start)
         self._report(verdicts, rollback_counted)
@@ -425,7 +462,8 @@ class Service:
             log.warning("resumed %s after their gap was dealt with", resumed)
 
     def _resume_surged(self) -> None:
-        due = [p for p in self.surge.due() if p in self.assignments.views]
+        held = self.assignments.gaps()  # a gap holds a partition until it is dealt with
+        due = [p for p in self.surge.due() if p in self.assignments.views and p not in held]
         if not due:
             return
         self.consumer.resume([TopicPartition(t, p) for t, p in due])
@@ -541,7 +579,7 @@ class Service:
                 number,
                 offset,
                 self.assignments.epoch(topic, number),
-                fingerprint(message.key(), message.value(), stamp),
+                fingerprint(message.key(), message.value()),
             )
             message_ts = stamp / 1000 if kind != TIMESTAMP_NOT_AVAILABLE and stamp >= 0 else None
             if topic == s.topic_deletions:
@@ -585,9 +623,8 @@ class Service:
             event.source.key, event.ts,
         )  # fmt: skip
 
-    def _dead_letter(self, message: Message, reason: str, detail: str) -> None:
-        source = f"{message.topic()}:{message.partition()}:{message.offset()}"
-        headers = dead_letter_headers(message.headers(), reason, detail, source)
+    def _dead_letter(self, message: Message, source: Source, reason: str, detail: str) -> None:
+        headers = dead_letter_headers(message.headers(), reason, detail, source.key)
         if any(k == REDRIVEN_HEADER for k, _ in message.headers() or ()):
             self.metrics.redriven.labels("dead_lettered").inc()
         self.metrics.dead_lettered.labels(reason).inc()
@@ -607,7 +644,8 @@ class Service:
         for message in messages:
             key = (message.topic(), message.partition())
             latest[key] = max(latest.get(key, -1), message.offset())
-        offsets = [TopicPartition(t, p, o + 1) for (t, p), o in latest.items()]
+        note = self.assignments.commit_note
+        offsets = [TopicPartition(t, p, o + 1, metadata=note(t, p)) for (t, p), o in latest.items()]
         try:
             self.consumer.commit(offsets=offsets, asynchronous=not wait)
         except KafkaException as exc:

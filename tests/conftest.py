@@ -60,6 +60,15 @@ def kafka_bootstrap() -> Iterator[str]:
         yield bootstrap
 
 
+@pytest.fixture(scope="session")
+def noida_bootstrap() -> Iterator[str]:
+    """A second Kafka-protocol broker (noida-db): it deletes topics, and kcat talks to it."""
+    from consumer.embedded import local_noida
+
+    with local_noida() as bootstrap:
+        yield bootstrap
+
+
 @pytest.fixture
 def ml100k_path() -> Path:
     if not ML100K.is_file():

@@ -37,21 +37,21 @@ def register(commands: argparse._SubParsersAction) -> None:
     load_cmd.add_argument("--interactions", required=True, metavar="FILE")
     load_cmd.add_argument("--shards", type=int, default=DEFAULT_SHARDS)
     load_cmd.add_argument("--replace", action="store_true", help="overwrite the namespace")
-    _settings_flags(load_cmd)
+    settings_flags(load_cmd)
     load_cmd.set_defaults(handler=run_load)
 
     export_cmd = commands.add_parser("export", help="write the model in Redis to a file")
     export_cmd.add_argument("--out", required=True, metavar="MODEL.npz")
-    _settings_flags(export_cmd)
+    settings_flags(export_cmd)
     export_cmd.set_defaults(handler=run_export)
 
     run_cmd = commands.add_parser("run", help="consume interactions and deletions")
     run_cmd.add_argument("--max-seconds", type=float, default=None, help="stop after this long")
-    _settings_flags(run_cmd)
+    settings_flags(run_cmd)
     run_cmd.set_defaults(handler=run_service)
 
     status_cmd = commands.add_parser("status", help="JSON: lag per partition, counts, offsets")
-    _settings_flags(status_cmd)
+    settings_flags(status_cmd)
     status_cmd.set_defaults(handler=run_status)
 
     recommend_cmd = commands.add_parser(
@@ -59,17 +59,17 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     recommend_cmd.add_argument("--user", required=True)
     recommend_cmd.add_argument("-n", type=int, default=10)
-    _settings_flags(recommend_cmd)
+    settings_flags(recommend_cmd)
     recommend_cmd.set_defaults(handler=run_recommend)
 
     audit_cmd = commands.add_parser("audit", help="the receipts of every deletion, as JSON lines")
     audit_cmd.add_argument("--request-id", default=None)
     audit_cmd.add_argument("--user", default=None)
-    _settings_flags(audit_cmd)
+    settings_flags(audit_cmd)
     audit_cmd.set_defaults(handler=run_audit)
 
 
-def _settings_flags(parser: argparse.ArgumentParser) -> None:
+def settings_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE.toml", help="settings file (over environment)")
     parser.add_argument("--bootstrap-servers", dest="kafka_bootstrap_servers", default=None)
     parser.add_argument("--redis-url", default=None)

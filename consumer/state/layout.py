@@ -33,8 +33,9 @@ global ({unlearn:NS}):
                    one the next names was left behind by a restore, and reloads
   :marks   HASH  partition key -> fingerprints of the epoch's first message and of recent
                  batches' last ones ("first|newest,...": positions.Marks)
-  :epochs  HASH  "topic:partition" -> {"epoch", "topic_id"}: the partition's current life
+  :epochs  HASH  "topic:partition" -> {"epoch", "topic_id", "start"}: the partition's current life
                  (a re-created topic starts a new one; its keys read "topic#N:partition")
+  :redriven HASH  dead letter "topic:partition:offset" -> when `unlearn redrive` sent it back
 """
 
 from __future__ import annotations
@@ -101,6 +102,10 @@ class Layout:
     @property
     def epochs(self) -> str:
         return f"{self._global}:epochs"
+
+    @property
+    def redriven(self) -> str:
+        return f"{self._global}:redriven"
 
     def id_map(self, side: str) -> str:
         return f"{self._global}:{side[0]}id"

@@ -145,7 +145,8 @@ return generation
 
 
 # A partition's life (KEYS[1] :epochs, ARGV[1] "topic:partition"). ARGV[2] = 'advance':
-# move it to epoch ARGV[3] + 1 with topic id ARGV[4] if it is still at epoch ARGV[3];
+# move it to epoch ARGV[3] + 1 with topic id ARGV[4], beginning at offset ARGV[5], if it is
+# still at epoch ARGV[3];
 # 'identify': record topic id ARGV[4] for epoch ARGV[3] if none is recorded. Several
 # instances may notice at once: one changes it, the others get the result. Returns it.
 _EPOCH = """
@@ -154,7 +155,7 @@ local record = {epoch = 0, topic_id = cjson.null}
 if current then record = cjson.decode(current) end
 local seen = tonumber(ARGV[3])
 if ARGV[2] == 'advance' and record['epoch'] == seen then
-  record = {epoch = seen + 1, topic_id = ARGV[4]}
+  record = {epoch = seen + 1, topic_id = ARGV[4], start = tonumber(ARGV[5])}
   if ARGV[4] == '' then record['topic_id'] = cjson.null end
   redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(record))
 elseif ARGV[2] == 'identify' and record['epoch'] == seen and record['topic_id'] == cjson.null then
@@ -346,7 +347,8 @@ class ModelState:
         return {k: Marks.decode(v.decode()) for k, v in zip(keys, values, strict=True) if v}
 
     def read_epochs(self, partitions: list[str]) -> dict[str, dict[str, Any]]:
-        """ "topic:partition" -> {"epoch": n, "topic_id": id or None}: the partition's life."""
+        """ "topic:partition" -> {"epoch": n, "topic_id": id or None, "start": offset}: the
+        partition's life, and the offset it was found to begin at."""
         if not partitions:
             return {}
         values = self.client.hmget(self.layout.epochs, partitions)
@@ -355,9 +357,12 @@ class ModelState:
             for p, v in zip(partitions, values, strict=True)
         }
 
-    def advance_epoch(self, partition: str, seen: int, topic_id: str | None) -> dict[str, Any]:
-        """Start the partition's next life if it is still at epoch `seen`; the record now."""
-        args = [partition, "advance", seen, topic_id or ""]
+    def advance_epoch(
+        self, partition: str, seen: int, topic_id: str | None, start: int
+    ) -> dict[str, Any]:
+        """Start the partition's next life, read from offset `start`, if it is still at
+        epoch `seen`; the record as it is now (another instance may have moved it)."""
+        args = [partition, "advance", seen, topic_id or "", start]
         return json.loads(self._epoch(keys=[self.layout.epochs], args=args))
 
     def identify_epoch(self, partition: str, epoch: int, topic_id: str) -> dict[str, Any]:

@@ -66,3 +66,29 @@ def test_invalid_settings_are_a_clear_error(tmp_path):
     bad.write_text("namespace = ")
     with pytest.raises(InputError, match="cannot read config"):
         load_settings(bad)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://redis:6379/0?password=hunter2&db=0", "redis://redis:6379/0?password=***&db=0"),
+        ("rediss://:hunter2@redis:6380/0", "rediss://:***@redis:6380/0"),
+        (
+            "redis://redis/0?ssl_keyfile_password=hunter2",
+            "redis://redis/0?ssl_keyfile_password=***",
+        ),
+        ("redis://redis/0#token=hunter2", "redis://redis/0#token=***"),
+    ],
+)
+def test_a_secret_anywhere_in_the_redis_url_is_masked(monkeypatch, url, shown):
+    monkeypatch.setenv("UNLEARN_REDIS_URL", url)
+    settings = load_settings(None)
+    printed = json.dumps(settings.redacted())
+    assert "hunter2" not in printed and shown in printed
+
+
+def test_the_metrics_endpoint_binds_loopback_unless_told(monkeypatch):
+    monkeypatch.delenv("UNLEARN_METRICS_HOST", raising=False)
+    assert load_settings(None).metrics_host == "127.0.0.1"
+    monkeypatch.setenv("UNLEARN_METRICS_HOST", "0.0.0.0")
+    assert load_settings(None).metrics_host == "0.0.0.0"

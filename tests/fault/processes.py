@@ -74,7 +74,29 @@ class RedisServer(Restartable):
 
     def __init__(self, port: int, workdir: Path) -> None:
         super().__init__("redis", redis_args(port, str(workdir), True), workdir / "redis.log")
+        self.port, self.workdir = port, workdir
         self.url = f"redis://127.0.0.1:{port}/0"
+
+    def snapshot(self) -> None:
+        """An RDB snapshot (SAVE) of the data as it is now."""
+        client = redis.Redis.from_url(self.url)
+        client.save()
+        client.close()
+
+    def start_from_snapshot(self) -> None:
+        """Start from the last snapshot, not the AOF (as with AOF off, or a replica that
+        missed the last writes): the data goes back to the snapshot. AOF is turned on again
+        from there, so later restarts keep what follows."""
+        aof_args = self.args
+        self.args = redis_args(self.port, str(self.workdir), False)
+        try:
+            self.start()
+        finally:
+            self.args = aof_args
+        client = redis.Redis.from_url(self.url)
+        client.config_set("appendfsync", "always")
+        client.config_set("appendonly", "yes")
+        client.close()
 
     def wait_ready(self) -> None:
         client = redis.Redis.from_url(self.url)

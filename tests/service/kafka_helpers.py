@@ -15,6 +15,24 @@ from consumer.settings import Settings, load_settings
 PARTITIONS = 2
 
 
+def eventually(check: Callable[[], object], timeout: float = 60.0, what: str = "") -> object:
+    """Wait until `check()` is truthy; its value, or AssertionError after the timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what or check}")
+        time.sleep(0.05)
+
+
+def receipts_of(bootstrap: str, topic: str, count: int, timeout: float = 60.0) -> list[dict]:
+    """The first `count` receipts on the topic, as dicts."""
+    messages = read_all(bootstrap, topic, lambda m: len(m) >= count, timeout)
+    return [json.loads(m.value()) for m in messages]
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
@@ -26,11 +44,12 @@ def create_topics(bootstrap: str, names: Iterable[str], partitions: int = PARTIT
         future.result(timeout=30)
 
 
-def produce(bootstrap: str, topic: str, messages: Iterable[tuple[str | None, bytes | None]]) -> int:
+def produce(bootstrap: str, topic: str, messages: Iterable[tuple]) -> int:
+    """(key, value) or (key, value, timestamp in ms) per message."""
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
     count = 0
-    for key, value in messages:
-        producer.produce(topic, key=key, value=value)
+    for key, value, *stamp in messages:
+        producer.produce(topic, key=key, value=value, timestamp=stamp[0] if stamp else 0)
         count += 1
         if count % 5000 == 0:
             producer.flush()

@@ -19,9 +19,9 @@ from tests.servers import prometheus_server
 from tests.service.kafka_helpers import event, produce, read_all
 
 
-def get(url: str) -> tuple[int, str]:
+def get(url: str, timeout: float = 5) -> tuple[int, str]:
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
@@ -127,4 +127,33 @@ def test_healthz_fails_when_the_loop_stops_ticking():
         assert get(f"{base}/readyz")[0] == 503
         assert get(f"{base}/nope")[0] == 404
     finally:
+        server.stop()
+
+
+def test_idle_connections_neither_pile_up_threads_nor_block_a_scrape():
+    """Hundreds of clients that connect and send nothing: the server runs a bounded number
+    of handler threads, drops each idle one after its timeout, and a scrape still gets in."""
+    import socket
+    import threading
+
+    health = Health(deadline_s=60, redis_ok=lambda: True)
+    health.assigned = 1
+    server = MetricsServer(0, Metrics(), health, host="127.0.0.1", timeout_s=1.0, max_connections=8)
+    idle = []
+    try:
+        before = threading.active_count()
+        for _ in range(40):
+            idle.append(socket.create_connection(("127.0.0.1", server.port), timeout=5))
+        time.sleep(0.3)
+        assert threading.active_count() - before <= 8
+        started = time.monotonic()
+        status, _ = get(f"http://127.0.0.1:{server.port}/readyz", timeout=60)
+        assert status == 200
+        # 40 idle clients in slots of 8, each dropped after 1 s: the scrape waits its turn
+        # but is served (without the timeout it would wait forever).
+        assert time.monotonic() - started < 60
+        assert threading.active_count() - before <= 8
+    finally:
+        for sock in idle:
+            sock.close()
         server.stop()
