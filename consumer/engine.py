@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import time
-import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -29,15 +28,25 @@ import redis
 import scipy.sparse as sp
 
 from consumer.events import Deletion, Interaction, Source
-from consumer.gramians import Gramians
 from consumer.receipts import Receipt
-from consumer.state.layout import ROW_DTYPE
+from consumer.state.layout import (
+    ROW_DTYPE,
+    item_tombstone,
+    pair_tombstone,
+    receipt_shard,
+    shard_of,
+    tombstone,
+    user_tombstone,
+)
 from consumer.state.lease import LeaseBusy, LeaseLost
 from consumer.state.store import SIDES, ModelState, ShardWrite
 from unlearn_core.convergence import relative_change
+from unlearn_core.gramians import Gramians
 from unlearn_core.interactions import Interactions
 from unlearn_core.loss import loss
 from unlearn_core.model import pair_scores
+from unlearn_core.objective import all_pairs_term, observed_terms, row_penalties
+from unlearn_core.rows import merge_events
 from unlearn_core.solve import solve_rows
 from unlearn_core.sweep import SweepContext, default_solver
 
@@ -80,11 +89,6 @@ class StateRolledBack(Exception):
 
 # Failures that are not the batch's content: Redis trouble and instances taking turns.
 _PASSING = (redis.RedisError, LeaseLost, LeaseBusy, StateRolledBack)
-
-
-def receipt_shard(key: str, shards: int) -> int:
-    """The shard whose :receipts hash holds the receipt of the event at `key`."""
-    return zlib.crc32(key.encode()) % shards
 
 
 @dataclass
@@ -313,16 +317,9 @@ class Engine:
         return _interactions(rows, n_users, n_items, self.params.kind)
 
     def _global_loss(self) -> float:
-        """The implicit objective's terms over all pairs: sum of all scores^2 and |X|^2 + |Y|^2.
-
-        Kept apart from the observed-pair terms so a batch can update the objective from
-        the rows it touched; explicit ALS-WR has no such term (its penalty is per row).
-        """
-        if self.params.kind != "implicit":
-            return 0.0
-        users, items = self.gramians.full("user"), self.gramians.full("item")
-        all_pairs = float(np.sum(users * items))  # sum of (x.y)^2 over all pairs
-        return all_pairs + self.params.regularization * float(np.trace(users) + np.trace(items))
+        """The objective's terms that depend on all factors at once (the implicit model's
+        all-pairs term), from the Gramians: a batch updates the rest from its rows."""
+        return all_pairs_term(self.gramians.full("user"), self.gramians.full("item"), self.params)
 
     def consolidate(self) -> tuple[float, float]:
         """One full Unlearn-ALS sweep over all data; returns its residual and the loss."""
@@ -340,7 +337,7 @@ class Engine:
         writes: dict[int, ShardWrite] = defaultdict(ShardWrite)
         for side, matrix in self.factors.items():
             for n in range(len(matrix)):
-                writes[n % self.shards].factors[side][n] = matrix[n]
+                writes[shard_of(n, self.shards)].factors[side][n] = matrix[n]
         for shard, write in writes.items():
             write.gramians = self._partial_gramians(shard)
         self.loss = loss(data, users, items, self.params)
@@ -581,16 +578,14 @@ class _Batch:
             return 0.0
         s = np.concatenate(scores).astype(np.float64)
         w = np.concatenate(weights).astype(np.float64)
-        if params.kind == "implicit":
-            c = 1.0 + params.alpha * w
-            return float(np.sum(c * (1.0 - s) ** 2 - s**2))
         penalty = 0.0
-        for side in SIDES:
-            touched = np.array(sorted(self.touched[side]), dtype=np.int64)
-            counts = np.array([len(rows[side][n]) for n in touched], dtype=np.float64)
-            norms = np.sum(engine.factors[side][touched].astype(np.float64) ** 2, axis=1)
-            penalty += float(counts @ norms)
-        return float(np.sum((w - s) ** 2)) + params.regularization * penalty
+        if params.kind != "implicit":
+            for side in SIDES:
+                touched = np.array(sorted(self.touched[side]), dtype=np.int64)
+                counts = np.array([len(rows[side][n]) for n in touched], dtype=np.float64)
+                norms = np.sum(engine.factors[side][touched].astype(np.float64) ** 2, axis=1)
+                penalty += row_penalties(counts, norms, params)
+        return observed_terms(s, w, params) + penalty
 
     def receipts(self, residual: float, acknowledged: Mapping[str, int]) -> list[Receipt]:
         now = self.engine.clock()
@@ -632,7 +627,7 @@ class _Batch:
         writes: dict[int, ShardWrite] = defaultdict(ShardWrite)
         for side in SIDES:
             for row in self.touched[side]:
-                write = writes[row % self.shards]
+                write = writes[shard_of(row, self.shards)]
                 write.factors[side][row] = engine.factors[side][row]
                 write.rows[side][row] = self.rows[side][row]
         for name, (shard, t) in self.tombstones.items():
@@ -666,22 +661,22 @@ class _Batch:
         """
         fields: dict[int, list[str]] = defaultdict(list)
         for u, i in zip(self.iu.tolist(), self.ii.tolist(), strict=True):
-            fields[u % self.shards] += [f"p:{u}:{i}", f"u:{u}"]
-            fields[i % self.shards].append(f"i:{i}")
+            fields[shard_of(u, self.shards)] += [pair_tombstone(u, i), user_tombstone(u)]
+            fields[shard_of(i, self.shards)].append(item_tombstone(i))
         for u, i, _ in self.deletion_rows:
-            name, shard = _tombstone(u, i, self.shards)
+            name, shard = tombstone(u, i, self.shards)
             fields[shard].append(name)
         known = self.state.read_tombstones({s: sorted(set(f)) for s, f in fields.items()})
         limits = {
             (u, i): max(
-                known.get(f"p:{u}:{i}", -np.inf),
-                known.get(f"u:{u}", -np.inf),
-                known.get(f"i:{i}", -np.inf),
+                known.get(pair_tombstone(u, i), -np.inf),
+                known.get(user_tombstone(u), -np.inf),
+                known.get(item_tombstone(i), -np.inf),
             )
             for u, i in zip(self.iu.tolist(), self.ii.tolist(), strict=True)
         }
         for u, i, t in self.deletion_rows:
-            name, shard = _tombstone(u, i, self.shards)
+            name, shard = tombstone(u, i, self.shards)
             if t > known.get(name, -np.inf):
                 known[name] = t
                 self.tombstones[name] = (shard, t)
@@ -712,41 +707,24 @@ class _Batch:
         return current["other"][drop].astype(np.int64).tolist()
 
 
-def _tombstone(u: int, i: int, shards: int) -> tuple[str, int]:
-    if u >= 0 and i >= 0:
-        return f"p:{u}:{i}", u % shards
-    if u >= 0:
-        return f"u:{u}", u % shards
-    return f"i:{i}", i % shards
-
-
 def _merge(row: np.ndarray, events: list[tuple[int, float, float]], kind: str) -> np.ndarray:
-    """Add events to a sorted row: implicit weights add up, explicit ratings replace (the
-    last event of a pair wins). Vectorised: a popular item's row holds thousands of records.
-
-    The time kept is the one a deletion must reach to remove everything the weight holds:
-    the earliest event's for a sum (implicit), the winning rating's for a replacement.
-    """
+    """Events (other index, weight, time) into a stored row (unlearn_core.rows)."""
     other = np.fromiter((e[0] for e in events), np.int64, len(events))
     weight = np.fromiter((e[1] for e in events), np.float64, len(events))
     ts = np.clip(np.fromiter((e[2] for e in events), np.float64, len(events)), 0, 2**32 - 1)
-    all_other = np.concatenate([row["other"].astype(np.int64), other])
-    all_weight = np.concatenate([row["weight"].astype(np.float64), weight])
-    all_ts = np.concatenate([row["ts"].astype(np.int64), ts.astype(np.int64)])
-    keys, inverse = np.unique(all_other, return_inverse=True)
-    if kind == "implicit":
-        merged_weight = np.bincount(inverse, weights=all_weight, minlength=len(keys))
-        merged_ts = np.full(len(keys), np.iinfo(np.int64).max, dtype=np.int64)
-        np.minimum.at(merged_ts, inverse, all_ts)
-    else:  # stored records come first, events after in order: the last occurrence wins
-        last = np.zeros(len(keys), dtype=np.int64)
-        np.maximum.at(last, inverse, np.arange(len(all_other)))
-        merged_weight = all_weight[last]
-        merged_ts = all_ts[last]
+    keys, merged_weight, merged_ts = merge_events(
+        row["other"],
+        row["weight"],
+        row["ts"],
+        other,
+        weight,
+        ts.astype(np.int64),
+        kind,  # type: ignore[arg-type]
+    )
     out = np.empty(len(keys), dtype=ROW_DTYPE)
     with np.errstate(over="ignore"):  # a sum beyond float32 is refused by the caller
         out["other"], out["weight"], out["ts"] = keys, merged_weight, merged_ts
-    return out[out["weight"] != 0]
+    return out
 
 
 def _csr(rows: list[np.ndarray], n_columns: int) -> sp.csr_array:

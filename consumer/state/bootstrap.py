@@ -7,7 +7,7 @@ from collections.abc import Callable
 import numpy as np
 import scipy.sparse as sp
 
-from consumer.state.layout import ROW_DTYPE
+from consumer.state.layout import ROW_DTYPE, rows_of_shard
 from consumer.state.store import SIDES, ModelState, ShardWrite
 from unlearn_core import FactorModel, Interactions
 from unlearn_core.interactions import locate
@@ -74,7 +74,7 @@ def load(
     for shard in range(shards):
         for side in SIDES:
             weights, stamps = matrices[side]
-            rows = np.arange(shard, len(factors[side]), shards)
+            rows = rows_of_shard(shard, shards, len(factors[side]))
             for start in range(0, max(len(rows), 1), _ROWS_PER_WRITE):
                 chunk = rows[start : start + _ROWS_PER_WRITE]
                 write = ShardWrite()

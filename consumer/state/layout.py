@@ -40,6 +40,7 @@ global ({unlearn:NS}):
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -147,4 +148,39 @@ class ShardKeys:
 
 
 def shard_of(index: int | np.ndarray, shards: int) -> int | np.ndarray:
+    """The shard of a user or item row: its index modulo the number of shards."""
     return index % shards
+
+
+def rows_of_shard(shard: int, shards: int, rows: int) -> np.ndarray:
+    """The indices of the rows (of `rows`) that live in `shard`."""
+    return np.arange(shard, rows, shards)
+
+
+def receipt_shard(source_key: str, shards: int) -> int:
+    """The shard whose :receipts hash holds the receipt of the request at `source_key`."""
+    return zlib.crc32(source_key.encode()) % shards
+
+
+def tombstone(user: int, item: int, shards: int) -> tuple[str, int]:
+    """A deletion scope's tombstone field and its shard (-1: the scope has no such side).
+
+    A pair's and a user's tombstones live with the user's row, an item's with its row.
+    """
+    if user >= 0 and item >= 0:
+        return pair_tombstone(user, item), user % shards
+    if user >= 0:
+        return user_tombstone(user), user % shards
+    return item_tombstone(item), item % shards
+
+
+def pair_tombstone(user: int, item: int) -> str:
+    return f"p:{user}:{item}"
+
+
+def user_tombstone(user: int) -> str:
+    return f"u:{user}"
+
+
+def item_tombstone(item: int) -> str:
+    return f"i:{item}"

@@ -38,6 +38,7 @@ from consumer.state.layout import (
     ROW_DTYPE,
     Layout,
     ShardKeys,
+    shard_of,
 )
 from consumer.state.lease import LeaseLost, WriteLease
 from unlearn_core.params import Hyperparameters
@@ -604,7 +605,7 @@ class ModelState:
         indices = np.asarray(indices, dtype=np.int64)
         by_shard: dict[int, list[int]] = defaultdict(list)
         for position, index in enumerate(indices.tolist()):
-            by_shard[index % shards].append(position)
+            by_shard[shard_of(index, shards)].append(position)
         pipe = self.client.pipeline(transaction=False)
         order = list(by_shard.items())
         for shard, positions in order:

@@ -298,10 +298,21 @@ def run_timeline(faults: Faults) -> None:
     at(78)
     redis_server.snapshot()  # what a restart without AOF comes back to
     at(88)
+    # Work must be done after the snapshot for its loss to mean something; with the
+    # broker's coordinator stalled by kills there may be none yet (2,000 writes: batches).
+    watcher = redis.Redis.from_url(redis_server.url)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and _changes_since_save(watcher) < 2000:
+        time.sleep(0.5)
+    watcher.close()
     redis_server.kill()
     time.sleep(1)
     redis_server.start_from_snapshot()  # 10 s of acknowledged work is gone from the state
     log.redis_rollbacks += 1
+
+
+def _changes_since_save(client: redis.Redis) -> int:
+    return int(client.info("persistence")["rdb_changes_since_last_save"])
 
 
 def surge(bootstrap: str, topic: str, log: Log) -> None:

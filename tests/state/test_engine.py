@@ -7,9 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from consumer.engine import Engine, receipt_shard, source_key
+from consumer.engine import Engine, source_key
 from consumer.events import Deletion, Interaction, Source
 from consumer.state.bootstrap import export, load
+from consumer.state.layout import receipt_shard
 from consumer.state.store import ModelState
 from tests.conftest import all_keys, params_for
 from tests.state.crash import process_killed_mid_commit
@@ -213,23 +214,6 @@ def test_consolidation_lowers_the_loss_toward_retraining(loaded):
     residuals = [engine.consolidate()[0] for _ in range(5)]
     assert current_loss() < before
     assert residuals[-1] < residuals[0]
-
-
-def test_merging_events_into_a_row_adds_implicit_weights_and_replaces_ratings():
-    from consumer.engine import _merge
-    from consumer.state.layout import ROW_DTYPE
-
-    row = np.array([(1, 2.0, 100), (5, 1.0, 300)], dtype=ROW_DTYPE)
-    events = [(5, 3.0, 200.7), (2, 1.0, 50.0), (5, 4.0, 400.2), (1, -2.0, 90.0)]
-    implicit = _merge(row, events, "implicit")
-    # pair 1 sums to zero and is dropped; 5: 1 + 3 + 4. A sum keeps its earliest event's
-    # time (a deletion reaching it removes all the sum holds).
-    assert implicit["other"].tolist() == [2, 5]
-    assert implicit["weight"].tolist() == [1.0, 8.0] and implicit["ts"].tolist() == [50, 200]
-    explicit = _merge(row, events, "explicit")
-    assert explicit["other"].tolist() == [1, 2, 5]
-    assert explicit["weight"].tolist() == [-2.0, 1.0, 4.0]  # the last rating of each pair
-    assert explicit["ts"].tolist() == [90, 50, 400]  # ... and its time
 
 
 def test_solving_on_several_threads_gives_the_same_model(redis_client, random_data, monkeypatch):

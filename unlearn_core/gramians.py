@@ -1,10 +1,10 @@
-"""The factor Gramians of an engine's replica, per shard, kept current by rank updates.
+"""Factor Gramians kept per shard of rows, current by rank-one updates.
 
-Every batch needs F'F of the other side (implicit solves) and of both sides (the
-implicit objective's all-pairs term), and writes each touched shard's partial Gramian.
-Recomputing them costs n x k^2 per product, several per batch; a batch that changes r rows
-changes them by r rank-one terms, so they are updated in r x k^2 and recomputed exactly
-only when every row changes (a sweep, a reload).
+Solving a row needs F'F of the other side (implicit), and the implicit objective's
+all-pairs term needs both sides'. Recomputing them costs n x k^2 per product; changing r
+rows changes them by r rank-one terms, so they are updated in r x k^2 and recomputed
+exactly only when every row changes. Kept per shard (row n in shard n % shards), so a
+store that keeps rows sharded can keep each shard's partial sum beside its rows.
 """
 
 from __future__ import annotations
