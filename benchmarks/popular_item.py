@@ -25,9 +25,9 @@ from threadpoolctl import threadpool_limits
 from benchmarks._common import machine, median, write_json
 from consumer.embedded import local_redis
 from consumer.engine import Engine
-from consumer.gramians import Gramians
 from consumer.state.store import ModelState, ShardWrite
 from unlearn_core import Hyperparameters
+from unlearn_core.gramians import Gramians
 from unlearn_core.solve import solve_rows
 
 PARAMS = Hyperparameters("implicit", factors=64, regularization=1.0, alpha=1.0)
