@@ -112,7 +112,6 @@ def main() -> None:
             "UNLEARN_NAMESPACE": "bench",
             "UNLEARN_SESSION_TIMEOUT_MS": "6000",
             "UNLEARN_METRICS_PORT": str(metrics_port),
-            "UNLEARN_CONSOLIDATE_INTERVAL_S": "0",
             "UNLEARN_CONSOLIDATE_IDLE_MS": "600000",
             "OMP_NUM_THREADS": "1",
         }

@@ -48,7 +48,6 @@ from unlearn_core.model import pair_scores
 from unlearn_core.objective import all_pairs_term, observed_terms, row_penalties
 from unlearn_core.rows import merge_events
 from unlearn_core.solve import solve_rows
-from unlearn_core.sweep import SweepContext, default_solver
 
 SAMPLE_PAIRS = 4096
 # The largest value a float32 holds: stored weights and the confidences built from them.
@@ -108,6 +107,31 @@ class BatchOutcome:
     phases: dict[str, float] = field(default_factory=dict)  # seconds: read, solve, write
     learned_ts: list[float] = field(default_factory=list)  # event times of what was learned
     loss: float = float("nan")  # the training objective on the current data, after the batch
+
+
+@dataclass
+class SliceOutcome:
+    """One block of a consolidation sweep."""
+
+    side: str
+    start: int
+    rows: int
+    loss_before: float
+    loss: float
+    residual: float = 0.0  # relative change of sampled scores
+    seconds: float = 0.0
+
+
+@dataclass
+class SweepOutcome:
+    loss_before: float
+    loss: float
+    slices: list[SliceOutcome]
+
+    @property
+    def improvement(self) -> float:
+        """The sweep's relative decrease of the objective (the stopping rule's measure)."""
+        return (self.loss_before - self.loss) / max(abs(self.loss_before), 1e-300)
 
 
 class Engine:
@@ -321,33 +345,69 @@ class Engine:
         all-pairs term), from the Gramians: a batch updates the rest from its rows."""
         return all_pairs_term(self.gramians.full("user"), self.gramians.full("item"), self.params)
 
-    def consolidate(self) -> tuple[float, float]:
-        """One full Unlearn-ALS sweep over all data; returns its residual and the loss."""
+    def consolidate_slice(self, side: str, start: int, count: int) -> SliceOutcome:
+        """Re-solve `count` rows of one side from row `start`, exactly, against the current
+        factors of the other: one block of block coordinate descent. Reads only those
+        rows; the objective cannot increase (each row is solved to its exact minimum)."""
         with self._exclusive():
-            return self._consolidate()
+            return self._slice(side, start, count)
 
-    def _consolidate(self) -> tuple[float, float]:
-        data = self._all_data()
-        users, items = self.factors["user"].copy(), self.factors["item"].copy()
-        before = self._sample_scores()
-        SweepContext(data, self.params, default_solver(self.params)).sweep(users, items)
-        self.factors = {"user": users, "item": items}
-        self.gramians.reset(self.factors)
-        residual = relative_change(before, self._sample_scores())
-        writes: dict[int, ShardWrite] = defaultdict(ShardWrite)
-        for side, matrix in self.factors.items():
-            for n in range(len(matrix)):
-                writes[shard_of(n, self.shards)].factors[side][n] = matrix[n]
-        for shard, write in writes.items():
-            write.gramians = self._partial_gramians(shard)
-        self.loss = loss(data, users, items, self.params)
-        status = {
-            "residual": repr(residual),
-            "loss": repr(self.loss),
-            "updated_at": repr(self.clock()),
-        }
-        self._commit(dict(writes), {}, status=status, all_rows=True)
-        return residual, self.loss
+    def _slice(self, side: str, start: int, count: int) -> SliceOutcome:
+        started = time.perf_counter()
+        other = "item" if side == "user" else "user"
+        rows = np.arange(start, min(start + count, len(self.factors[side])), dtype=np.int64)
+        out = SliceOutcome(side, start, len(rows), self.loss, self.loss)
+        if not len(rows):
+            return out
+        stored = self.state.read_rows(side, rows, self.shards)
+        matrix = _csr(stored, len(self.factors[other]))
+        before = self._block_terms(side, rows, matrix) + self._global_loss()
+        before_scores = self._sample_scores()
+        solved = solve_rows(
+            matrix, np.arange(len(rows)), self.factors[other], self.params,
+            self.gramians.full(other), num_threads=self.solve_threads,
+        )  # fmt: skip
+        if not np.isfinite(solved).all() or np.abs(solved).max(initial=0) > _F32_MAX:
+            raise ArithmeticError(f"a {side} slice gave factors no float32 holds")
+        old = self.factors[side][rows].copy()
+        self.set_rows(side, rows, solved)
+        try:
+            after = self._block_terms(side, rows, matrix) + self._global_loss()
+            out.loss = self.loss + after - before
+            out.residual = relative_change(before_scores, self._sample_scores())
+            writes: dict[int, ShardWrite] = defaultdict(ShardWrite)
+            for n in rows.tolist():
+                writes[shard_of(n, self.shards)].factors[side][n] = self.factors[side][n]
+            for shard, write in writes.items():
+                write.gramians = {side: self.gramians.shard(side, shard)}
+            status = {"loss": repr(out.loss), "updated_at": repr(self.clock())}
+            self._commit(dict(writes), {}, status=status)
+        except BaseException:
+            self.set_rows(side, rows, old)  # whatever Redis holds, the replica is rebuilt
+            raise
+        self.loss = out.loss
+        out.seconds = time.perf_counter() - started
+        return out
+
+    def _block_terms(self, side: str, rows: np.ndarray, matrix: sp.csr_array) -> float:
+        """The objective's observed terms of these rows' pairs (and their ALS-WR penalties),
+        with the current factors: all that a block's re-solve changes besides Gramians."""
+        other = "item" if side == "user" else "user"
+        mine, theirs = self.factors[side], self.factors[other]
+        owners = np.repeat(rows, np.diff(matrix.indptr))
+        scores = np.einsum("nk,nk->n", mine[owners], theirs[matrix.indices], dtype=np.float64)
+        norms = np.sum(mine[rows].astype(np.float64) ** 2, axis=1)
+        penalty = row_penalties(np.diff(matrix.indptr), norms, self.params)
+        return observed_terms(scores, matrix.data, self.params) + penalty
+
+    def consolidate(self, rows_per_slice: int = 1024) -> SweepOutcome:
+        """One full sweep as slices (every user block, then every item block)."""
+        first = self.loss
+        slices = []
+        for side in SIDES:
+            for start in range(0, len(self.factors[side]), rows_per_slice):
+                slices.append(self.consolidate_slice(side, start, rows_per_slice))
+        return SweepOutcome(first, self.loss, slices)
 
     # ----- helpers --------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from consumer.events import REASONS
 
 TOPIC_KINDS = ("interactions", "deletions")
 EPOCH_REASONS = ("topic_id", "recreated", "offsets_reused")
+STAGES = ("wait", "parse", "apply", "acknowledge")
 
 # Latency buckets from 1 ms to 10 minutes: deletions should sit in the first few.
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60, 600)
@@ -72,17 +73,36 @@ class Metrics:
         # The training objective on the current data, after the last batch (exact: updated
         # from the terms of the rows the batch touched).
         self.batch_loss = Gauge("unlearn_batch_loss", "Objective after the last batch", registry=r)
-        # Relative change of sampled scores caused by the last consolidation sweep.
-        self.sweep_residual = Gauge(
-            "unlearn_sweep_residual", "Residual of the last consolidation sweep", registry=r
+        # Wall time of each stage a batch goes through: waiting for input to close it
+        # (wait), reading it (parse), applying it durably (apply: read, solve, write), and
+        # from its receipts' send to the broker's acknowledgement of the last (acknowledge).
+        self.stage_seconds = Histogram(
+            "unlearn_stage_seconds",
+            "Batch stage duration",
+            ["stage"],
+            buckets=_PHASE,
+            registry=r,
         )
-        # The training objective on the current data, after the last consolidation sweep.
+        # Consolidation slices run (blocks of rows re-solved exactly), and how long each took.
+        self.slices = Counter("unlearn_slices_total", "Consolidation slices run", registry=r)
+        self.slice_seconds = Histogram(
+            "unlearn_slice_seconds", "Consolidation slice duration", buckets=_PHASE, registry=r
+        )
+        # The last full sweep's relative decrease of the objective: the stopping rule's
+        # measure (below the tolerance, consolidation rests until new events arrive).
+        self.sweep_improvement = Gauge(
+            "unlearn_sweep_improvement",
+            "Relative decrease of the objective in the last consolidation sweep",
+            registry=r,
+        )
+        # The training objective on the current data, after the last consolidation slice.
         self.sweep_loss = Gauge(
-            "unlearn_sweep_loss", "Objective after the last consolidation sweep", registry=r
+            "unlearn_sweep_loss", "Objective after the last consolidation slice", registry=r
         )
-        # Consolidation sweeps run.
+        # Consolidation sweeps completed (every user block, then every item block).
         self.sweeps = Counter("unlearn_sweeps_total", "Consolidation sweeps run", registry=r)
-        # The model-wide residual now: the last sweep's, or the last batch's if newer.
+        # How far the model is from settled: the last sweep's relative decrease of the
+        # objective, or the last batch's score residual if newer.
         self.model_residual = Gauge("unlearn_model_residual", "Model-wide residual now", registry=r)
         # Seconds since a consolidation sweep last brought the residual under tolerance.
         self.since_converged = Gauge(
@@ -221,6 +241,8 @@ class Metrics:
                 self.time_adjusted.labels(kind, adjustment)
         for resent in ("true", "false"):
             self.receipts.labels(resent)
+        for stage in STAGES:
+            self.stage_seconds.labels(stage)
         for reason in EPOCH_REASONS:
             self.new_epochs.labels(reason)
         for outcome in ("applied", "dead_lettered"):

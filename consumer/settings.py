@@ -65,11 +65,27 @@ class Settings(BaseSettings):
         description="an event time further ahead than this counts at its arrival (and is counted)",
     )
     batch_max_events: int = Field(500, ge=1)
-    batch_max_ms: int = Field(20, ge=1)
+    batch_max_ms: float = Field(
+        0.0,
+        ge=0,
+        description="how long a batch may wait for more input (0: close once nothing waits)",
+    )
+    producer_linger_ms: float = Field(
+        1.0, ge=0, description="how long receipts wait to be sent together (librdkafka linger.ms)"
+    )
+    fetch_wait_max_ms: int = Field(
+        100, ge=1, description="how long the broker may hold a fetch with nothing to return"
+    )
     max_message_bytes: int = Field(4096, ge=64)
-    consolidate_idle_ms: int = Field(500, ge=0, description="idle time before sweeping")
-    consolidate_interval_s: float = Field(10.0, ge=0, description="min gap while busy")
-    consolidate_tolerance: float = Field(1e-4, ge=0)
+    consolidate_idle_ms: float = Field(
+        0.0, ge=0, description="no consolidation slice this soon after the last event"
+    )
+    consolidate_slice_ms: float = Field(
+        10.0, gt=0, description="the time one consolidation slice should take"
+    )
+    consolidate_tolerance: float = Field(
+        1e-5, ge=0, description="a sweep lowering the objective by less (relatively) ends it"
+    )
     revoke_budget_s: float = Field(10.0, gt=0)
     session_timeout_ms: int = Field(10_000, ge=1000)
     max_poll_interval_ms: int = Field(

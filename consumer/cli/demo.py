@@ -26,12 +26,12 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from tqdm import tqdm
 
+from consumer.application import Application
 from consumer.embedded import local_kafka, local_redis
 from consumer.engine import Engine
 from consumer.http import Health, MetricsServer
 from consumer.metrics import Metrics
 from consumer.recommend import recommend
-from consumer.service import Service
 from consumer.settings import load_settings
 from consumer.state.bootstrap import export, pair_timestamps
 from consumer.state.bootstrap import load as load_state
@@ -165,7 +165,7 @@ def run_demo(args: argparse.Namespace) -> int:
         state.observer = metrics.observe_redis
         health = Health(deadline_s=60, redis_ok=lambda: bool(state.client.ping()))
         server = _metrics_server(args.metrics_port, metrics, health)
-        service = Service(settings, Engine(state), metrics=metrics, health=health)
+        service = Application(settings, Engine(state), metrics=metrics, health=health)
         thread = threading.Thread(target=service.run, daemon=True)
         thread.start()
         try:
@@ -331,20 +331,22 @@ def _collect_receipts(settings, expected: int, trail: Trail) -> None:
         consumer.close()
 
 
-def _watch_convergence(service: Service, trail: Trail, seconds: float) -> None:
-    """Let the idle service consolidate; print the residual as it falls."""
+def _watch_convergence(service: Application, trail: Trail, seconds: float) -> None:
+    """Let the idle service consolidate; print how much each sweep still lowers the
+    objective, until the stopping rule ends the cycle."""
     deadline = time.monotonic() + seconds
     seen = service.stats.sweeps
     while time.monotonic() < deadline:
         time.sleep(0.2)
         if service.stats.sweeps > seen:
             seen = service.stats.sweeps
-            residual = service.stats.last_residual or 0.0
-            trail.residuals.append((time.time(), residual, "sweep"))
-            converged = residual < service.settings.consolidate_tolerance
+            improvement = service.stats.last_improvement or 0.0
+            trail.residuals.append((time.time(), improvement, "sweep"))
+            converged = service.consolidation.converged
             if seen == 1 or seen % 25 == 0 or converged:
-                print(f"  consolidation sweep {seen}: residual {residual:.2e}")
+                print(f"  consolidation sweep {seen}: objective lowered by {improvement:.2e}")
             if converged:
+                print("  consolidation settled: it resumes when new events arrive")
                 break
 
 
@@ -367,6 +369,7 @@ def _report(
         "dead_lettered": service.stats.dead_lettered,
         "consolidation_sweeps": service.stats.sweeps,
         "residual_now": service.stats.last_residual,
+        "last_sweep_improvement": service.stats.last_improvement,
         "loss_now": float(status["loss"]) if "loss" in status else None,
         "forgotten_items_in_top10": {
             "before": len(set(names(before)) & forgotten),
@@ -412,7 +415,7 @@ def _plot(path: str, trail: Trail) -> None:
             if points:
                 right.semilogy(*zip(*points, strict=True), marker, label=kind, markersize=3)
         right.legend()
-    right.set(title="Convergence: residual (relative score change)", xlabel="seconds")
+    right.set(title="Convergence: batch residual, sweep objective decrease", xlabel="seconds")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

@@ -14,10 +14,10 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
 
 from consumer.cli.service import connect, settings_flags, settings_from
-from consumer.dead_letters import REASON_HEADER, REDRIVEN_HEADER, SOURCE_HEADER
 from consumer.errors import InputError
 from consumer.event_time import UnreadableTime, parse_time_value
 from consumer.events import REASONS, partition_key
+from consumer.pipeline.dead_letters import REASON_HEADER, REDRIVEN_HEADER, SOURCE_HEADER
 from consumer.settings import Settings
 
 

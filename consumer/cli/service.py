@@ -13,15 +13,16 @@ import redis
 from confluent_kafka import Consumer, TopicPartition
 from tqdm import tqdm
 
+from consumer.application import Application, FatalError
 from consumer.cli.offline import interactions_from_rows
 from consumer.engine import Engine
 from consumer.errors import InputError
 from consumer.http import Health, MetricsServer
 from consumer.metrics import Metrics
 from consumer.model_file import load_model, save_model
+from consumer.pipeline.applying import TRANSIENT
 from consumer.recommend import recommend
 from consumer.retry import TRANSIENT_REDIS, RetriesExhausted, retry
-from consumer.service import TRANSIENT, FatalError, Service
 from consumer.settings import Settings, load_settings
 from consumer.state.bootstrap import export, load, pair_timestamps
 from consumer.state.store import ModelState, StateError
@@ -193,7 +194,7 @@ def run_service(args: argparse.Namespace) -> int:
         )
         health.recovering = False
         health.tick()
-        service = Service(settings, engine, metrics=metrics, health=health)
+        service = Application(settings, engine, metrics=metrics, health=health)
         service.install_signal_handlers()
         service.run(max_seconds=args.max_seconds)
     except FatalError as exc:

@@ -28,7 +28,7 @@ global ({unlearn:NS}):
   :generation  STRING  counter: committed batches and sweeps
   :changes STREAM  per generation, the rows whose factors it wrote (instances refresh
                    their in-memory replica from it), the commit's id and the one before
-                   it, capped
+                   it; bounded in bytes (:changes-bytes counts them)
   :head    STRING  the id of the newest commit: a replica whose last commit is not the
                    one the next names was left behind by a restore, and reloads
   :marks   HASH  partition key -> fingerprints of the epoch's first message and of recent
@@ -91,6 +91,10 @@ class Layout:
     @property
     def changes(self) -> str:
         return f"{self._global}:changes"
+
+    @property
+    def changes_bytes(self) -> str:
+        return f"{self._global}:changes-bytes"
 
     @property
     def head(self) -> str:

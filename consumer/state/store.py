@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import redis
 
-from consumer.positions import MARKS_KEPT, Marks
+from consumer.pipeline.positions import MARKS_KEPT, Marks
 from consumer.state import intent
 from consumer.state.layout import (
     FACTOR_DTYPE,
@@ -46,7 +46,9 @@ from unlearn_core.params import Hyperparameters
 SIDES = ("user", "item")
 _PIPELINE_CHUNK = 2000
 _SCRIPT_ARGS = 4000  # field/value arguments per command in a script (Lua's unpack limit)
-CHANGES_KEPT = 1000  # change-log entries; an instance further behind reloads everything
+# The change log's size in bytes (about 4 bytes per changed row): an instance further
+# behind than that reloads everything.
+CHANGES_BYTES = 4 << 20
 
 # Allocates dense indices for new ids; existing ids keep theirs. One slot: atomic.
 _ALLOCATE = """
@@ -97,8 +99,8 @@ return 1
 # generation, or -1.
 # Each partition's fingerprints (positions.Marks) get the batch's last message in front,
 # capped; a partition's first batch records its message as the epoch's first too.
-# KEYS: fence, lease, applied, status, intent, generation, changes, head, marks.
-# ARGV: token, holder, ttl, kept, users, items, all, delta, n, applied..., m, status...,
+# KEYS: fence, lease, applied, status, intent, generation, changes, head, marks, log bytes.
+# ARGV: token, holder, ttl, log byte cap, users, items, all, delta, n, applied..., m, status...,
 #       j, marks..., marks kept, commit id (last).
 _FINISH = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
@@ -137,8 +139,23 @@ redis.call('DEL', KEYS[5])
 local generation = redis.call('INCR', KEYS[6])
 local commit = ARGV[#ARGV]
 local previous = redis.call('GET', KEYS[8]) or ''
-redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[4], generation .. '-1',
+redis.call('XADD', KEYS[7], generation .. '-1',
            'users', ARGV[5], 'items', ARGV[6], 'all', ARGV[7], 'id', commit, 'prev', previous)
+-- The log is bounded in bytes, not entries: a batch lists its rows, a slice its block.
+local total = redis.call('INCRBY', KEYS[10], string.len(ARGV[5]) + string.len(ARGV[6]) + 64)
+while total > tonumber(ARGV[4]) do
+  local oldest = redis.call('XRANGE', KEYS[7], '-', '+', 'COUNT', 1)
+  if #oldest == 0 then
+    redis.call('SET', KEYS[10], 0)
+    break
+  end
+  local size, entry = 64, oldest[1][2]
+  for j = 1, #entry, 2 do
+    if entry[j] == 'users' or entry[j] == 'items' then size = size + string.len(entry[j + 1]) end
+  end
+  redis.call('XDEL', KEYS[7], oldest[1][1])
+  total = redis.call('DECRBY', KEYS[10], size)
+end
 redis.call('SET', KEYS[8], commit)
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 return generation
@@ -524,13 +541,14 @@ class ModelState:
             self.layout.changes,
             self.layout.head,
             self.layout.marks,
+            self.layout.changes_bytes,
         ]
         commit = os.urandom(8).hex()
         args: list[Any] = [
             self.lease.token,
             self.lease.holder,
             self.lease.ttl_ms,
-            CHANGES_KEPT,
+            CHANGES_BYTES,
             np.asarray(changed["user"], dtype="<u4").tobytes(),
             np.asarray(changed["item"], dtype="<u4").tobytes(),
             int(all_rows),

@@ -296,23 +296,34 @@ def run_timeline(faults: Faults) -> None:
     supervisor.start(second)
     log.joins += 1
     at(78)
+    inputs = [faults.topics["interactions"], faults.topics["deletions"]]
+    acknowledged = _committed_total(broker.bootstrap, faults.group, inputs)
     redis_server.snapshot()  # what a restart without AOF comes back to
     at(88)
-    # Work must be done after the snapshot for its loss to mean something; with the
-    # broker's coordinator stalled by kills there may be none yet (2,000 writes: batches).
-    watcher = redis.Redis.from_url(redis_server.url)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and _changes_since_save(watcher) < 2000:
-        time.sleep(0.5)
-    watcher.close()
+    # Work must be acknowledged after the snapshot for its loss to mean something; with the
+    # broker's coordinator stalled by kills there may be none yet.
+    deadline = time.monotonic() + 180
+    while (
+        time.monotonic() < deadline
+        and _committed_total(broker.bootstrap, faults.group, inputs) < acknowledged + 200
+    ):
+        time.sleep(1)
     redis_server.kill()
     time.sleep(1)
     redis_server.start_from_snapshot()  # 10 s of acknowledged work is gone from the state
     log.redis_rollbacks += 1
 
 
-def _changes_since_save(client: redis.Redis) -> int:
-    return int(client.info("persistence")["rdb_changes_since_last_save"])
+def _committed_total(bootstrap: str, group: str, topics: list[str]) -> int:
+    """The group's committed offsets, summed: what has been acknowledged so far."""
+    client = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        tps = [TopicPartition(t, p) for t in topics for p in range(PARTITIONS)]
+        return sum(max(tp.offset, 0) for tp in client.committed(tps, timeout=10))
+    except KafkaException:
+        return 0
+    finally:
+        client.close()
 
 
 def surge(bootstrap: str, topic: str, log: Log) -> None:
@@ -408,8 +419,7 @@ def test_fault_campaign_loses_nothing_and_applies_nothing_twice(tmp_path_factory
         **{f"UNLEARN_TOPIC_{k.upper()}": v for k, v in topics.items()},
         "UNLEARN_SESSION_TIMEOUT_MS": "6000",
         "UNLEARN_BATCH_MAX_EVENTS": "200",
-        "UNLEARN_CONSOLIDATE_IDLE_MS": "1000",  # sweeps happen, and get killed too
-        "UNLEARN_CONSOLIDATE_INTERVAL_S": "0",
+        "UNLEARN_CONSOLIDATE_IDLE_MS": "200",  # slices run, and get killed too
         "UNLEARN_REDIS_RETRY_BUDGET_S": "120",
         "UNLEARN_REDIS_TIMEOUT_S": "3",  # the 10 s silence times calls out: retried
         "UNLEARN_LEASE_TTL_S": "3",

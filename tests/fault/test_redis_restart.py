@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import redis
 
+from consumer.application import Application
 from consumer.embedded import free_port, process, redis_args, wait_until
 from consumer.engine import Engine
-from consumer.service import Service
 from consumer.state.bootstrap import load
 from consumer.state.store import ModelState
 from tests.conftest import binary_model
@@ -43,7 +43,7 @@ def test_a_redis_restart_mid_stream_loses_nothing(kafka_bootstrap):
             kafka_bootstrap, url, "faults", batch_max_events=50, redis_retry_budget_s=60
         )
         topics = {"deletions": settings.topic_deletions, "receipts": settings.topic_receipts}
-        service = Service(settings, Engine(ModelState(redis.Redis.from_url(url), "faults")))
+        service = Application(settings, Engine(ModelState(redis.Redis.from_url(url), "faults")))
         thread = threading.Thread(target=service.run, kwargs={"max_seconds": 120}, daemon=True)
         thread.start()
         keys = data.entry_keys[rng.choice(data.nnz, REQUESTS, replace=False)]

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import redis
 
+from consumer.application import Application
 from consumer.embedded import free_port, process, redis_args, wait_until
 from consumer.engine import Engine
-from consumer.service import Service
 from consumer.state.bootstrap import load
 from consumer.state.store import ModelState
 from tests.conftest import binary_model
@@ -98,7 +98,7 @@ def test_a_rollback_under_a_running_service_is_replayed(kafka_bootstrap):
             kafka_bootstrap, server.url, "rollback", redis_retry_budget_s=60, redis_timeout_s=3
         )
         chosen, messages = deletions(data, rng, 400, "r")
-        service = Service(
+        service = Application(
             settings, Engine(ModelState(redis.Redis.from_url(server.url), "rollback"))
         )
         with service_running(service, seconds=180):
@@ -130,8 +130,8 @@ def test_a_service_that_starts_on_a_rolled_back_state_replays_it(kafka_bootstrap
         settings = fresh_settings(kafka_bootstrap, server.url, "restart")
         chosen, messages = deletions(data, rng, 100, "s")
 
-        def service() -> Service:
-            return Service(
+        def service() -> Application:
+            return Application(
                 settings, Engine(ModelState(redis.Redis.from_url(server.url), "restart"))
             )
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import redis
 
+from consumer.application import Application
 from consumer.engine import Engine
-from consumer.service import Service
 from consumer.settings import Settings
 from consumer.state.bootstrap import load
 from consumer.state.store import ModelState
@@ -28,8 +28,8 @@ class Setup:
     data: Interactions
     bootstrap: str
 
-    def service(self) -> Service:
-        return Service(self.settings, Engine(self.state))
+    def service(self) -> Application:
+        return Application(self.settings, Engine(self.state))
 
 
 def make_setup(bootstrap: str, redis_url: str, client: redis.Redis, random_data, **kw) -> Setup:
@@ -65,7 +65,7 @@ def url_of(client: redis.Redis | redis.RedisCluster) -> str:
 
 
 @contextlib.contextmanager
-def service_running(service: Service, seconds: float = 120) -> Iterator[Service]:
+def service_running(service: Application, seconds: float = 120) -> Iterator[Application]:
     thread = threading.Thread(target=service.run, kwargs={"max_seconds": seconds}, daemon=True)
     thread.start()
     try:
@@ -77,7 +77,7 @@ def service_running(service: Service, seconds: float = 120) -> Iterator[Service]
 
 
 @pytest.fixture
-def running(setup: Setup) -> Iterator[Service]:
+def running(setup: Setup) -> Iterator[Application]:
     """The service running in a thread for the test's duration."""
     with service_running(setup.service()) as service:
         yield service

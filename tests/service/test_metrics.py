@@ -11,10 +11,10 @@ import urllib.request
 
 import pytest
 
+from consumer.application import Application
 from consumer.engine import Engine
 from consumer.http import Health, MetricsServer
 from consumer.metrics import Metrics
-from consumer.service import Service
 from tests.servers import prometheus_server
 from tests.service.kafka_helpers import event, produce, read_all
 
@@ -42,7 +42,7 @@ def observed(setup):
     state.observer = metrics.observe_redis
     health = Health(deadline_s=5.0, redis_ok=lambda: bool(state.client.ping()))
     server = MetricsServer(0, metrics, health, host="127.0.0.1")
-    service = Service(setup.settings, Engine(state), metrics=metrics, health=health)
+    service = Application(setup.settings, Engine(state), metrics=metrics, health=health)
     base = f"http://127.0.0.1:{server.port}"
     assert get(f"{base}/readyz")[0] == 503  # nothing assigned yet
     thread = threading.Thread(target=service.run, kwargs={"max_seconds": 120}, daemon=True)

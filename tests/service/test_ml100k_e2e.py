@@ -10,8 +10,8 @@ import time
 import numpy as np
 import pytest
 
+from consumer.application import Application
 from consumer.engine import Engine
-from consumer.service import Service
 from consumer.state.bootstrap import export, load
 from consumer.tsv import read_interactions
 from tests.conftest import ML100K
@@ -57,7 +57,7 @@ def test_streamed_deletions_match_retraining(setup):
     ]
     produce(setup.bootstrap, s.topic_deletions, messages)
 
-    service = Service(s, Engine(state))
+    service = Application(s, Engine(state))
     thread = threading.Thread(target=service.run, kwargs={"max_seconds": 300}, daemon=True)
     thread.start()
     try:

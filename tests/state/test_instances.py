@@ -77,8 +77,7 @@ def _item_rows(state: ModelState) -> dict[int, list[tuple[int, float]]]:
 
 def _settle(engine: Engine, sweeps: int = 60) -> None:
     for _ in range(sweeps):
-        residual, _ = engine.consolidate()
-        if residual < 1e-7:
+        if engine.consolidate().improvement < 1e-9:
             return
 
 

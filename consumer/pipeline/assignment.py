@@ -19,9 +19,16 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicCollection, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from consumer.dead_letters import Partition
 from consumer.events import partition_key
-from consumer.positions import Marks, Resume, decide, fingerprint, offsets_to_probe, same_log
+from consumer.pipeline.dead_letters import Partition
+from consumer.pipeline.positions import (
+    Marks,
+    Resume,
+    decide,
+    fingerprint,
+    offsets_to_probe,
+    same_log,
+)
 from consumer.state.store import ModelState
 
 log = logging.getLogger("unlearn.assignment")

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from consumer.positions import MARKS_KEPT, Mark, Marks, Resume, decide, fingerprint, same_log
+from consumer.pipeline.positions import (
+    MARKS_KEPT,
+    Mark,
+    Marks,
+    Resume,
+    decide,
+    fingerprint,
+    same_log,
+)
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from consumer.dead_letters import SurgePolicy, dead_letter_headers
+from consumer.pipeline.dead_letters import SurgePolicy, dead_letter_headers
 
 
 class Clock:

@@ -7,7 +7,7 @@ import pytest
 
 from consumer.engine import BatchFailed, BatchOutcome, Unprocessable
 from consumer.events import Deletion, Interaction, Source
-from consumer.isolation import Work, apply_isolating
+from consumer.pipeline.isolation import Work, apply_isolating
 
 
 def interaction(partition: int, offset: int, weight: float = 1.0) -> Interaction:

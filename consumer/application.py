@@ -1,0 +1,323 @@
+"""`unlearn run`: the application that wires the pipeline's steps and runs them.
+
+    source ─► batching ─► parsing ─► applying ─► checkpoint ─► (offsets)
+    (Kafka)   (policy)    (events)   (Redis,      (receipts, dead letters,
+                                      isolation)   then the commit)
+                  between batches: consolidation slices; throughout: observation
+
+Each step has one job (consumer/pipeline/); the order in which a batch becomes final is
+the checkpoint's alone: state durable in Redis, then receipts and dead letters acknowledged
+by the broker, then offsets committed. Batches overlap: while the broker acknowledges
+batch N, batch N+1 is read and applied. On revoke the open batch is finished and every
+batch in flight acknowledged and committed before the partitions go. SIGTERM and SIGINT
+only set a flag; the loop finishes its batch, drains the checkpoint and closes.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from confluent_kafka import Message, Producer
+
+from consumer.engine import BatchOutcome, Engine, StateRolledBack
+from consumer.events import Interaction
+from consumer.http import Health
+from consumer.metrics import Metrics
+from consumer.pipeline.applying import TRANSIENT, Applier, Unavailable
+from consumer.pipeline.batching import BatchPolicy
+from consumer.pipeline.checkpoint import AcknowledgementFailed, Checkpoint, Record
+from consumer.pipeline.consolidation import Consolidation, ConsolidationPolicy
+from consumer.pipeline.dead_letters import REDRIVEN_HEADER, Partition, dead_letter_headers
+from consumer.pipeline.isolation import Work
+from consumer.pipeline.observation import Observer
+from consumer.pipeline.parsing import Parsed, Parser
+from consumer.pipeline.source import InputFailed, Read, Source
+from consumer.redaction import scope_name
+from consumer.settings import Settings
+
+log = logging.getLogger("unlearn.application")
+
+STATE_CHECK_S = 5.0  # how often an idle service checks that Redis did not go back in time
+IDLE_WAIT_S = 0.1  # how long a read waits for input when there is nothing else to do
+
+
+class FatalError(RuntimeError):
+    """The service cannot go on: exit non-zero; what is not committed is replayed."""
+
+
+@dataclass
+class Stats:
+    batches: int = 0
+    events: int = 0
+    dead_lettered: int = 0
+    receipts_sent: int = 0
+    slices: int = 0
+    sweeps: int = 0
+    rollbacks: int = 0
+    last_residual: float | None = None
+    last_improvement: float | None = None  # the last full sweep's relative decrease
+
+
+class Application:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        on_batch: Callable[[BatchOutcome], None] | None = None,
+        metrics: Metrics | None = None,
+        health: Health | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.health = health or Health(60.0, lambda: bool(engine.state.client.ping()))
+        self.on_batch = on_batch
+        self.stats = Stats()
+        self._stopping = False
+        self.source = Source(settings, engine.state, self.metrics, self.health)
+        self.observer = Observer(self.metrics, self.source.kinds)
+        self.batching = BatchPolicy(settings.batch_max_events, settings.batch_max_ms)
+        self.parser = Parser(
+            settings, engine.params.kind, self.source.assignments.epoch,
+            engine.state.log_salt(), self.observer.time_adjusted,
+        )  # fmt: skip
+        self.applier = Applier(engine, settings.redis_retry_budget_s, self._retrying)
+        self.producer = Producer(
+            {
+                **settings.kafka_common(),
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": settings.producer_linger_ms,
+            }
+        )
+        self.checkpoint = Checkpoint(
+            self.producer, self.source.commit, self.source.assignments.commit_note,
+            on_acknowledged=lambda seconds: self.observer.stage("acknowledge", seconds),
+        )  # fmt: skip
+        self.consolidation = Consolidation(
+            ConsolidationPolicy(
+                settings.consolidate_tolerance,
+                settings.consolidate_idle_ms,
+                settings.consolidate_slice_ms,
+            )
+        )
+        self._pending: list[tuple[Message, float]] = []
+        self._batch_opened = 0.0
+        self._last_event = time.monotonic()
+        self._state_checked = time.monotonic()
+
+    @property
+    def engine(self) -> Engine:
+        return self.applier.engine
+
+    # ----- lifecycle ------------------------------------------------------------------
+
+    def request_stop(self, *_: object) -> None:
+        self._stopping = True
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+
+    def run(self, max_seconds: float | None = None) -> None:
+        self.source.subscribe(revoking=self._revoking)
+        deadline = None if max_seconds is None else time.monotonic() + max_seconds
+        try:
+            while not self._stopping and (deadline is None or time.monotonic() < deadline):
+                self._step()
+            self._flush()
+            if not self.checkpoint.drain(self.settings.revoke_budget_s):
+                log.warning("shutting down with receipts not yet acknowledged: they are replayed")
+        except (Unavailable, InputFailed, AcknowledgementFailed) as exc:
+            raise FatalError(str(exc)) from exc
+        finally:
+            self.source.close()
+            self.producer.flush(10)
+
+    # ----- the loop -------------------------------------------------------------------
+
+    def _step(self) -> None:
+        self.health.tick()
+        self.checkpoint.poll()
+        self.observer.redis_memory(self.engine.state)
+        self.source.resume_surged()
+        self.source.recheck_gaps()
+        self._check_state()
+        consolidating = self.consolidation.due(self._since_last_event_ms(), False)
+        wait = 0.0 if self._pending or consolidating else IDLE_WAIT_S
+        read = self.source.read(self.batching.room(len(self._pending)), wait)
+        self._take(read)
+        age_ms = (time.monotonic() - self._batch_opened) * 1000
+        if self.batching.closes(len(self._pending), age_ms, read.more_waiting):
+            self._flush()
+        elif not self._pending and self.consolidation.due(
+            self._since_last_event_ms(), read.more_waiting
+        ):
+            self._consolidate()
+
+    def _take(self, read: Read) -> None:
+        if read.messages and not self._pending:
+            self._batch_opened = time.monotonic()
+        self._pending.extend(read.messages)
+        if read.backwards:
+            # Offsets ran back without a seek of ours: the topic was re-created under us,
+            # or the broker reuses offsets. Finish what came before, then check its life.
+            self._flush()
+            log.warning("offsets ran backwards on %s: checking the partitions", read.backwards)
+            self.source.seek(read.backwards)
+
+    def _since_last_event_ms(self) -> float:
+        return (time.monotonic() - self._last_event) * 1000
+
+    def _flush(self) -> None:
+        """Apply the open batch durably and hand it to the checkpoint."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        self.observer.stage("wait", time.monotonic() - self._batch_opened)
+        messages = [m for m, _ in pending]
+        started = time.perf_counter()
+        parsed = self.parser.parse(pending)
+        self.observer.stage("parse", time.perf_counter() - started)
+        work = Work(parsed.interactions, parsed.deletions, [r.source for _, r in parsed.rejected])
+        applying = time.perf_counter()
+        try:
+            outcomes = self.applier.apply(
+                work,
+                self.source.assignments.acknowledged(),
+                lambda events, why: self._unprocessable(parsed, events, why),
+            )
+        except StateRolledBack as exc:
+            self._heal_rollback(exc)  # nothing of this batch is committed: it is read again
+            return
+        self.observer.stage("apply", time.perf_counter() - applying)
+        records = [
+            self._dead_letter(message, rejected.source.key, rejected.reason, rejected.detail)
+            for message, rejected in parsed.rejected
+        ]
+        for outcome in outcomes:
+            records += [
+                (self.settings.topic_receipts, r.key, r.to_json(), None)
+                for r in (*outcome.receipts, *outcome.resent)
+            ]
+            self.observer.outcome(outcome)
+            self.stats.receipts_sent += len(outcome.receipts) + len(outcome.resent)
+            self.stats.last_residual = outcome.residual
+        self.checkpoint.submit(
+            _next_offsets(messages), records, lambda: self._acknowledged(outcomes)
+        )
+        self._after_batch(messages, parsed)
+        if self.on_batch is not None:
+            for outcome in outcomes:
+                self.on_batch(outcome)
+
+    def _acknowledged(self, outcomes: list[BatchOutcome]) -> None:
+        for outcome in outcomes:
+            self.observer.acknowledged(outcome)
+
+    def _after_batch(self, messages: list[Message], parsed: Parsed) -> None:
+        total: Counter[Partition] = Counter()
+        for message in messages:
+            total[(message.topic(), message.partition())] += 1
+        dead = Counter((m.topic(), m.partition()) for m, _ in parsed.rejected)
+        self.source.record_dead_letters(total, dead)
+        self.source.sample_lag(set(total))
+        redriven = len(parsed.redriven - {r.source for _, r in parsed.rejected})
+        self.observer.batch(messages, redriven, self.engine)
+        self.stats.batches += 1
+        self.stats.events += len(messages)
+        self._last_event = time.monotonic()
+        self.consolidation.events_arrived()
+
+    def _revoking(self, partitions: list[Partition]) -> None:
+        """Partitions are going: finish the open batch and every batch in flight while
+        they are still ours."""
+        self._flush()
+        if not self.checkpoint.drain(self.settings.revoke_budget_s):
+            log.warning("revoked with receipts not yet acknowledged: the next owner replays them")
+        for topic, number in partitions:  # another instance commits them now
+            self.engine.committed.pop(self.source.assignments.key(topic, number), None)
+
+    # ----- what goes wrong ------------------------------------------------------------
+
+    def _retrying(self, operation: str) -> None:
+        self.metrics.redis_errors.labels(operation).inc()
+        self.health.tick()  # waiting out an outage is not a stuck loop
+
+    def _heal_rollback(self, exc: StateRolledBack) -> None:
+        """The state lost acknowledged work: reload it, and read every partition again
+        from the offsets it holds, so the lost events are applied again."""
+        log.error("the state is behind what was committed (%s): replaying from Redis", exc)
+        self.metrics.state_rollbacks.inc()
+        self.stats.rollbacks += 1
+        self.applier.rebuild(keep_committed=False)
+        self.source.seek(sorted(self.source.assignments.views), rollback_counted=True)
+
+    def _check_state(self) -> None:
+        """Now and then, even with nothing to process: is Redis still where this engine
+        left it? A restore from an older snapshot would otherwise wait for the next event."""
+        now = time.monotonic()
+        if now - self._state_checked < STATE_CHECK_S or self._pending:
+            return
+        self._state_checked = now
+        try:
+            self.engine.check_not_behind()
+        except StateRolledBack as exc:
+            self._heal_rollback(exc)
+        except TRANSIENT as exc:  # Redis away: the next batch waits it out
+            log.info("state check skipped: %s", type(exc).__name__)
+
+    def _unprocessable(self, parsed: Parsed, events: list, detail: str) -> None:
+        """Dead-letter events the batch could not process, durably before their offsets
+        are recorded (the retry that follows records them as done)."""
+        for event in events:
+            log.error(
+                "%s on %s could not be processed (%s): dead-lettered as unprocessable (%s)",
+                "an interaction" if isinstance(event, Interaction) else "a deletion",
+                event.source.key, detail, scope_name(self.parser.salt, event.user, event.item),
+            )  # fmt: skip
+            topic, key, value, headers = self._dead_letter(
+                parsed.messages[event.source], event.source.key, "unprocessable", detail
+            )
+            self.producer.produce(topic, key=key, value=value, headers=headers)
+        if self.producer.flush(30) != 0:
+            raise FatalError("dead letters not acknowledged by the broker")
+
+    def _dead_letter(self, message: Message, source: str, reason: str, detail: str) -> Record:
+        redriven = any(k == REDRIVEN_HEADER for k, _ in message.headers() or ())
+        self.observer.dead_letter(reason, redriven)
+        self.stats.dead_lettered += 1
+        headers = dead_letter_headers(message.headers(), reason, detail, source)
+        return (self.settings.topic_dlq, message.key(), message.value() or b"", headers)
+
+    # ----- consolidation ------------------------------------------------------------------
+
+    def _consolidate(self) -> None:
+        """One slice of the consolidation sweep (a deletion arriving now waits for it)."""
+        sizes = {side: len(f) for side, f in self.engine.factors.items()}
+        side, start, rows = self.consolidation.next_slice(sizes)
+        outcome = self.applier.slice(side, start, rows)
+        if outcome is None:
+            return
+        self.stats.slices += 1
+        self.observer.slice(outcome)
+        summary = self.consolidation.record(
+            outcome.rows, outcome.loss_before, outcome.loss, outcome.seconds, sizes
+        )
+        if summary is not None:
+            self.stats.sweeps += 1
+            self.stats.last_improvement = summary.improvement
+            self.observer.sweep(summary)
+
+
+def _next_offsets(messages: list[Message]) -> dict[Partition, int]:
+    """Per partition, the next offset to read after these messages."""
+    out: dict[Partition, int] = {}
+    for message in messages:
+        key = (message.topic(), message.partition())
+        out[key] = max(out.get(key, 0), message.offset() + 1)
+    return out

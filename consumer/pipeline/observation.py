@@ -1,0 +1,106 @@
+"""Observation: what every step did, into the metrics (metrics.py defines them all)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from confluent_kafka import Message
+
+from consumer.engine import BatchOutcome, Engine, SliceOutcome
+from consumer.metrics import Metrics
+from consumer.pipeline.consolidation import SweepSummary
+from consumer.state.store import ModelState
+
+log = logging.getLogger("unlearn.observation")
+
+REDIS_MEMORY_EVERY_S = 60.0  # a scan of a few dozen keys
+
+
+class Observer:
+    def __init__(self, metrics: Metrics, kinds: dict[str, str]) -> None:
+        self.metrics = metrics
+        self.kinds = kinds  # topic -> "interactions" | "deletions"
+        self._redis_checked = -REDIS_MEMORY_EVERY_S  # sample at the first tick
+
+    def time_adjusted(self, kind: str, adjustment: str) -> None:
+        self.metrics.time_adjusted.labels(kind, adjustment).inc()
+
+    def dead_letter(self, reason: str, redriven: bool) -> None:
+        self.metrics.dead_lettered.labels(reason).inc()
+        if redriven:
+            self.metrics.redriven.labels("dead_lettered").inc()
+
+    def stage(self, stage: str, seconds: float) -> None:
+        self.metrics.stage_seconds.labels(stage).observe(seconds)
+
+    def outcome(self, outcome: BatchOutcome) -> None:
+        m = self.metrics
+        for phase, seconds in outcome.phases.items():
+            m.batch_phase.labels(phase).observe(seconds)
+        m.applied.labels("interactions").inc(outcome.interactions_applied)
+        m.applied.labels("deletions").inc(len(outcome.receipts))
+        m.late.inc(outcome.interactions_late)
+        m.replayed.inc(outcome.events_replayed)
+        m.receipts.labels("false").inc(len(outcome.receipts))
+        m.receipts.labels("true").inc(len(outcome.resent))
+        if outcome.receipts or outcome.interactions_applied:
+            m.batch_residual.set(outcome.residual)
+            m.model_residual.set(outcome.residual)
+            m.batch_loss.set(outcome.loss)
+
+    def acknowledged(self, outcome: BatchOutcome) -> None:
+        """A batch's receipts are acknowledged and its offsets committed: the end-to-end
+        latencies (from the request's own time, and the interaction's)."""
+        m, now = self.metrics, time.time()
+        for receipt in outcome.receipts:
+            m.forget_latency.observe(now - (receipt.applied_at - receipt.latency_seconds))
+        for ts in outcome.learned_ts:
+            m.learn_latency.observe(max(now - ts, 0.0))
+        m.last_commit.set(now)
+
+    def batch(self, messages: list[Message], redriven_applied: int, engine: Engine) -> None:
+        m = self.metrics
+        for message in messages:
+            m.consumed.labels(self.kinds.get(message.topic(), "other")).inc()
+        m.batch_events.observe(len(messages))
+        m.redriven.labels("applied").inc(redriven_applied)
+        self.model(engine)
+
+    def model(self, engine: Engine) -> None:
+        m = self.metrics
+        m.users.set(len(engine.factors["user"]))
+        m.items.set(len(engine.factors["item"]))
+        m.interactions.set(engine.interactions)
+        m.nonfinite.set(0 if engine.factors_finite() else 1)
+
+    def slice(self, outcome: SliceOutcome) -> None:
+        m = self.metrics
+        m.slices.inc()
+        m.slice_seconds.observe(outcome.seconds)
+        m.sweep_loss.set(outcome.loss)
+
+    def sweep(self, summary: SweepSummary) -> None:
+        m = self.metrics
+        m.sweeps.inc()
+        m.sweep_improvement.set(summary.improvement)
+        m.model_residual.set(summary.improvement)
+        if summary.converged:
+            m.converged()
+        log.info(
+            "consolidation sweep %d: the objective fell by %.3g of itself, to %.6g%s",
+            summary.sweeps, summary.improvement, summary.loss,
+            " (settled: no more sweeps until new events)" if summary.converged else "",
+        )  # fmt: skip
+
+    def redis_memory(self, state: ModelState) -> None:
+        """Server and namespace memory, once a minute."""
+        now = time.monotonic()
+        if now - self._redis_checked < REDIS_MEMORY_EVERY_S:
+            return
+        self._redis_checked = now
+        try:
+            self.metrics.redis_memory.set(float(state.server_memory()))
+            self.metrics.namespace_memory.set(float(state.memory_usage()))
+        except Exception:  # a missed sample is not worth failing the loop for
+            log.debug("could not sample Redis memory", exc_info=True)
