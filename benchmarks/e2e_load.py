@@ -164,8 +164,20 @@ def main() -> None:
     _plot(args.out.with_suffix(".png"), phases)
 
 
-def _run_phase(phase, bootstrap, pid, data, user_ids, item_ids, order, cursor, rng) -> int:
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+def _run_phase(
+    phase,
+    bootstrap,
+    pid,
+    data,
+    user_ids,
+    item_ids,
+    order,
+    cursor,
+    rng,
+    linger_ms: float = 5,
+    drained=None,
+) -> int:
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": linger_ms})
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -182,7 +194,12 @@ def _run_phase(phase, bootstrap, pid, data, user_ids, item_ids, order, cursor, r
     def collect() -> None:
         nonlocal acknowledged
         while not stop.is_set():
-            for message in consumer.consume(num_messages=1000, timeout=0.05):
+            # poll returns at the first receipt (consume(n, timeout) would wait for all n
+            # or the whole timeout, and charge that wait to the service's latency)
+            first = consumer.poll(0.05)
+            if first is None:
+                continue
+            for message in [first, *consumer.consume(num_messages=1000, timeout=0)]:
                 if message.error() is not None:
                     continue
                 now = time.time()
@@ -227,6 +244,8 @@ def _run_phase(phase, bootstrap, pid, data, user_ids, item_ids, order, cursor, r
     drain_deadline = time.monotonic() + 900
     while acknowledged < deleted and time.monotonic() < drain_deadline:
         time.sleep(0.05)
+    while drained is not None and not drained() and time.monotonic() < drain_deadline:
+        time.sleep(0.5)  # the interactions too, not only the deletions
     phase.cpu_seconds = _cpu_seconds(pid) - cpu_before
     phase.sent = deleted
     stop.set()

@@ -253,6 +253,70 @@ def fault_campaign(data: dict[str, Any]) -> str:
     )
 
 
+def pipeline_latency(data: dict[str, Any]) -> str:
+    def ms(p: dict, key: str) -> str:
+        values = p[key]
+        return " / ".join(f"{values[q]:.1f}" for q in ("p50", "p90", "p99")) if values else "-"
+
+    rows = []
+    for variant, result in data["variants"].items():
+        for p in result["phases"]:
+            stages = p["stage_ms"]
+            rows.append((
+                variant, p["phase"], f"{p['deletions_per_s']:.0f} + {p['interactions_per_s']:.0f}",
+                f"{p['seconds']:.0f}", f"{p['receipts']}", ms(p, "forget_latency_ms"),
+                ms(p, "durable_latency_ms"), f"{p['backlog_max']}",
+                f"{p['events_per_batch']:.1f}", f"{p['slices']:.0f}",
+                " / ".join(f"{stages.get(s, 0):.1f}" for s in ("parse", "apply", "acknowledge")),
+                " / ".join(f"{stages.get(s, 0):.1f}" for s in ("read", "solve", "write")),
+            ))  # fmt: skip
+    text = _table(
+        ("variant", "phase", "deletions/s + interactions/s", "s", "receipts",
+         "forget latency p50 / p90 / p99 (ms)", "durable p50 / p90 / p99 (ms)", "backlog max",
+         "events/batch", "slices", "stage mean ms: parse / apply / acknowledge",
+         "engine mean ms: read / solve / write"),
+        rows,
+    )  # fmt: skip
+    burst = data["variants"].get("consolidating", {}).get("burst")
+    if burst:
+        settled = burst["settled_after_seconds"]
+        text += (
+            f"\n\nBurst of {burst['deletions']} deletions: all {burst['receipts']} receipts in "
+            f"{burst['all_answered_seconds']:.1f} s; stopping rule met "
+            + (f"after {settled:.0f} s" if settled is not None else "**not within the wait**")
+            + f", {burst['sweeps_to_settle']:.0f} sweeps ({burst['slices_to_settle']:.0f} slices) "
+            f"after the burst began, last sweep's decrease {burst['last_sweep_improvement']:.2e}. "
+            f"Then idle for {burst['idle_seconds']:.0f} s: append-only file growth "
+            f"{burst['idle_aof_bytes_per_minute']:.0f} B/min, write commands "
+            f"{burst['idle_write_commands_per_minute']:.0f}/min, bytes received by Redis "
+            f"{burst['idle_bytes_received_per_minute']:.0f} B/min (reads and health checks)."
+        )
+    memory = []
+    for variant, result in data["variants"].items():
+        for when in ("redis_loaded", "redis_after_sustained"):
+            m = result.get(when)
+            if m:
+                audit = m["bytes"].get("audit trail", 0)
+                memory.append((
+                    variant, when.removeprefix("redis_").replace("_", " "),
+                    f"{m['interactions']:,}", f"{m['model_bytes_per_interaction']:.1f}",
+                    f"{audit / max(m['interactions'], 1):.1f}",
+                    f"{m['bytes'].get('change log', 0) / 2**20:.2f}",
+                ))  # fmt: skip
+    text += "\n\n" + _table(
+        ("variant", "when", "stored interactions", "model B / interaction",
+         "audit trail B / interaction", "change log MiB"),
+        memory,
+    )  # fmt: skip
+    shape = data["shape"]
+    text += (
+        f"\n\nData: {data['data']} ({shape['users']:,} users, {shape['items']:,} items, "
+        f"{shape['interactions']:,} interactions); broker {data['broker']}; producer linger "
+        f"{data['producer_linger_ms']} ms.\n\n" + _machine(data)
+    )
+    return text
+
+
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -275,6 +339,8 @@ SECTIONS: dict[str, tuple[Path, Callable[[dict[str, Any]], str]]] = {
     "e2e_load": (DOC, e2e_load),
     "e2e_load_20m": (DOC, e2e_load),
     "popular_item": (DOC, popular_item),
+    "pipeline_latency": (DOC, pipeline_latency),
+    "pipeline_latency_20m": (DOC, pipeline_latency),
     "profile_engine": (DOC, profile_engine),
     "fault_campaign": (RELIABILITY, fault_campaign),
     "fault_campaign_soak": (RELIABILITY, fault_campaign),

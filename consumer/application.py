@@ -44,6 +44,7 @@ log = logging.getLogger("unlearn.application")
 
 STATE_CHECK_S = 5.0  # how often an idle service checks that Redis did not go back in time
 IDLE_WAIT_S = 0.1  # how long a read waits for input when there is nothing else to do
+ACK_WAIT_S = 0.002  # how long the loop waits for acknowledgements between reads
 
 
 class FatalError(RuntimeError):
@@ -149,6 +150,11 @@ class Application:
         self._check_state()
         consolidating = self.consolidation.due(self._since_last_event_ms(), False)
         wait = 0.0 if self._pending or consolidating else IDLE_WAIT_S
+        if wait and self.checkpoint.in_flight:
+            # Receipts on their way: wait on the broker's acknowledgements (a short wait
+            # that ends at the first), not on input, so offsets follow within a ms.
+            self.checkpoint.poll(ACK_WAIT_S)
+            wait = 0.0
         read = self.source.read(self.batching.room(len(self._pending)), wait)
         self._take(read)
         age_ms = (time.monotonic() - self._batch_opened) * 1000
@@ -231,7 +237,7 @@ class Application:
         self.stats.batches += 1
         self.stats.events += len(messages)
         self._last_event = time.monotonic()
-        self.consolidation.events_arrived()
+        self.consolidation.events_arrived(len(messages))
 
     def _revoking(self, partitions: list[Partition]) -> None:
         """Partitions are going: finish the open batch and every batch in flight while

@@ -34,6 +34,7 @@ from consumer.state.layout import (
     item_tombstone,
     pair_tombstone,
     receipt_shard,
+    shard_major,
     shard_of,
     tombstone,
     user_tombstone,
@@ -149,6 +150,7 @@ class Engine:
         # partition key -> the last offset this engine committed: Redis holding less means
         # the state went back in time (a restore, a failover that lost writes).
         self.committed: dict[str, int] = {}
+        self._order: dict[str, np.ndarray] = {}  # side -> its consolidation sweep order
         with self._exclusive():  # finishes an interrupted batch, then loads everything
             pass
 
@@ -346,16 +348,17 @@ class Engine:
         return all_pairs_term(self.gramians.full("user"), self.gramians.full("item"), self.params)
 
     def consolidate_slice(self, side: str, start: int, count: int) -> SliceOutcome:
-        """Re-solve `count` rows of one side from row `start`, exactly, against the current
-        factors of the other: one block of block coordinate descent. Reads only those
-        rows; the objective cannot increase (each row is solved to its exact minimum)."""
+        """Re-solve `count` rows of one side, from position `start` of its shard-major
+        order (layout.shard_major), exactly, against the current factors of the other: one
+        block of block coordinate descent. Reads only those rows; the objective cannot
+        increase (each row is solved to its exact minimum)."""
         with self._exclusive():
             return self._slice(side, start, count)
 
     def _slice(self, side: str, start: int, count: int) -> SliceOutcome:
         started = time.perf_counter()
         other = "item" if side == "user" else "user"
-        rows = np.arange(start, min(start + count, len(self.factors[side])), dtype=np.int64)
+        rows = self._sweep_order(side)[start : start + count]
         out = SliceOutcome(side, start, len(rows), self.loss, self.loss)
         if not len(rows):
             return out
@@ -388,6 +391,12 @@ class Engine:
         self.loss = out.loss
         out.seconds = time.perf_counter() - started
         return out
+
+    def _sweep_order(self, side: str) -> np.ndarray:
+        size = len(self.factors[side])
+        if self._order.get(side, np.empty(0)).shape[0] != size:
+            self._order[side] = shard_major(self.shards, size).astype(np.int64)
+        return self._order[side]
 
     def _block_terms(self, side: str, rows: np.ndarray, matrix: sp.csr_array) -> float:
         """The objective's observed terms of these rows' pairs (and their ALS-WR penalties),

@@ -99,6 +99,13 @@ class Metrics:
         self.sweep_loss = Gauge(
             "unlearn_sweep_loss", "Objective after the last consolidation slice", registry=r
         )
+        # 1 while the stopping rule holds (the last sweep lowered the objective by less
+        # than the tolerance and no event arrived since): consolidation writes nothing.
+        self.consolidation_settled = Gauge(
+            "unlearn_consolidation_settled",
+            "1 while consolidation rests (stopping rule met, no event since)",
+            registry=r,
+        )
         # Consolidation sweeps completed (every user block, then every item block).
         self.sweeps = Counter("unlearn_sweeps_total", "Consolidation sweeps run", registry=r)
         # How far the model is from settled: the last sweep's relative decrease of the

@@ -84,7 +84,13 @@ class Settings(BaseSettings):
         10.0, gt=0, description="the time one consolidation slice should take"
     )
     consolidate_tolerance: float = Field(
-        1e-5, ge=0, description="a sweep lowering the objective by less (relatively) ends it"
+        1e-4, ge=0, description="a sweep lowering the objective by less (relatively) ends it"
+    )
+    consolidate_resume_events: int = Field(
+        1000, ge=1, description="once settled, events that start a new consolidation cycle"
+    )
+    consolidate_resume_idle_ms: float = Field(
+        1000.0, ge=0, description="once settled, quiet input after events that starts one"
     )
     revoke_budget_s: float = Field(10.0, gt=0)
     session_timeout_ms: int = Field(10_000, ge=1000)

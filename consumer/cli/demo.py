@@ -158,7 +158,6 @@ def run_demo(args: argparse.Namespace) -> int:
             group_id="unlearn-demo",
             session_timeout_ms=6000,
             consolidate_idle_ms=300,
-            consolidate_tolerance=1e-4,
             metrics_port=args.metrics_port,
         )
         metrics = Metrics()

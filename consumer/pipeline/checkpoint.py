@@ -87,9 +87,10 @@ class Checkpoint:
         self.producer.poll(0)
         self._advance()
 
-    def poll(self) -> None:
-        """Serve the broker's acknowledgements; commit what they complete."""
-        self.producer.poll(0)
+    def poll(self, timeout_s: float = 0.0) -> None:
+        """Serve the broker's acknowledgements (waiting up to `timeout_s` for the first);
+        commit what they complete."""
+        self.producer.poll(timeout_s)
         self._advance()
 
     def drain(self, timeout_s: float) -> bool:

@@ -9,8 +9,15 @@ it takes about `slice_ms`.
 
 The stopping rule: a full sweep (every user block, then every item block) whose slices
 lower the objective by less than `tolerance` of it, relatively, ends consolidation until
-new events arrive. The measure is the objective itself, which exact slices can only lower,
-so it settles; a score-change residual (the receipts' `residual`) does not stop anything.
+new events arrive. The measure is the objective itself, which exact slices can only lower
+and which is bounded below, so the decreases sum to a finite amount and the rule is met
+after finitely many sweeps, for good (no oscillation around the tolerance); a score-change
+residual (the receipts' `residual`) does not stop anything.
+
+Once settled, a trickle of events does not restart a sweep each: every batch already
+re-solved the rows it touched exactly, so what is left is their neighbours' drift. A new
+cycle starts after `resume_events` events, or once the input has been quiet for
+`resume_idle_ms` after some.
 """
 
 from __future__ import annotations
@@ -22,9 +29,11 @@ SIDES = ("user", "item")
 
 @dataclass(frozen=True)
 class ConsolidationPolicy:
-    tolerance: float = 1e-5  # relative decrease of the objective per sweep
+    tolerance: float = 1e-4  # relative decrease of the objective per sweep
     idle_ms: float = 0.0  # no slice this soon after the last event
     slice_ms: float = 10.0  # the time one slice should take
+    resume_events: int = 1000  # once settled: events that start a new cycle
+    resume_idle_ms: float = 1000.0  # once settled: quiet input after events starts one
     min_rows: int = 16
     max_rows: int = 8192
     first_rows: int = 256
@@ -51,18 +60,32 @@ class Consolidation:
     _cycle_loss: float | None = None  # the objective when this sweep began
     _cycle_gain: float = 0.0  # what its slices took off it
     _history: list[float] = field(default_factory=list)  # improvements of past sweeps
+    _since_settled: int = 0  # events that arrived after the stopping rule was met
 
     def __post_init__(self) -> None:
         self.rows_per_slice = self.policy.first_rows
 
-    def events_arrived(self) -> None:
+    def events_arrived(self, count: int = 1) -> None:
         """New data: the model may no longer be at its minimum."""
-        self.converged = False
+        if not self.converged:
+            return
+        self._since_settled += count
+        if self._since_settled >= self.policy.resume_events:
+            self._resume()
 
     def due(self, since_last_event_ms: float, input_waiting: bool) -> bool:
+        if (
+            self.converged
+            and self._since_settled
+            and since_last_event_ms >= self.policy.resume_idle_ms
+        ):
+            self._resume()
         return (
             not self.converged and not input_waiting and since_last_event_ms >= self.policy.idle_ms
         )
+
+    def _resume(self) -> None:
+        self.converged, self._since_settled = False, 0
 
     def next_slice(self, sizes: dict[str, int]) -> tuple[str, int, int]:
         """(side, first row, rows) of the slice to run; wraps to the next side."""

@@ -64,6 +64,7 @@ class Observer:
         for message in messages:
             m.consumed.labels(self.kinds.get(message.topic(), "other")).inc()
         m.batch_events.observe(len(messages))
+        m.consolidation_settled.set(0)  # new events: the model may have moved off its minimum
         m.redriven.labels("applied").inc(redriven_applied)
         self.model(engine)
 
@@ -85,6 +86,7 @@ class Observer:
         m.sweeps.inc()
         m.sweep_improvement.set(summary.improvement)
         m.model_residual.set(summary.improvement)
+        m.consolidation_settled.set(1 if summary.converged else 0)
         if summary.converged:
             m.converged()
         log.info(

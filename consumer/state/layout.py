@@ -161,6 +161,12 @@ def rows_of_shard(shard: int, shards: int, rows: int) -> np.ndarray:
     return np.arange(shard, rows, shards)
 
 
+def shard_major(shards: int, rows: int) -> np.ndarray:
+    """All row indices, shard by shard: a consolidation slice is a run of this order, so
+    it writes the Gramians of one shard (or two), not of every shard."""
+    return np.concatenate([rows_of_shard(s, shards, rows) for s in range(shards)])
+
+
 def receipt_shard(source_key: str, shards: int) -> int:
     """The shard whose :receipts hash holds the receipt of the request at `source_key`."""
     return zlib.crc32(source_key.encode()) % shards
