@@ -98,34 +98,9 @@ def main() -> None:
         }
         redis_memory["bytes_per_interaction"] = redis_memory["used_memory_growth"] / data.nnz
         print(f"redis: {redis_memory}")
-        topics = ["interactions", "deletions", "unlearn-receipts", "unlearn-dlq"]
-        admin = AdminClient({"bootstrap.servers": bootstrap})
-        for future in admin.create_topics(
-            [NewTopic(t, num_partitions=PARTITIONS) for t in topics]
-        ).values():
-            future.result(timeout=30)
+        create_topics(bootstrap)
         metrics_port = free_port()
-        env = {
-            **os.environ,
-            "UNLEARN_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "UNLEARN_REDIS_URL": redis_url,
-            "UNLEARN_NAMESPACE": "bench",
-            "UNLEARN_SESSION_TIMEOUT_MS": "6000",
-            "UNLEARN_METRICS_PORT": str(metrics_port),
-            "UNLEARN_CONSOLIDATE_IDLE_MS": "600000",
-            "OMP_NUM_THREADS": "1",
-        }
-        service = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "from consumer.cli import main; raise SystemExit(main())",
-                "run",
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        service = start_service(bootstrap, redis_url, "bench", metrics_port, "600000")
         try:
             starting = time.perf_counter()
             wait_until(lambda: _ready(metrics_port), "the service", timeout=1800)
@@ -162,6 +137,37 @@ def main() -> None:
         },
     )
     _plot(args.out.with_suffix(".png"), phases)
+
+
+def create_topics(bootstrap: str) -> None:
+    """The service's four topics, PARTITIONS partitions each."""
+    topics = ["interactions", "deletions", "unlearn-receipts", "unlearn-dlq"]
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_topics(
+        [NewTopic(t, num_partitions=PARTITIONS) for t in topics]
+    ).values():
+        future.result(timeout=30)
+
+
+def start_service(
+    bootstrap: str, redis_url: str, namespace: str, port: int, consolidate_idle_ms: str
+) -> subprocess.Popen:
+    """`unlearn run` in its own process, one BLAS thread, metrics on `port`."""
+    env = {
+        **os.environ,
+        "UNLEARN_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "UNLEARN_REDIS_URL": redis_url,
+        "UNLEARN_NAMESPACE": namespace,
+        "UNLEARN_GROUP_ID": f"unlearn-{namespace}",
+        "UNLEARN_SESSION_TIMEOUT_MS": "6000",
+        "UNLEARN_METRICS_PORT": str(port),
+        "UNLEARN_CONSOLIDATE_IDLE_MS": consolidate_idle_ms,
+        "OMP_NUM_THREADS": "1",
+    }
+    command = [sys.executable, "-c", "from consumer.cli import main; raise SystemExit(main())"]
+    return subprocess.Popen(
+        [*command, "run"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
 
 
 def _run_phase(

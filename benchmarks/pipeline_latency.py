@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 import urllib.request
@@ -36,7 +34,6 @@ from pathlib import Path
 import numpy as np
 import redis
 from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
 from prometheus_client.parser import text_string_to_metric_families
 from threadpoolctl import threadpool_limits
 
@@ -51,6 +48,8 @@ from benchmarks.e2e_load import (
     _run_phase,
     _steady,
     _synthetic,
+    create_topics,
+    start_service,
 )
 from consumer.embedded import free_port, local_noida, local_redis, wait_until
 from consumer.state.bootstrap import load as load_state
@@ -95,7 +94,7 @@ def main() -> None:
     variants_wanted = [("consolidating", "0")]
     if "sustained" in args.phases.split(","):
         variants_wanted.append(("no consolidation", NO_CONSOLIDATION_MS))
-    for name, idle_ms in (("consolidating", "0"),):
+    for name, idle_ms in variants_wanted:
         # Each variant on its own broker and Redis: nothing one left behind reaches the other.
         with local_redis(appendonly=True) as redis_url, local_noida() as bootstrap:
             variants[name] = _variant(
@@ -107,7 +106,9 @@ def main() -> None:
         {
             "machine": machine(),
             "command": "python -m benchmarks.pipeline_latency " + " ".join(sys.argv[1:]),
-            "data": f"synthetic {args.synthetic}" if args.synthetic else str(args.pairs),
+            "data": f"synthetic {args.synthetic}"
+            if args.synthetic
+            else f"{args.pairs.parent.name}/{args.pairs.name}",
             "broker": "noida",
             "producer_linger_ms": PRODUCER_LINGER_MS,
             "shape": {"users": data.shape[0], "items": data.shape[1], "interactions": data.nnz},
@@ -120,14 +121,14 @@ def main() -> None:
 def _variant(
     name, idle_ms, args, bootstrap, client, redis_url, model, data, user_ids, item_ids, order
 ) -> dict:
-    _create_topics(bootstrap)
+    create_topics(bootstrap)
     namespace = "bench"
     state = ModelState(client, namespace)
     load_state(state, model, data, np.full(data.nnz, 1e9), shards=16)
     memory_loaded = _memory(client, namespace, data.nnz)
     print(f"{name}: loaded, {memory_loaded}")
     port = free_port()
-    service = _start(bootstrap, redis_url, namespace, port, idle_ms)
+    service = start_service(bootstrap, redis_url, namespace, port, idle_ms)
     rng = np.random.default_rng(1)  # both variants get the same interactions
     try:
         wait_until(lambda: _ready(port), "the service", timeout=1800)
@@ -193,33 +194,6 @@ def _phases(label: str, args: argparse.Namespace) -> list[Phase]:
         rates = [float(r) for r in args.knee.split(",") if r]
         return [Phase(r, i, args.knee_seconds) for r in rates for i in (0, r)]
     raise SystemExit(f"unknown phase {label!r} (burst, low, sustained, knee)")
-
-
-def _create_topics(bootstrap: str) -> None:
-    topics = ["interactions", "deletions", "unlearn-receipts", "unlearn-dlq"]
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    for future in admin.create_topics(
-        [NewTopic(t, num_partitions=PARTITIONS) for t in topics]
-    ).values():
-        future.result(timeout=30)
-
-
-def _start(bootstrap, redis_url, namespace, port, idle_ms) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "UNLEARN_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "UNLEARN_REDIS_URL": redis_url,
-        "UNLEARN_NAMESPACE": namespace,
-        "UNLEARN_GROUP_ID": f"unlearn-{namespace}",
-        "UNLEARN_SESSION_TIMEOUT_MS": "6000",
-        "UNLEARN_METRICS_PORT": str(port),
-        "UNLEARN_CONSOLIDATE_IDLE_MS": idle_ms,
-        "OMP_NUM_THREADS": "1",
-    }
-    command = [sys.executable, "-c", "from consumer.cli import main; raise SystemExit(main())"]
-    return subprocess.Popen(
-        [*command, "run"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
 
 
 # ----- what the service says about itself ---------------------------------------------
