@@ -308,21 +308,26 @@ def _steady(values: list[float], phase: Phase) -> np.ndarray:
     return np.asarray(values[skip:], dtype=np.float64)
 
 
-def _result(phase: Phase, retrain: dict) -> dict:
-    latency = _steady(phase.latencies_ms, phase)
-    durable = _steady(phase.durable_ms, phase)
-    cpu_per_forget = phase.cpu_seconds / max(phase.removed, 1)
+def phase_figures(phase: Phase) -> dict:
+    """What a load phase measured: rates, receipts, latencies (warm-up left out), backlog."""
     return {
         "deletions_per_s": phase.deletions_per_s,
         "interactions_per_s": phase.interactions_per_s,
         "seconds": phase.seconds,
         "deletions_sent": phase.sent,
         "receipts": len(phase.latencies_ms),
-        "forget_latency_ms": _percentiles(latency),
-        "durable_latency_ms": _percentiles(durable),
+        "forget_latency_ms": _percentiles(_steady(phase.latencies_ms, phase)),
+        "durable_latency_ms": _percentiles(_steady(phase.durable_ms, phase)),
         "backlog_end": phase.backlog[-1][1] if phase.backlog else None,
         "backlog_max": max((b for _, b in phase.backlog), default=None),
         "service_cpu_seconds": phase.cpu_seconds,
+    }
+
+
+def _result(phase: Phase, retrain: dict) -> dict:
+    cpu_per_forget = phase.cpu_seconds / max(phase.removed, 1)
+    return {
+        **phase_figures(phase),
         "cpu_seconds_per_forgotten_interaction": cpu_per_forget,
         "implicit_retrain_cpu_over_cpu_per_forget": retrain["cpu_seconds"] / cpu_per_forget,
     }

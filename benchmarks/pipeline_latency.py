@@ -43,12 +43,11 @@ from benchmarks.e2e_load import (
     PARTITIONS,
     Phase,
     _peak_rss_bytes,
-    _percentiles,
     _ready,
     _run_phase,
-    _steady,
     _synthetic,
     create_topics,
+    phase_figures,
     start_service,
 )
 from consumer.embedded import free_port, local_noida, local_redis, wait_until
@@ -230,20 +229,10 @@ def _stages_ms(before: dict[str, float], after: dict[str, float]) -> dict[str, f
 
 
 def _phase_result(label: str, phase: Phase, before: dict, after: dict) -> dict:
-    latency = _steady(phase.latencies_ms, phase)
     batches = _delta(before, after, "unlearn_batch_events_count{}")
     return {
         "phase": label,
-        "deletions_per_s": phase.deletions_per_s,
-        "interactions_per_s": phase.interactions_per_s,
-        "seconds": phase.seconds,
-        "deletions_sent": phase.sent,
-        "receipts": len(phase.latencies_ms),
-        "forget_latency_ms": _percentiles(latency),
-        "durable_latency_ms": _percentiles(_steady(phase.durable_ms, phase)),
-        "backlog_end": phase.backlog[-1][1] if phase.backlog else None,
-        "backlog_max": max((b for _, b in phase.backlog), default=None),
-        "service_cpu_seconds": phase.cpu_seconds,
+        **phase_figures(phase),
         "batches": batches,
         "events_per_batch": _delta(before, after, "unlearn_batch_events_sum{}") / max(batches, 1),
         "slices": _delta(before, after, "unlearn_slices_total{}"),

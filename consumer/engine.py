@@ -119,7 +119,6 @@ class SliceOutcome:
     rows: int
     loss_before: float
     loss: float
-    residual: float = 0.0  # relative change of sampled scores
     seconds: float = 0.0
 
 
@@ -365,7 +364,6 @@ class Engine:
         stored = self.state.read_rows(side, rows, self.shards)
         matrix = _csr(stored, len(self.factors[other]))
         before = self._block_terms(side, rows, matrix) + self._global_loss()
-        before_scores = self._sample_scores()
         solved = solve_rows(
             matrix, np.arange(len(rows)), self.factors[other], self.params,
             self.gramians.full(other), num_threads=self.solve_threads,
@@ -377,7 +375,6 @@ class Engine:
         try:
             after = self._block_terms(side, rows, matrix) + self._global_loss()
             out.loss = self.loss + after - before
-            out.residual = relative_change(before_scores, self._sample_scores())
             writes: dict[int, ShardWrite] = defaultdict(ShardWrite)
             for n in rows.tolist():
                 writes[shard_of(n, self.shards)].factors[side][n] = self.factors[side][n]
