@@ -262,6 +262,7 @@ class Application:
         self.stats.rollbacks += 1
         self.applier.rebuild(keep_committed=False)
         self.source.seek(sorted(self.source.assignments.views), rollback_counted=True)
+        self.source.assignments.lost_through({key: c for key, (_, c) in exc.behind.items()})
 
     def _check_state(self) -> None:
         """Now and then, even with nothing to process: is Redis still where this engine

@@ -88,6 +88,16 @@ class Assignments:
             if v.reapply_through >= 0
         }
 
+    def lost_through(self, committed: dict[str, int]) -> None:
+        """After a rollback: partition key -> the last offset this process had made durable
+        (and may have sent receipts for). Receipts are acknowledged before the group's
+        offsets are committed, so those offsets alone understate what was answered: what
+        this process made durable is re-applied as `reapplied` too."""
+        for (topic, number), view in self.views.items():
+            offset = committed.get(partition_key(topic, number, view.epoch))
+            if offset is not None and offset >= view.next_offset:
+                view.reapply_through = max(view.reapply_through, offset)
+
     def gaps(self) -> dict[Partition, tuple[int, int]]:
         return {p: v.missing for p, v in self.views.items() if v.missing is not None}
 
