@@ -3,8 +3,10 @@ missing, and the check that a topic's offsets still mean what the state recorded
 
 The decisions are positions.py's; this module asks the broker and Redis what they need
 (committed offsets, log start and end, topic ids, the messages at recorded offsets) and
-seeks the consumer. It runs on assignment, when offsets run backwards (a topic deleted
-and created again under a running consumer), and after the state was found rolled back.
+seeks the consumer; it reads the receipts topic back for receipts published but never
+committed (answered.py). It runs on assignment, when offsets run backwards (a topic
+deleted and created again under a running consumer), and after the state was found
+rolled back.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicCollectio
 from confluent_kafka.admin import AdminClient
 
 from consumer.events import partition_key
+from consumer.pipeline.answered import answered_through
 from consumer.pipeline.dead_letters import Partition
 from consumer.pipeline.positions import (
     Marks,
@@ -64,10 +67,17 @@ class Verdicts:
 
 
 class Assignments:
-    def __init__(self, consumer: Consumer, kafka_config: dict[str, Any], state: ModelState) -> None:
+    def __init__(
+        self,
+        consumer: Consumer,
+        kafka_config: dict[str, Any],
+        state: ModelState,
+        receipts_topic: str | None = None,
+    ) -> None:
         self.consumer = consumer
         self.kafka_config = kafka_config
         self.state = state
+        self.receipts_topic = receipts_topic  # read back after a kill or a rollback
         self.views: dict[Partition, PartitionView] = {}
         self._admin: AdminClient | None = None
 
@@ -155,6 +165,7 @@ class Assignments:
         applied = self.state.read_applied()
         renewed = {p for p, _ in verdicts.new_epochs}
         committed = self._committed([p for p in partitions if p not in renewed])
+        answered = self._answered({keys[p] for p in partitions if keys[p] in applied})
         out = []
         for partition in partitions:
             low, high = watermarks[partition]
@@ -167,7 +178,7 @@ class Assignments:
                 # A life nothing was applied from yet starts where it was found to begin.
                 resume = Resume(max(int(record.get("start") or 0), low), -1, None)
             else:
-                resume = decide(stored, offset, low, high)
+                resume = decide(stored, offset, low, high, answered.get(keys[partition], -1))
             view = PartitionView(
                 record["epoch"],
                 resume.offset,
@@ -246,6 +257,15 @@ class Assignments:
         """The metadata an offset commit carries: the life of the partition it belongs to
         (a re-created topic's old commits must not be read as the new one's)."""
         return f"{_EPOCH_NOTE}{self.epoch(topic, partition)}"
+
+    def _answered(self, keys: set[str]) -> dict[str, int]:
+        """Partition key -> the last offset a published receipt names, among receipts
+        published since the state's last commit (what a rollback may have lost)."""
+        if self.receipts_topic is None or not keys:
+            return {}
+        updated = self.state.read_status().get("updated_at")
+        since = float(updated) if updated is not None else None
+        return answered_through(self.kafka_config, self.receipts_topic, keys, since)
 
     def _committed(self, partitions: list[Partition]) -> dict[Partition, tuple[int, int | None]]:
         """The group's committed offsets, with the epoch their commit named (None: the

@@ -8,7 +8,9 @@ offset only tells what was acknowledged (receipts published) before:
   in the state, so only its receipts are re-sent (a crash between the two);
 - committed ahead of the state: the state lost acknowledged work (Redis restored from an
   older snapshot, a failover that lost writes); reading from the state's offset applies
-  it again ("reapplied" in those receipts), and the loss is counted and alerted;
+  it again ("reapplied" in those receipts), and the loss is counted and alerted. Receipts
+  published but not yet committed (a kill between the two) are found in the receipts
+  topic itself (answered.py), so a rollback behind them is seen too;
 - the broker no longer holds what the state needs (retention passed it): the partition is
   not read, readiness fails naming the partition and the offsets, and an alert pages.
 
@@ -119,10 +121,13 @@ class Resume:
     missing: tuple[int, int] | None  # [from, to) needed by the state, gone from the broker
 
 
-def decide(applied: int | None, committed: int | None, low: int, high: int) -> Resume:
+def decide(
+    applied: int | None, committed: int | None, low: int, high: int, answered: int = -1
+) -> Resume:
     """Where a partition resumes, from the state's last applied offset, the group's
-    committed offset (the next to read; None when the group has none), and the broker's
-    log start and end."""
+    committed offset (the next to read; None when the group has none), the broker's
+    log start and end, and the last offset a published receipt names (-1: none known;
+    receipts are acknowledged before offsets are committed, so it may be ahead)."""
     if applied is None:  # the state never saw this partition (or this epoch of it)
         start = committed if committed is not None else low
         return Resume(max(start, low), -1, None)
@@ -133,6 +138,8 @@ def decide(applied: int | None, committed: int | None, low: int, high: int) -> R
         start = committed  # re-send the receipts of what was applied, not acknowledged
     elif committed is not None and committed > wanted:
         reapply_through = committed - 1  # acknowledged once, lost by the state since
+    if answered >= wanted:
+        reapply_through = max(reapply_through, answered)  # answered, never committed
     if wanted < low:
         return Resume(low, reapply_through, (wanted, low))
     return Resume(max(start, low), reapply_through, None)

@@ -74,7 +74,9 @@ class Source:
                 ),
             }
         )
-        self.assignments = Assignments(self.consumer, settings.kafka_common(), state)
+        self.assignments = Assignments(
+            self.consumer, settings.kafka_common(), state, settings.topic_receipts
+        )
         self.surge = SurgePolicy(
             settings.dlq_max_ratio, settings.dlq_window, settings.dlq_min_messages,
             settings.dlq_pause_s,

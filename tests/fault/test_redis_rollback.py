@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
+from confluent_kafka import Consumer, TopicPartition
 
 from consumer.application import Application
 from consumer.embedded import free_port, process, redis_args, wait_until
@@ -22,7 +23,14 @@ from consumer.state.bootstrap import load
 from consumer.state.store import ModelState
 from tests.conftest import binary_model
 from tests.service.conftest import service_running
-from tests.service.kafka_helpers import event, eventually, fresh_settings, produce, receipts_of
+from tests.service.kafka_helpers import (
+    PARTITIONS,
+    event,
+    eventually,
+    fresh_settings,
+    produce,
+    receipts_of,
+)
 
 N_USERS, N_ITEMS = 150, 100
 
@@ -83,6 +91,25 @@ def loaded(server: SnapshotRedis, namespace: str, seed: int):
     return state, data
 
 
+def service_on(server: SnapshotRedis, settings) -> Application:
+    client = redis.Redis.from_url(server.url)
+    return Application(settings, Engine(ModelState(client, settings.namespace)))
+
+
+def restarted_from_snapshot(server: SnapshotRedis, settings, chosen, bootstrap) -> list[dict]:
+    """Redis back from its last SAVE (the last 50 of 100 deletions lost), then a new
+    service on it: the receipts of all 150 applications."""
+    server.kill()
+    server.start()
+    state = ModelState(redis.Redis.from_url(server.url), settings.namespace)
+    assert stored(state, chosen[50:]) == 50
+    with service_running(service_on(server, settings)) as second:
+        receipts = receipts_of(bootstrap, settings.topic_receipts, 150)
+        eventually(lambda: stored(state, chosen) == 0, what="the lost deletions applied")
+        assert second.metrics.reapplied._value.get() == 50
+    return receipts
+
+
 def stored(state: ModelState, pairs) -> int:
     users = np.array(sorted({u for u, _ in pairs}))
     rows = dict(zip(users.tolist(), state.read_rows("user", users, 4), strict=True))
@@ -129,25 +156,48 @@ def test_a_service_that_starts_on_a_rolled_back_state_replays_it(kafka_bootstrap
         state, data = loaded(server, "restart", 6)
         settings = fresh_settings(kafka_bootstrap, server.url, "restart")
         chosen, messages = deletions(data, rng, 100, "s")
-
-        def service() -> Application:
-            return Application(
-                settings, Engine(ModelState(redis.Redis.from_url(server.url), "restart"))
-            )
-
-        with service_running(service()):
+        with service_running(service_on(server, settings)):
             produce(kafka_bootstrap, settings.topic_deletions, messages[:50])
             receipts_of(kafka_bootstrap, settings.topic_receipts, 50)
             state.client.save()
             produce(kafka_bootstrap, settings.topic_deletions, messages[50:])
             receipts_of(kafka_bootstrap, settings.topic_receipts, 100)
-        server.kill()
-        server.start()
-        state = ModelState(redis.Redis.from_url(server.url), "restart")
-        assert stored(state, chosen[50:]) == 50
-        with service_running(service()) as second:
-            receipts = receipts_of(kafka_bootstrap, settings.topic_receipts, 150)
-            eventually(lambda: stored(state, chosen) == 0, what="the lost deletions applied")
-            assert second.metrics.reapplied._value.get() == 50
+        receipts = restarted_from_snapshot(server, settings, chosen, kafka_bootstrap)
         assert sorted(r["request_id"] for r in receipts[100:]) == [f"s{n}" for n in range(50, 100)]
         assert all(r["reapplied"] for r in receipts[100:])
+
+
+def committed_total(bootstrap: str, settings) -> int:
+    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": settings.group_id})
+    try:
+        tps = [TopicPartition(settings.topic_deletions, n) for n in range(PARTITIONS)]
+        return sum(max(tp.offset, 0) for tp in reader.committed(tps, timeout=10))
+    finally:
+        reader.close()
+
+
+@pytest.mark.slow
+def test_a_rollback_behind_receipts_never_committed_marks_them_reapplied(kafka_bootstrap):
+    """Receipts are acknowledged before offsets are committed: a process killed between
+    the two leaves answers that only the receipts topic remembers. A rollback behind them
+    applies those requests again, and their new receipts must say so."""
+    rng = np.random.default_rng(7)
+    with snapshot_redis() as server:
+        state, data = loaded(server, "uncommitted", 7)
+        settings = fresh_settings(kafka_bootstrap, server.url, "uncommitted")
+        chosen, messages = deletions(data, rng, 100, "t")
+        with service_running(service_on(server, settings)) as first:
+            produce(kafka_bootstrap, settings.topic_deletions, messages[:50])
+            receipts_of(kafka_bootstrap, settings.topic_receipts, 50)
+            eventually(lambda: committed_total(kafka_bootstrap, settings) == 50,
+                       what="the first 50 committed")  # fmt: skip
+            state.client.save()
+            # From here on the process behaves as if killed after each acknowledgement,
+            # before its offsets are committed.
+            first.checkpoint._commit = lambda offsets, asynchronous: None
+            produce(kafka_bootstrap, settings.topic_deletions, messages[50:])
+            receipts_of(kafka_bootstrap, settings.topic_receipts, 100)
+        assert committed_total(kafka_bootstrap, settings) == 50
+        again = restarted_from_snapshot(server, settings, chosen, kafka_bootstrap)[100:]
+        assert sorted(r["request_id"] for r in again) == sorted(f"t{n}" for n in range(50, 100))
+        assert all(r["reapplied"] and not r["resent"] for r in again)

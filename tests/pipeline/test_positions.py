@@ -32,6 +32,23 @@ def test_the_state_decides_where_a_partition_resumes(applied, committed, low, ex
     assert decide(applied, committed, low, high=100) == expected
 
 
+@pytest.mark.parametrize(
+    ("applied", "committed", "answered", "expected"),
+    [
+        (9, 8, 9, Resume(8, -1, None)),  # receipts of what the state holds: re-sent only
+        (9, 8, 13, Resume(8, 13, None)),  # 10..13 answered, never committed, then lost
+        (9, None, 13, Resume(10, 13, None)),  # a group that never committed
+        (9, 15, 12, Resume(10, 14, None)),  # the committed offsets reach further
+        (9, 12, 20, Resume(10, 20, None)),
+        (None, 5, 20, Resume(5, -1, None)),  # nothing applied yet: nothing to re-apply
+    ],
+)
+def test_receipts_published_but_never_committed_count_as_answered(
+    applied, committed, answered, expected
+):
+    assert decide(applied, committed, 0, 100, answered) == expected
+
+
 def marks(*offsets: int) -> Marks:
     first, *recent = offsets
     return Marks(Mark(first, f"f{first}"), tuple(Mark(o, f"f{o}") for o in reversed(recent)))
