@@ -150,9 +150,17 @@ def create_topics(bootstrap: str) -> None:
 
 
 def start_service(
-    bootstrap: str, redis_url: str, namespace: str, port: int, consolidate_idle_ms: str
+    bootstrap: str,
+    redis_url: str,
+    namespace: str,
+    port: int,
+    consolidate_idle_ms: str,
+    log: Path | None = None,
+    **settings: str,
 ) -> subprocess.Popen:
-    """`unlearn run` in its own process, one BLAS thread, metrics on `port`."""
+    """`unlearn run` in its own process, one BLAS thread, metrics on `port`, its output
+    into `log` (None: discarded); `settings` more of its settings by name
+    (`group_id="g"` sets UNLEARN_GROUP_ID)."""
     env = {
         **os.environ,
         "UNLEARN_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
@@ -163,11 +171,11 @@ def start_service(
         "UNLEARN_METRICS_PORT": str(port),
         "UNLEARN_CONSOLIDATE_IDLE_MS": consolidate_idle_ms,
         "OMP_NUM_THREADS": "1",
+        **{f"UNLEARN_{name.upper()}": value for name, value in settings.items()},
     }
     command = [sys.executable, "-c", "from consumer.cli import main; raise SystemExit(main())"]
-    return subprocess.Popen(
-        [*command, "run"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    output = log.open("ab") if log is not None else subprocess.DEVNULL
+    return subprocess.Popen([*command, "run"], env=env, stdout=output, stderr=subprocess.STDOUT)
 
 
 def _run_phase(

@@ -317,6 +317,59 @@ def pipeline_latency(data: dict[str, Any]) -> str:
     return text
 
 
+def scaling(data: dict[str, Any]) -> str:
+    summary = data["summary"]
+    if not summary["ratios"] and len(summary) == 1:  # a rebalance-only run
+        return _rebalance(data).strip() + "\n\n" + _machine(data)
+    rows = []
+    for label, figures in summary.items():
+        if label == "ratios":
+            continue
+        runs = [r for r in data["runs"] if r["config"] == label]
+        rows.append((
+            label, f"{figures['runs']}", f"{figures['events_per_s_median']:.0f}",
+            f"{figures['deletions_per_s_median']:.0f}",
+            ", ".join(f"{r['events_per_s']:.0f}" for r in runs),
+            f"{figures['peak_rss_mib_per_instance_max']:.0f}",
+        ))  # fmt: skip
+    text = _table(
+        ("instances x CPU quota each", "runs", "events/s (median)", "deletions/s (median)",
+         "events/s per run", "peak RSS per instance (MiB)"),
+        rows,
+    )  # fmt: skip
+    ratios = "; ".join(f"{name}: **{value:.2f}x**" for name, value in summary["ratios"].items())
+    shape = data["shape"]
+    text += (
+        f"\n\nRatios of medians: {ratios}. A burst of {data['burst']:,} pair deletions and "
+        f"{data['burst']:,} interactions per run, {data['partitions']} partitions per topic, "
+        f"broker {data['broker']}; data {data['data']} ({shape['users']:,} users, "
+        f"{shape['items']:,} items, {shape['interactions']:,} interactions, k = "
+        f"{data['params']['factors']})."
+    )
+    return text + _rebalance(data) + "\n\n" + _machine(data)
+
+
+def _rebalance(data: dict[str, Any]) -> str:
+    rebalance = data.get("rebalance")
+    if not rebalance:
+        return ""
+    runs = rebalance.get("runs", [rebalance])
+    each = ", ".join(
+        f"{r['join_longest_gap_s']:.1f} / {r['leave_longest_gap_s']:.1f}" for r in runs
+    )
+    return (
+        f"\n\nRebalance on {data['broker']} (median of {len(runs)}; join / leave per run: "
+        f"{each} s): {rebalance['deletions_per_s']:.0f} deletions/s + "
+        f"{rebalance['interactions_per_s']:.0f} interactions/s into one instance at "
+        f"{rebalance['quota_percent']} % of a core for {rebalance['seconds']:.0f} s, a second "
+        f"joining at a third and leaving (SIGTERM) at two thirds: the longest wait for a "
+        f"receipt was **{rebalance['join_longest_gap_s']:.1f} s** after the join and "
+        f"**{rebalance['leave_longest_gap_s']:.1f} s** after the leave, against "
+        f"{rebalance['steady_longest_gap_s']:.2f} s while steady before "
+        f"({rebalance['receipts']:,} receipts in all)."
+    )
+
+
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -343,6 +396,8 @@ SECTIONS: dict[str, tuple[Path, Callable[[dict[str, Any]], str]]] = {
     "pipeline_latency_2000": (DOC, pipeline_latency),
     "pipeline_latency_onoff": (DOC, pipeline_latency),
     "profile_engine": (DOC, profile_engine),
+    "scaling": (DOC, scaling),
+    "scaling_rebalance_noida": (DOC, scaling),
     "fault_campaign": (RELIABILITY, fault_campaign),
     "fault_campaign_soak": (RELIABILITY, fault_campaign),
 }

@@ -101,11 +101,15 @@ class Application:
         )  # fmt: skip
         self.consolidation = Consolidation(
             ConsolidationPolicy(
-                settings.consolidate_tolerance,
-                settings.consolidate_idle_ms,
-                settings.consolidate_slice_ms,
-            )
+                tolerance=settings.consolidate_tolerance,
+                idle_ms=settings.consolidate_idle_ms,
+                slice_ms=settings.consolidate_slice_ms,
+                resume_events=settings.consolidate_resume_events,
+                resume_idle_ms=settings.consolidate_resume_idle_ms,
+            ),
+            owned=False,  # until this instance holds the deletions topic's partition 0
         )
+        self._settled_recorded: bool | None = None  # what the state says, once read
         self._pending: list[tuple[Message, float]] = []
         self._batch_opened = 0.0
         self._last_event = time.monotonic()
@@ -148,6 +152,7 @@ class Application:
         self.source.resume_surged()
         self.source.recheck_gaps()
         self._check_state()
+        self._own_consolidation()
         consolidating = self.consolidation.due(self._since_last_event_ms(), False)
         wait = 0.0 if self._pending or consolidating else IDLE_WAIT_S
         if wait and self.checkpoint.in_flight:
@@ -303,8 +308,36 @@ class Application:
 
     # ----- consolidation ------------------------------------------------------------------
 
+    def _own_consolidation(self) -> None:
+        """One instance of the group consolidates: the owner of the deletions topic's
+        partition 0 (a rebalance moves it with the partition)."""
+        owned = self.source.owns(self.settings.topic_deletions, 0)
+        if owned and not self.consolidation.owned:
+            try:
+                settled = self.engine.state.consolidation_settled()
+            except TRANSIENT as exc:  # Redis away: take over at a later step
+                log.info("consolidation not taken over yet: %s", type(exc).__name__)
+                return
+            self._settled_recorded = settled
+            self.consolidation.take_over(settled)
+            self.observer.consolidation_taken_over(settled)
+        self.consolidation.owned = owned
+        self.observer.consolidation_owner(owned)
+
+    def _record_consolidation(self, settled: bool) -> None:
+        """What a new owner reads. Best effort: a missed write makes a later owner sweep
+        once more, or wait for new events before it does."""
+        try:
+            self.engine.state.set_consolidation(settled)
+            self._settled_recorded = settled
+        except TRANSIENT as exc:
+            log.warning("could not record that consolidation %s: %s",
+                        "settled" if settled else "resumed", type(exc).__name__)  # fmt: skip
+
     def _consolidate(self) -> None:
         """One slice of the consolidation sweep (a deletion arriving now waits for it)."""
+        if self._settled_recorded is not False:  # a cycle begins: a new owner resumes it
+            self._record_consolidation(False)
         sizes = {side: len(f) for side, f in self.engine.factors.items()}
         side, start, rows = self.consolidation.next_slice(sizes)
         outcome = self.applier.slice(side, start, rows)
@@ -316,6 +349,8 @@ class Application:
             outcome.rows, outcome.loss_before, outcome.loss, outcome.seconds, sizes
         )
         if summary is not None:
+            if summary.converged:
+                self._record_consolidation(True)
             self.stats.sweeps += 1
             self.stats.last_improvement = summary.improvement
             self.observer.sweep(summary)

@@ -106,6 +106,13 @@ class Metrics:
             "1 while consolidation rests (stopping rule met, no event since)",
             registry=r,
         )
+        # 1 on the one instance of the group that consolidates (the owner of the
+        # deletions topic's partition 0).
+        self.consolidation_owner = Gauge(
+            "unlearn_consolidation_owner",
+            "1 on the instance that runs consolidation for the namespace",
+            registry=r,
+        )
         # Consolidation sweeps completed (every user block, then every item block).
         self.sweeps = Counter("unlearn_sweeps_total", "Consolidation sweeps run", registry=r)
         # How far the model is from settled: the last sweep's relative decrease of the

@@ -14,6 +14,12 @@ and which is bounded below, so the decreases sum to a finite amount and the rule
 after finitely many sweeps, for good (no oscillation around the tolerance); a score-change
 residual (the receipts' `residual`) does not stop anything.
 
+One instance of a group consolidates at a time: the owner of the deletions topic's
+partition 0 (the application decides; `owned` here). Sweeps by several instances would
+each rewrite every row, and each would make the others re-read every row they changed.
+Whether the namespace's consolidation had settled is kept in the state, so a new owner (a
+restart, a rebalance) does not sweep a settled model again.
+
 Once settled, a trickle of events does not restart a sweep each: every batch already
 re-solved the rows it touched exactly, so what is left is their neighbours' drift. A new
 cycle starts after `resume_events` events, or once the input has been quiet for
@@ -53,6 +59,7 @@ class Consolidation:
 
     policy: ConsolidationPolicy
     converged: bool = False  # a freshly loaded model may not be
+    owned: bool = True  # this instance is the one that consolidates
     sweeps: int = 0
     rows_per_slice: int = 0
     _side: int = 0
@@ -81,8 +88,18 @@ class Consolidation:
         ):
             self._resume()
         return (
-            not self.converged and not input_waiting and since_last_event_ms >= self.policy.idle_ms
+            self.owned
+            and not self.converged
+            and not input_waiting
+            and since_last_event_ms >= self.policy.idle_ms
         )
+
+    def take_over(self, settled: bool) -> None:
+        """This instance consolidates from now on; `settled`: as the state recorded it
+        (an unfinished sweep of the previous owner is begun again from its start)."""
+        self.owned, self.converged, self._since_settled = True, settled, 0
+        self._side, self._start = 0, 0
+        self._cycle_loss, self._cycle_gain = None, 0.0
 
     def _resume(self) -> None:
         self.converged, self._since_settled = False, 0

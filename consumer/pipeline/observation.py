@@ -81,6 +81,14 @@ class Observer:
         m.slice_seconds.observe(outcome.seconds)
         m.sweep_loss.set(outcome.loss)
 
+    def consolidation_owner(self, owned: bool) -> None:
+        self.metrics.consolidation_owner.set(1 if owned else 0)
+
+    def consolidation_taken_over(self, settled: bool) -> None:
+        self.metrics.consolidation_settled.set(1 if settled else 0)
+        log.info("this instance consolidates the namespace (%s)",
+                 "settled" if settled else "sweeping")  # fmt: skip
+
     def sweep(self, summary: SweepSummary) -> None:
         m = self.metrics
         m.sweeps.inc()

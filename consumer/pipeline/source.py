@@ -153,6 +153,9 @@ class Source:
         out.backwards = sorted(backwards)
         return out
 
+    def owns(self, topic: str, partition: int) -> bool:
+        return (topic, partition) in self.assignments.views
+
     def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> None:
         self.consumer.commit(offsets=offsets, asynchronous=asynchronous)
 

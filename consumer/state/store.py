@@ -606,6 +606,14 @@ class ModelState:
     def read_status(self) -> dict[str, str]:
         return {k.decode(): v.decode() for k, v in self.client.hgetall(self.layout.status).items()}
 
+    def consolidation_settled(self) -> bool:
+        """Whether the namespace's consolidation last met its stopping rule (and no
+        instance began a sweep since)."""
+        return self.client.hget(self.layout.status, "consolidation") == b"settled"
+
+    def set_consolidation(self, settled: bool) -> None:
+        self.client.hset(self.layout.status, "consolidation", "settled" if settled else "sweeping")
+
     def set_interactions(self, count: int) -> None:
         self.client.hset(self.layout.status, "interactions", count)
 

@@ -91,3 +91,29 @@ def test_once_settled_quiet_input_after_some_events_restarts_the_cycle():
     cycle.events_arrived(3)
     assert not cycle.due(since_last_event_ms=999, input_waiting=False)
     assert cycle.due(since_last_event_ms=1000, input_waiting=False)
+
+
+def test_an_instance_that_does_not_own_consolidation_never_sweeps():
+    cycle = Consolidation(ConsolidationPolicy(), owned=False)
+    assert not cycle.due(since_last_event_ms=1e9, input_waiting=False)
+    cycle.take_over(settled=False)
+    assert cycle.due(since_last_event_ms=1e9, input_waiting=False)
+
+
+def test_a_new_owner_of_a_settled_namespace_waits_for_new_events():
+    cycle = Consolidation(ConsolidationPolicy(resume_events=100), owned=False)
+    cycle.take_over(settled=True)
+    assert not cycle.due(since_last_event_ms=1e9, input_waiting=False)
+    cycle.events_arrived(100)
+    assert cycle.due(since_last_event_ms=1e9, input_waiting=False)
+
+
+def test_taking_over_begins_an_unfinished_sweep_again():
+    cycle = Consolidation(ConsolidationPolicy(first_rows=10))
+    sizes = {"user": 100, "item": 50}
+    rows = cycle.next_slice(sizes)[2]
+    cycle.record(rows, 1.0, 0.9, 0.01, sizes)
+    assert cycle.next_slice(sizes)[1] == rows
+    cycle.owned = False
+    cycle.take_over(settled=False)
+    assert cycle.next_slice(sizes)[:2] == ("user", 0)

@@ -9,7 +9,8 @@ import time
 import numpy as np
 
 from tests.consumer.malformed import MALFORMED
-from tests.service.kafka_helpers import event, produce, read_all
+from tests.service.conftest import service_running
+from tests.service.kafka_helpers import event, eventually, produce, read_all
 
 
 def pair(setup, n):
@@ -111,3 +112,26 @@ def test_a_surge_of_invalid_messages_pauses_input_instead_of_dead_lettering_it_a
     finally:
         service.request_stop()
         thread.join(timeout=30)
+
+
+def test_one_instance_of_a_group_consolidates_and_a_settled_namespace_stays_settled(setup):
+    s = setup.settings
+    first, second = setup.service(), setup.service()
+    with service_running(first), service_running(second):
+        eventually(lambda: first.health.assigned and second.health.assigned, what="both assigned")
+        eventually(setup.state.consolidation_settled, what="consolidation settled")
+        owners = [a for a in (first, second) if a.source.owns(s.topic_deletions, 0)]
+        assert len(owners) == 1
+        owner, other = owners[0], second if owners[0] is first else first
+        swept, idle = owner.stats.slices, other.stats.slices
+        users = [f"u{n}" for n in range(40)]
+        produce(setup.bootstrap, s.topic_interactions,
+                [(u, event(user=u, item="i3", ts=2e9)) for u in users])  # fmt: skip
+        eventually(lambda: owner.stats.slices > swept, what="a new cycle after the events")
+        eventually(setup.state.consolidation_settled, what="settled again")
+        time.sleep(1.5)  # the other instance saw events too, and went quiet as long
+        assert other.stats.slices == idle
+    with service_running(setup.service()) as third:
+        eventually(lambda: third.source.owns(s.topic_deletions, 0), what="the new owner")
+        time.sleep(2.0)  # idle: a settled namespace is not swept again by its new owner
+        assert third.stats.slices == 0
