@@ -49,8 +49,10 @@ def _load(redis_client, namespace: str, popular, holder: str) -> ModelState:
     return state
 
 
-def _events(partition: int) -> list[tuple[list[Interaction], list[Deletion]]]:
-    """The batches of one partition: its users forget item 0 and learn item 1, three a batch."""
+def _events(partition: int, partitions: int) -> list[tuple[list[Interaction], list[Deletion]]]:
+    """The batches of one of `partitions` partitions: its users forget item 0 and learn
+    item 1, three a batch; then a deletion whose effect spans every instance's rows: the
+    first partition forgets one of its users whole, the second forgets item 2 for everyone."""
     offsets = {"interactions": -1, "deletions": -1}
 
     def source(topic: str) -> Source:
@@ -58,7 +60,7 @@ def _events(partition: int) -> list[tuple[list[Interaction], list[Deletion]]]:
         return Source(topic, partition, offsets[topic])
 
     batches = []
-    users = list(range(partition, N_USERS, 2))
+    users = list(range(partition, N_USERS, partitions))
     for start in range(0, len(users), 3):
         chunk = users[start : start + 3]
         deletions = [Deletion(f"u{u}", "i0", NOW, f"r-{u}", source("deletions")) for u in chunk]
@@ -66,6 +68,12 @@ def _events(partition: int) -> list[tuple[list[Interaction], list[Deletion]]]:
             Interaction(f"u{u}", "i1", 1.0, NOW + 1, source("interactions")) for u in chunk
         ]
         batches.append((interactions, deletions))
+    if partition == 0:
+        batches.append(
+            ([], [Deletion(f"u{users[0]}", None, NOW, "whole-user", source("deletions"))])
+        )
+    if partition == 1:
+        batches.append(([], [Deletion(None, "i2", NOW, "whole-item", source("deletions"))]))
     return batches
 
 
@@ -81,17 +89,19 @@ def _settle(engine: Engine, sweeps: int = 60) -> None:
             return
 
 
-def test_two_instances_forgetting_one_popular_item_at_once_match_one_instance(
-    redis_client, popular, monkeypatch
+@pytest.mark.parametrize("instances", [2, 4])
+def test_instances_forgetting_one_popular_item_at_once_match_one_instance(
+    redis_client, popular, monkeypatch, instances
 ):
-    solo_state = _load(redis_client, "solo", popular, holder="solo")
+    solo_state = _load(redis_client, f"solo{instances}", popular, holder="solo")
     solo = Engine(solo_state)
-    for partition in (0, 1):
-        for batch in _events(partition):
-            solo.process(*batch)
+    solo_receipts = []
+    for partition in range(instances):
+        for batch in _events(partition, instances):
+            solo_receipts += solo.process(*batch).receipts
 
-    # A slow solve widens the window in which both instances hold item 0's row in memory:
-    # without the lease, one's write would bring back the pairs the other removed.
+    # A slow solve widens the window in which the instances hold item 0's row in memory:
+    # without the lease, one's write would bring back the pairs another removed.
     solve = engine_module._Batch.solve
 
     def slow_solve(batch) -> None:
@@ -99,55 +109,59 @@ def test_two_instances_forgetting_one_popular_item_at_once_match_one_instance(
         time.sleep(0.02)
 
     monkeypatch.setattr(engine_module._Batch, "solve", slow_solve)
-    duo_state = _load(redis_client, "duo", popular, holder="a")
-    engines = [Engine(duo_state), Engine(ModelState(redis_client, "duo", holder="b"))]
-    receipts: list[list[dict]] = [[], []]
+    namespace = f"group{instances}"
+    group_state = _load(redis_client, namespace, popular, holder="0")
+    engines = [Engine(group_state)] + [
+        Engine(ModelState(redis_client, namespace, holder=str(n))) for n in range(1, instances)
+    ]
+    receipts: list[list] = [[] for _ in range(instances)]
     failures: list[BaseException] = []
 
     def run(n: int) -> None:
         try:
-            for batch in _events(n):
+            for batch in _events(n, instances):
                 receipts[n] += engines[n].process(*batch).receipts
         except BaseException as exc:  # surfaced by the assertion below
             failures.append(exc)
 
-    threads = [threading.Thread(target=run, args=(n,)) for n in (0, 1)]
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(instances)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     assert not failures
 
-    # The data: exactly the same, both ways, and every request applied once.
+    # The data: exactly the same, both ways, and every request applied once, with the
+    # same effect (a whole user, a whole item: their pairs live in every instance's rows).
     _, solo_data = export(solo_state)
-    _, duo_data = export(duo_state)
-    assert (solo_data.by_user != duo_data.by_user).nnz == 0
-    assert _item_rows(duo_state) == _item_rows(solo_state)
-    assert 0 not in _item_rows(duo_state)  # nobody has item 0 any more
-    assert int(duo_state.read_status()["interactions"]) == duo_data.nnz == solo_data.nnz
-    assert sorted(r.request_id for r in receipts[0] + receipts[1]) == sorted(
-        f"r-{u}" for u in range(N_USERS)
-    )
-    assert all(r.removed == 1 for r in receipts[0] + receipts[1])
-    applied = duo_state.read_applied()
-    assert applied == solo_state.read_applied()
+    _, group_data = export(group_state)
+    assert (solo_data.by_user != group_data.by_user).nnz == 0
+    assert _item_rows(group_state) == _item_rows(solo_state)
+    assert 0 not in _item_rows(group_state) and 2 not in _item_rows(group_state)
+    assert int(group_state.read_status()["interactions"]) == group_data.nnz == solo_data.nnz
+    answered = {r.request_id: r.removed for rs in receipts for r in rs}
+    assert sum(len(rs) for rs in receipts) == len(answered) == len(solo_receipts)
+    assert answered == {r.request_id: r.removed for r in solo_receipts}
+    assert all(answered[f"r-{u}"] == 1 for u in range(N_USERS))
+    assert answered["whole-user"] > 0 and answered["whole-item"] > 0
+    assert group_state.read_applied() == solo_state.read_applied()
 
     # The model: once converged, the same objective and the same scores.
     _settle(solo)
-    duo = Engine(ModelState(redis_client, "duo", holder="a"))
-    _settle(duo)
-    assert duo.loss == pytest.approx(solo.loss, rel=1e-4)
+    group = Engine(ModelState(redis_client, namespace, holder="0"))
+    _settle(group)
+    assert group.loss == pytest.approx(solo.loss, rel=1e-4)
     rng = np.random.default_rng(0)
     u, i = rng.integers(0, N_USERS, 2000), rng.integers(0, N_ITEMS, 2000)
     solo_scores = pair_scores(solo.factors["user"], solo.factors["item"], u, i)
-    duo_scores = pair_scores(duo.factors["user"], duo.factors["item"], u, i)
-    assert relative_change(solo_scores, duo_scores) < 1e-3
+    group_scores = pair_scores(group.factors["user"], group.factors["item"], u, i)
+    assert relative_change(solo_scores, group_scores) < 1e-3
 
 
 def test_an_instance_brings_its_replica_up_to_date_before_a_batch(redis_client, popular):
     state_a = _load(redis_client, "refresh", popular, holder="a")
     a, b = Engine(state_a), Engine(ModelState(redis_client, "refresh", holder="b"))
-    for batch in _events(0)[:2]:
+    for batch in _events(0, 2)[:2]:
         a.process(*batch)
     assert not np.array_equal(a.factors["item"], b.factors["item"])
     b.process([], [])  # nothing to do, but the lease refreshes the replica
@@ -156,7 +170,7 @@ def test_an_instance_brings_its_replica_up_to_date_before_a_batch(redis_client, 
     assert b.loss == a.loss and b.interactions == a.interactions
 
     # Further behind than the change log reaches: a full reload gives the same.
-    a.process(*_events(0)[2])
+    a.process(*_events(0, 2)[2])
     redis_client.xtrim(state_a.layout.changes, maxlen=0)
     b.process([], [])
     for side in ("user", "item"):
@@ -203,7 +217,7 @@ def test_an_instance_finishes_the_batch_another_left_half_written(redis_client, 
     finish A's batch from the redo log before its own, or A's replay would count twice."""
     state_a = _load(redis_client, "half", popular, holder="a")
     a, b = Engine(state_a), Engine(ModelState(redis_client, "half", holder="b"))
-    first, second = _events(0)[0], _events(1)[0]
+    first, second = _events(0, 2)[0], _events(1, 2)[0]
     process_killed_mid_commit(lambda: a.process(*first))
     redis_client.delete(state_a.layout.lease)  # a is gone; its lease lapses
 
