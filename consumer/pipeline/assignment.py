@@ -165,7 +165,15 @@ class Assignments:
         applied = self.state.read_applied()
         renewed = {p for p, _ in verdicts.new_epochs}
         committed = self._committed([p for p in partitions if p not in renewed])
-        answered = self._answered({keys[p] for p in partitions if keys[p] in applied})
+        # Partitions the state applied from, and new lives of re-created topics (the state
+        # may have come back from before the new life's first batch).
+        answered = self._answered(
+            {
+                keys[p]
+                for p in partitions
+                if keys[p] in applied or epochs[partition_key(*p)]["epoch"]
+            }
+        )
         out = []
         for partition in partitions:
             low, high = watermarks[partition]
@@ -174,11 +182,16 @@ class Assignments:
             offset, life = committed.get(partition, (None, None))
             if life != record["epoch"] and not (life is None and record["epoch"] == 0):
                 offset = None  # committed in another life of the topic: it means nothing here
+            lost = answered.get(keys[partition], -1)
             if record["epoch"] > 0 and stored is None:
-                # A life nothing was applied from yet starts where it was found to begin.
-                resume = Resume(max(int(record.get("start") or 0), low), -1, None)
+                # A life nothing was applied from yet starts where it was found to begin
+                # (unless receipts say some of it was answered: the state lost that).
+                begin = max(int(record.get("start") or 0), low)
+                if offset is not None and offset > begin:  # acknowledged in this life
+                    lost = max(lost, offset - 1)
+                resume = Resume(begin, lost if lost >= begin else -1, None)
             else:
-                resume = decide(stored, offset, low, high, answered.get(keys[partition], -1))
+                resume = decide(stored, offset, low, high, lost)
             view = PartitionView(
                 record["epoch"],
                 resume.offset,
