@@ -43,6 +43,7 @@ from consumer.settings import Settings
 log = logging.getLogger("unlearn.application")
 
 STATE_CHECK_S = 5.0  # how often an idle service checks that Redis did not go back in time
+TOPIC_CHECK_S = 5.0  # how often the input topics' ids are compared (a topic re-created)
 IDLE_WAIT_S = 0.1  # how long a read waits for input when there is nothing else to do
 ACK_WAIT_S = 0.002  # how long the loop waits for acknowledgements between reads
 
@@ -114,6 +115,7 @@ class Application:
         self._batch_opened = 0.0
         self._last_event = time.monotonic()
         self._state_checked = time.monotonic()
+        self._topics_checked = time.monotonic()
 
     @property
     def engine(self) -> Engine:
@@ -152,6 +154,7 @@ class Application:
         self.source.resume_surged()
         self.source.recheck_gaps()
         self._check_state()
+        self._check_topics()
         self._own_consolidation()
         consolidating = self.consolidation.due(self._since_last_event_ms(), False)
         wait = 0.0 if self._pending or consolidating else IDLE_WAIT_S
@@ -179,7 +182,7 @@ class Application:
             # or the broker reuses offsets. Finish what came before, then check its life.
             self._flush()
             log.warning("offsets ran backwards on %s: checking the partitions", read.backwards)
-            self.source.seek(read.backwards)
+            self.source.seek(self.source.assignments.of_topics(read.backwards))
 
     def _since_last_event_ms(self) -> float:
         return (time.monotonic() - self._last_event) * 1000
@@ -282,6 +285,20 @@ class Application:
             self._heal_rollback(exc)
         except TRANSIENT as exc:  # Redis away: the next batch waits it out
             log.info("state check skipped: %s", type(exc).__name__)
+
+    def _check_topics(self) -> None:
+        """Now and then: was an input topic deleted and created again under us? What was
+        read before it shows is applied first (it may be the old life's last messages);
+        then its partitions are checked and resume in the new life."""
+        now = time.monotonic()
+        if now - self._topics_checked < TOPIC_CHECK_S:
+            return
+        self._topics_checked = now
+        changed = self.source.assignments.recreated()
+        if changed:
+            self._flush()
+            log.warning("topic ids changed on %s: checking the partitions", changed)
+            self.source.seek(changed)
 
     def _unprocessable(self, parsed: Parsed, events: list, detail: str) -> None:
         """Dead-letter events the batch could not process, durably before their offsets

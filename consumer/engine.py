@@ -223,13 +223,14 @@ class Engine:
         self,
         interactions: list[Interaction],
         deletions: list[Deletion],
-        acknowledged: Mapping[str, int] | None = None,
+        acknowledged: Mapping[str, tuple[int, int]] | None = None,
         skipped: Sequence[Source] = (),
     ) -> BatchOutcome:
         """One batch, durable when this returns.
 
-        `acknowledged`: partition key -> the last offset acknowledged to Kafka before the
-        state lost it (after a rollback); the receipts of those requests say `reapplied`.
+        `acknowledged`: partition key -> the offsets [first, last] acknowledged to Kafka
+        before the state lost them (after a rollback; first -1: every offset up to last);
+        the receipts of those requests say `reapplied`.
         `skipped`: messages of the batch that have no effect (dead-lettered); their
         offsets are recorded as done all the same.
         """
@@ -240,7 +241,7 @@ class Engine:
         self,
         interactions: list[Interaction],
         deletions: list[Deletion],
-        acknowledged: Mapping[str, int],
+        acknowledged: Mapping[str, tuple[int, int]],
         skipped: Sequence[Source],
     ) -> BatchOutcome:
         started = time.perf_counter()
@@ -653,7 +654,9 @@ class _Batch:
                 penalty += row_penalties(counts, norms, params)
         return observed_terms(s, w, params) + penalty
 
-    def receipts(self, residual: float, acknowledged: Mapping[str, int]) -> list[Receipt]:
+    def receipts(
+        self, residual: float, acknowledged: Mapping[str, tuple[int, int]]
+    ) -> list[Receipt]:
         now = self.engine.clock()
         out = []
         for position, deletion in enumerate(self.deletions):
@@ -676,7 +679,7 @@ class _Batch:
                     latency_seconds=now - started,
                     residual=residual,
                     source=source.key,
-                    reapplied=source.offset <= acknowledged.get(source.partition_key, -1),
+                    reapplied=_within(source.offset, acknowledged.get(source.partition_key)),
                 )
             )
         return out
@@ -838,3 +841,7 @@ def _advance(applied: dict[str, int], sources: list[Source]) -> dict[str, int]:
         key = source.partition_key
         out[key] = max(out.get(key, applied.get(key, -1)), source.offset)
     return out
+
+
+def _within(offset: int, span: tuple[int, int] | None) -> bool:
+    return span is not None and span[0] <= offset <= span[1]

@@ -37,7 +37,7 @@ class Applier:
         self.stale = False  # the replica may be ahead of Redis (a failed slice)
 
     def apply(
-        self, work: Work, acknowledged: Mapping[str, int], reject: Reject
+        self, work: Work, acknowledged: Mapping[str, tuple[int, int]], reject: Reject
     ) -> list[BatchOutcome]:
         """The batch, durable in Redis when this returns, with its poison dead-lettered.
 

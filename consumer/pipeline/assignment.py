@@ -15,6 +15,7 @@ import base64
 import logging
 import time
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,11 +26,12 @@ from consumer.events import partition_key
 from consumer.pipeline.answered import answered_through
 from consumer.pipeline.dead_letters import Partition
 from consumer.pipeline.positions import (
+    CommitNote,
     Marks,
-    Resume,
     decide,
     fingerprint,
     offsets_to_probe,
+    read_before_it_showed,
     same_log,
 )
 from consumer.state.store import ModelState
@@ -37,7 +39,6 @@ from consumer.state.store import ModelState
 log = logging.getLogger("unlearn.assignment")
 
 _NO_TOPIC_ID = base64.b64encode(bytes(16)).decode().rstrip("=")
-_EPOCH_NOTE = "unlearn-epoch="  # offset commit metadata: the partition's life
 # Probe answers meaning "no message at that offset any more".
 _NOTHING_THERE = (
     KafkaError._PARTITION_EOF,
@@ -53,7 +54,9 @@ class PartitionView:
     epoch: int = 0
     next_offset: int = -1  # the next offset expected from the consumer (-1: unknown)
     reapply_through: int = -1  # offsets up to this were acknowledged, then lost by the state
+    reapply_from: int = -1  # ... from this one on (-1: from wherever reading starts)
     missing: tuple[int, int] | None = None  # the state needs these; the broker lost them
+    began: int | None = None  # where this load of the model began reading this life
 
 
 @dataclass
@@ -80,6 +83,10 @@ class Assignments:
         self.receipts_topic = receipts_topic  # read back after a kill or a rollback
         self.views: dict[Partition, PartitionView] = {}
         self._admin: AdminClient | None = None
+        self._load: str | None = None
+        self._topic_ids_seen: dict[str, str] = {}  # topic -> its id when last resolved
+        self._checker = ThreadPoolExecutor(1, thread_name_prefix="unlearn-topic-check")
+        self._check: Future[list[Partition]] | None = None
 
     # ----- what the rest of the service asks ------------------------------------------
 
@@ -90,10 +97,11 @@ class Assignments:
     def key(self, topic: str, partition: int) -> str:
         return partition_key(topic, partition, self.epoch(topic, partition))
 
-    def acknowledged(self) -> dict[str, int]:
-        """Partition key -> the last offset acknowledged before the state lost it."""
+    def acknowledged(self) -> dict[str, tuple[int, int]]:
+        """Partition key -> the offsets [first, last] acknowledged before the state lost
+        them (or read again for another reason): their receipts say `reapplied`."""
         return {
-            partition_key(t, p, v.epoch): v.reapply_through
+            partition_key(t, p, v.epoch): (v.reapply_from, v.reapply_through)
             for (t, p), v in self.views.items()
             if v.reapply_through >= 0
         }
@@ -107,6 +115,7 @@ class Assignments:
             offset = committed.get(partition_key(topic, number, view.epoch))
             if offset is not None and offset >= view.next_offset:
                 view.reapply_through = max(view.reapply_through, offset)
+                view.reapply_from = -1
 
     def gaps(self) -> dict[Partition, tuple[int, int]]:
         return {p: v.missing for p, v in self.views.items() if v.missing is not None}
@@ -120,6 +129,51 @@ class Assignments:
         backwards = 0 <= offset < view.next_offset
         view.next_offset = offset + 1
         return backwards
+
+    def recreated(self) -> list[Partition]:
+        """Assigned partitions of topics deleted and created again under this consumer.
+        Offsets need not run backwards for that (a new life can grow past the position
+        before it is read), so now and then each partition's first recorded message is
+        compared with the broker's (and each topic's id, where the broker has ids).
+        Never waits: the check runs beside the loop; each call collects the previous
+        check's answer and starts the next."""
+        found: list[Partition] = []
+        if self._check is not None:
+            if not self._check.done():
+                return []
+            try:
+                found = self._check.result()
+            except Exception as exc:  # the broker or Redis away: the next check tries again
+                log.info("could not check the topics' lives (%s): tried again", exc)
+            self._check = None
+        if self.views:
+            keys = {p: partition_key(*p, v.epoch) for p, v in self.views.items()}
+            self._check = self._checker.submit(self._find_recreated, keys)
+        return [p for p in found if p in self.views]
+
+    def _find_recreated(self, keys: dict[Partition, str]) -> list[Partition]:
+        topics = {t for t, _ in keys}
+        ids = self._topic_ids(topics)
+        changed = {
+            t for t in topics if ids.get(t) and self._topic_ids_seen.get(t, ids[t]) != ids[t]
+        }
+        marks = self.state.read_marks(list(keys.values()))
+        firsts = {p: marks[k].first for p, k in keys.items() if k in marks and p[0] not in changed}
+        found = self._probe({p: [m.offset] for p, m in firsts.items()})
+        for partition, first in firsts.items():
+            there = found.get(partition, {}).get(first.offset)
+            if there is not None and there != first.fingerprint:  # None: proves nothing
+                changed.add(partition[0])
+        return sorted(p for p in keys if p[0] in changed)
+
+    def close(self) -> None:
+        self._checker.shutdown(wait=False, cancel_futures=True)
+
+    def of_topics(self, partitions: Iterable[Partition]) -> list[Partition]:
+        """Every assigned partition of the topics these belong to: a topic is re-created
+        whole, so when one partition shows it, all are checked."""
+        topics = {t for t, _ in partitions}
+        return sorted(p for p in self.views if p[0] in topics)
 
     def forget(self, partitions: Iterable[Partition]) -> None:
         for partition in partitions:
@@ -135,7 +189,12 @@ class Assignments:
         plain = [partition_key(t, p) for t, p in partitions]
         epochs = self.state.read_epochs(plain)
         topic_ids = self._topic_ids({t for t, _ in partitions})
+        self._topic_ids_seen.update(topic_ids)
         watermarks = self._watermarks(partitions)
+        # Each partition's key in the life the state knows, before any new one starts.
+        prior = {
+            p: partition_key(*p, epochs[n]["epoch"]) for p, n in zip(partitions, plain, strict=True)
+        }
         for (topic, number), name in zip(partitions, plain, strict=True):
             record, current_id = epochs[name], topic_ids.get(topic)
             if current_id and record.get("topic_id") and record["topic_id"] != current_id:
@@ -147,11 +206,20 @@ class Assignments:
         keys = {
             p: partition_key(*p, epochs[n]["epoch"]) for p, n in zip(partitions, plain, strict=True)
         }
-        marks = self.state.read_marks(list(keys.values()))
+        marks = self.state.read_marks(sorted(set(keys.values()) | set(prior.values())))
         unsure = [p for p in partitions if keys[p] in marks]
-        lows = {p: watermarks[p][0] for p in unsure}
-        for partition, same, after in self._compare({p: marks[keys[p]] for p in unsure}, lows):
-            if same:
+        # A topic id that changed started a new life already; its old marks still tell
+        # what of the new log was read under the old life's name.
+        by_id = [p for p, _ in verdicts.new_epochs if prior[p] in marks]
+        lows = {p: watermarks[p][0] for p in partitions}
+        overlap: dict[Partition, tuple[int, int]] = {}
+        checked = self._compare(
+            {p: marks[keys[p]] for p in unsure} | {p: marks[prior[p]] for p in by_id}, lows
+        )
+        for partition, same, after, read_before in checked:
+            if read_before is not None:
+                overlap[partition] = read_before
+            if same or partition in by_id:
                 continue
             name = partition_key(*partition)
             # A new log is read from its start; offsets reused after a message that is
@@ -165,38 +233,39 @@ class Assignments:
         applied = self.state.read_applied()
         renewed = {p for p, _ in verdicts.new_epochs}
         committed = self._committed([p for p in partitions if p not in renewed])
-        # Partitions the state applied from, and new lives of re-created topics (the state
-        # may have come back from before the new life's first batch).
+        stored = {p: applied.get(keys[p]) for p in partitions}
+        began = {
+            p: self._began(epochs[partition_key(*p)], committed.get(p, (None, None))[1])
+            for p in partitions
+        }
+        # What was answered and may be lost: wherever the state read, or began to.
         answered = self._answered(
-            {
-                keys[p]
-                for p in partitions
-                if keys[p] in applied or epochs[partition_key(*p)]["epoch"]
-            }
+            {keys[p] for p in partitions if stored[p] is not None or began[p] is not None}
         )
         out = []
         for partition in partitions:
             low, high = watermarks[partition]
-            record = epochs[partition_key(*partition)]
-            stored = applied.get(keys[partition])
-            offset, life = committed.get(partition, (None, None))
-            if life != record["epoch"] and not (life is None and record["epoch"] == 0):
+            offset, note = committed.get(partition, (None, None))
+            if not self._same_life(note, epochs[partition_key(*partition)]["epoch"]):
                 offset = None  # committed in another life of the topic: it means nothing here
             lost = answered.get(keys[partition], -1)
-            if record["epoch"] > 0 and stored is None:
-                # A life nothing was applied from yet starts where it was found to begin
-                # (unless receipts say some of it was answered: the state lost that).
-                begin = max(int(record.get("start") or 0), low)
-                if offset is not None and offset > begin:  # acknowledged in this life
-                    lost = max(lost, offset - 1)
-                resume = Resume(begin, lost if lost >= begin else -1, None)
-            else:
-                resume = decide(stored, offset, low, high, lost)
+            resume = decide(stored[partition], offset, low, high, lost, began[partition])
+            reapply_from, reapply_through = -1, resume.reapply_through
+            if partition in overlap:  # read under the old life's name before it showed
+                first, last = overlap[partition]
+                if reapply_through < 0:
+                    reapply_from, reapply_through = first, last
+                else:
+                    reapply_through = max(reapply_through, last)
+            if began[partition] is None and stored[partition] is None:
+                began[partition] = resume.offset  # this load begins reading it here
             view = PartitionView(
-                record["epoch"],
-                resume.offset,
-                resume.reapply_through,
-                resume.missing,
+                epoch=epochs[partition_key(*partition)]["epoch"],
+                next_offset=resume.offset,
+                reapply_through=reapply_through,
+                reapply_from=reapply_from,
+                missing=resume.missing,
+                began=began[partition],
             )
             self.views[partition] = view
             if resume.reapply_through >= 0:
@@ -222,6 +291,28 @@ class Assignments:
                 log.warning("could not reset the group's offsets of a new epoch: %s", exc)
         return out, verdicts
 
+    def _began(self, record: dict[str, Any], note: CommitNote | None) -> int | None:
+        """Where this load of the model began reading this life of the partition: a new
+        life's start is recorded with the state; otherwise the group's commit note says
+        it, when it was made for this load and this life (the state may have lost it)."""
+        epoch = int(record["epoch"])
+        if epoch > 0:
+            return int(record.get("start") or 0)
+        if note is not None and note.load == self.load() and self._same_life(note, epoch):
+            return note.began
+        return None
+
+    @staticmethod
+    def _same_life(note: CommitNote | None, epoch: int) -> bool:
+        """Was a commit made in this life of the topic? One without a note of ours can
+        only be trusted for the first life (commits before epochs existed)."""
+        return note.epoch == epoch if note is not None else epoch == 0
+
+    def load(self) -> str:
+        if self._load is None:
+            self._load = self.state.load_id()
+        return self._load
+
     def _next_epoch(
         self, name: str, record: dict[str, Any], topic_id: str | None, start: int
     ) -> dict:
@@ -229,21 +320,35 @@ class Assignments:
 
     def _compare(
         self, marks: dict[Partition, Marks], lows: dict[Partition, int]
-    ) -> Iterable[tuple[Partition, bool, int | None]]:
-        """For each partition with recorded marks: is the broker's log the same one?
-        The newest mark first; the others only where it does not match."""
+    ) -> list[tuple[Partition, bool, int | None, int]]:
+        """For each partition with recorded marks: is the broker's log the same one (and
+        where it resumes, and what of a new log was read before it showed)? The newest
+        mark and the first one first; the others only where either does not match."""
         if not marks:
             return []
         newest = {p: (m.recent or (m.first,))[0] for p, m in marks.items()}
-        found = self._probe({p: [n.offset] for p, n in newest.items() if n.offset >= lows[p]})
-        changed = [p for p, n in newest.items() if found.get(p, {}).get(n.offset) != n.fingerprint]
+        found = self._probe(
+            {p: sorted({o for o in (newest[p].offset, m.first.offset) if o >= lows[p]})
+             for p, m in marks.items()}
+        )  # fmt: skip
+        changed = [
+            p for p, m in marks.items()
+            if any(found.get(p, {}).get(x.offset, x.fingerprint) != x.fingerprint
+                   for x in (newest[p], m.first))
+            or newest[p].offset not in found.get(p, {})
+        ]  # fmt: skip
         more = self._probe(
-            {p: [o for o in offsets_to_probe(marks[p], lows[p]) if o != newest[p].offset]
+            {p: [o for o in offsets_to_probe(marks[p], lows[p])
+                 if o not in (newest[p].offset, marks[p].first.offset)]
              for p in changed}
         )  # fmt: skip
         for p in changed:
             found.setdefault(p, {}).update(more.get(p, {}))
-        return [(p, *same_log(m, found.get(p, {}), lows[p])) for p, m in marks.items()]
+        return [
+            (p, *same_log(m, found.get(p, {}), lows[p]),
+             read_before_it_showed(m, found.get(p, {}), lows[p]))
+            for p, m in marks.items()
+        ]  # fmt: skip
 
     # ----- asking the broker ----------------------------------------------------------
 
@@ -268,8 +373,12 @@ class Assignments:
 
     def commit_note(self, topic: str, partition: int) -> str:
         """The metadata an offset commit carries: the life of the partition it belongs to
-        (a re-created topic's old commits must not be read as the new one's)."""
-        return f"{_EPOCH_NOTE}{self.epoch(topic, partition)}"
+        (a re-created topic's old commits must not be read as the new one's), the load of
+        the model and where it began reading (positions.CommitNote)."""
+        view = self.views.get((topic, partition))
+        if view is None:
+            return CommitNote(0, self.load()).encode()
+        return CommitNote(view.epoch, self.load(), view.began).encode()
 
     def _answered(self, keys: set[str]) -> dict[str, int]:
         """Partition key -> the last offset a published receipt names, among receipts
@@ -280,10 +389,12 @@ class Assignments:
         since = float(updated) if updated is not None else None
         return answered_through(self.kafka_config, self.receipts_topic, keys, since)
 
-    def _committed(self, partitions: list[Partition]) -> dict[Partition, tuple[int, int | None]]:
-        """The group's committed offsets, with the epoch their commit named (None: the
-        commit carries no note: committed before there were epochs, or a broker that
-        drops commit metadata)."""
+    def _committed(
+        self, partitions: list[Partition]
+    ) -> dict[Partition, tuple[int, CommitNote | None]]:
+        """The group's committed offsets, with the note their commit carried (None: no
+        note of ours: committed before there were notes, or a broker that drops commit
+        metadata)."""
         if not partitions:
             return {}
         tps = [TopicPartition(t, p) for t, p in partitions]
@@ -292,9 +403,7 @@ class Assignments:
         for tp in result:
             if tp.offset < 0:
                 continue
-            note = tp.metadata or ""
-            life = int(note[len(_EPOCH_NOTE) :]) if note.startswith(_EPOCH_NOTE) else None
-            out[(tp.topic, tp.partition)] = (tp.offset, life)
+            out[(tp.topic, tp.partition)] = (tp.offset, CommitNote.decode(tp.metadata))
         return out
 
     def _watermarks(self, partitions: list[Partition]) -> dict[Partition, tuple[int, int]]:

@@ -93,19 +93,49 @@ def same_log(
     (same, resume_after): same is False when the log is another one (re-created, or its
     offsets reused); resume_after is then the newest recorded offset whose message is
     unchanged, after which reading continues (None: read the whole log, it is new).
-    """
+
+    The epoch's first message decides first, where it was probed: a new life read under
+    the old one's name before it showed (no offset ran backwards) left marks that match
+    the new log, the newest among them."""
     if marks is None:
         return True, None
+    first_held = marks.first.offset >= low
+    if first_held and _differs(marks.first, found):
+        return False, None  # the epoch's first message is another: a new log
     newest = marks.recent[0] if marks.recent else marks.first
     if newest.offset < low or found.get(newest.offset) == newest.fingerprint:
         return True, None  # unchanged, or retention passed all that was recorded
-    first_held = marks.first.offset >= low
     if first_held and found.get(marks.first.offset) != marks.first.fingerprint:
-        return False, None  # the epoch's first message is another: a new log
+        return False, None
     for mark in marks.recent:
         if mark.offset >= low and found.get(mark.offset) == mark.fingerprint:
             return False, mark.offset
     return False, marks.first.offset if first_held else low - 1
+
+
+def read_before_it_showed(
+    marks: Marks | None, found: dict[int, str | None], low: int
+) -> tuple[int, int] | None:
+    """In a new log (its first message another than the recorded one): the offsets of it
+    that were read, and answered, as if it were the old log, [first, last] (None: none).
+    Those messages are read again in the new life, and their receipts must say
+    `reapplied`. The batches read from the new log are the newest marks that match it;
+    the one before them ended the old life's reading."""
+    if marks is None or marks.first.offset < low or not _differs(marks.first, found):
+        return None
+    last, first = -1, marks.first.offset + 1
+    for mark in marks.recent:  # newest first
+        if mark.offset >= low and found.get(mark.offset) == mark.fingerprint:
+            last = max(last, mark.offset)
+            continue
+        first = mark.offset + 1
+        break
+    return (max(first, low), last) if last >= 0 else None
+
+
+def _differs(mark: Mark, found: dict[int, str | None]) -> bool:
+    """Was the mark's offset probed, and does the broker hold another message there?"""
+    return mark.offset in found and found[mark.offset] != mark.fingerprint
 
 
 def offsets_to_probe(marks: Marks | None, low: int = 0) -> list[int]:
@@ -122,15 +152,34 @@ class Resume:
 
 
 def decide(
-    applied: int | None, committed: int | None, low: int, high: int, answered: int = -1
+    applied: int | None,
+    committed: int | None,
+    low: int,
+    high: int,
+    answered: int = -1,
+    began: int | None = None,
 ) -> Resume:
     """Where a partition resumes, from the state's last applied offset, the group's
-    committed offset (the next to read; None when the group has none), the broker's
-    log start and end, and the last offset a published receipt names (-1: none known;
-    receipts are acknowledged before offsets are committed, so it may be ahead)."""
-    if applied is None:  # the state never saw this partition (or this epoch of it)
-        start = committed if committed is not None else low
-        return Resume(max(start, low), -1, None)
+    committed offset (the next to read; None when the group has none, or its commit
+    belongs to another life of the topic), the broker's log start and end, the last
+    offset a published receipt names (-1: none known; receipts are acknowledged before
+    offsets are committed, so it may be ahead), and where this state began reading the
+    partition (None: it never has, as far as anyone recorded).
+
+    `began` is what tells "the state never saw this partition" from "the state lost all
+    it did with it" (restored from a snapshot taken before its first batch of it): in the
+    second case everything answered since `began` is applied again."""
+    if applied is None:
+        if began is None:  # never read into this state: go on from the group's position
+            start = committed if committed is not None else low
+            return Resume(max(start, low), -1, None)
+        lost = answered
+        if committed is not None and committed > began:
+            lost = max(lost, committed - 1)  # acknowledged, and not in the state any more
+        reapply_through = lost if lost >= began else -1
+        if began < low:
+            return Resume(low, reapply_through, (began, low))
+        return Resume(began, reapply_through, None)
     wanted = applied + 1
     reapply_through = -1
     start = wanted
@@ -143,3 +192,44 @@ def decide(
     if wanted < low:
         return Resume(low, reapply_through, (wanted, low))
     return Resume(max(start, low), reapply_through, None)
+
+
+_NOTE_PREFIX = "unlearn-"
+
+
+@dataclass(frozen=True, slots=True)
+class CommitNote:
+    """What an offset commit carries besides the offset (its metadata): the life of the
+    topic it belongs to, the model load it was made for, and where that load began
+    reading the partition. It lives with the group, outside Redis, so it survives what
+    the state loses: a snapshot from before a partition's first batch leaves no trace in
+    the state, but the note still says the state had read it since `began`."""
+
+    epoch: int
+    load: str | None = None
+    began: int | None = None
+
+    def encode(self) -> str:
+        parts = [f"{_NOTE_PREFIX}epoch={self.epoch}"]
+        if self.load is not None:
+            parts.append(f"load={self.load}")
+        if self.began is not None:
+            parts.append(f"began={self.began}")
+        return ";".join(parts)
+
+    @classmethod
+    def decode(cls, text: str | None) -> CommitNote | None:
+        """None for a commit without a note of ours (older versions, other tools, a
+        broker that drops commit metadata); unreadable parts are left out."""
+        if not text or not text.startswith(_NOTE_PREFIX):
+            return None
+        fields = dict(
+            part.split("=", 1) for part in text[len(_NOTE_PREFIX) :].split(";") if "=" in part
+        )
+        try:
+            epoch = int(fields["epoch"])
+        except (KeyError, ValueError):
+            return None
+        began = fields.get("began")
+        return cls(epoch, fields.get("load") or None,
+                   int(began) if began and began.lstrip("-").isdigit() else None)  # fmt: skip

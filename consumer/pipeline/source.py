@@ -160,6 +160,7 @@ class Source:
         self.consumer.commit(offsets=offsets, asynchronous=asynchronous)
 
     def close(self) -> None:
+        self.assignments.close()
         self.consumer.close()
 
     # ----- where partitions resume -----------------------------------------------------

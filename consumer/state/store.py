@@ -291,6 +291,16 @@ class ModelState:
             salt = self.client.hget(self.layout.meta, "salt")
         return bytes.fromhex(salt.decode())
 
+    def load_id(self) -> str:
+        """A name for this load of a model into the namespace, made once per load. Offset
+        commits carry it (positions.CommitNote): a commit made for this load, of a
+        partition the state has no record of, means the state lost what it had read."""
+        load = self.client.hget(self.layout.meta, "load")
+        if load is None:  # a namespace loaded by an older version
+            self.client.hsetnx(self.layout.meta, "load", os.urandom(8).hex())
+            load = self.client.hget(self.layout.meta, "load")
+        return load.decode()
+
     @_timed("allocate")
     def allocate(self, side: str, ids: list[str]) -> np.ndarray:
         """Indices of the ids, creating the ones not seen before."""
@@ -434,6 +444,7 @@ class ModelState:
                 "items": 0,
                 "format": FORMAT_VERSION,
                 "salt": os.urandom(16).hex(),
+                "load": os.urandom(8).hex(),
             },
         )
 

@@ -30,6 +30,7 @@ from tests.service.kafka_helpers import (
     fresh_settings,
     produce,
     receipts_of,
+    recreate_topic,
 )
 
 N_USERS, N_ITEMS = 150, 100
@@ -201,3 +202,72 @@ def test_a_rollback_behind_receipts_never_committed_marks_them_reapplied(kafka_b
         again = restarted_from_snapshot(server, settings, chosen, kafka_bootstrap)[100:]
         assert sorted(r["request_id"] for r in again) == sorted(f"t{n}" for n in range(50, 100))
         assert all(r["reapplied"] and not r["resent"] for r in again)
+
+
+def restarted_and_reapplied(server, settings, chosen, bootstrap, before: int) -> list[dict]:
+    """Redis back from its last SAVE, which holds none of `chosen` removed, then a new
+    service on it: the receipts it sends for them."""
+    server.kill()
+    server.start()
+    state = ModelState(redis.Redis.from_url(server.url), settings.namespace)
+    assert stored(state, chosen) == len(chosen)
+    with service_running(service_on(server, settings)) as second:
+        receipts = receipts_of(bootstrap, settings.topic_receipts, before + len(chosen))
+        eventually(lambda: stored(state, chosen) == 0, what="the lost deletions applied")
+        assert second.metrics.reapplied._value.get() == len(chosen)
+    return receipts[before:]
+
+
+@pytest.mark.slow
+def test_a_rollback_to_before_a_partitions_first_batch_reapplies_all_it_answered(
+    noida_bootstrap,
+):
+    """A snapshot taken right after `unlearn load`: the state it restores has no record of
+    any partition, as if it had never read one. The group's commits remember that this
+    load of the model had read them, and from where (in the commits' metadata, which
+    Kafka keeps; noida-db too, Tansu 0.6 drops it: docs/reliability.md)."""
+    kafka_bootstrap = noida_bootstrap
+    rng = np.random.default_rng(8)
+    with snapshot_redis() as server:
+        state, data = loaded(server, "firstbatch", 8)
+        state.client.save()  # before the service ever reads a partition
+        settings = fresh_settings(kafka_bootstrap, server.url, "firstbatch")
+        chosen, messages = deletions(data, rng, 60, "f")
+        with service_running(service_on(server, settings)):
+            produce(kafka_bootstrap, settings.topic_deletions, messages)
+            receipts_of(kafka_bootstrap, settings.topic_receipts, 60)
+            eventually(lambda: committed_total(kafka_bootstrap, settings) == 60,
+                       what="all 60 committed")  # fmt: skip
+        again = restarted_and_reapplied(server, settings, chosen, kafka_bootstrap, 60)
+    assert sorted(r["request_id"] for r in again) == sorted(f"f{n}" for n in range(60))
+    assert all(r["reapplied"] and not r["resent"] and r["removed"] == 1 for r in again)
+
+
+@pytest.mark.slow
+def test_a_rollback_to_before_a_recreated_topics_first_batch_reapplies_its_new_life(
+    noida_bootstrap,
+):
+    """The deletions topic deleted and created again, its new life read by a service, then
+    Redis back from a snapshot taken before the new life was read: the state remembers
+    only the old life. The new life is found again, and all of it that was answered is
+    re-applied."""
+    rng = np.random.default_rng(9)
+    with snapshot_redis() as server:
+        state, data = loaded(server, "newlife", 9)
+        settings = fresh_settings(noida_bootstrap, server.url, "newlife")
+        chosen, messages = deletions(data, rng, 80, "n")
+        with service_running(service_on(server, settings)):
+            produce(noida_bootstrap, settings.topic_deletions, messages[:40])
+            receipts_of(noida_bootstrap, settings.topic_receipts, 40)
+            eventually(lambda: committed_total(noida_bootstrap, settings) == 40,
+                       what="the first life committed")  # fmt: skip
+        state.client.save()  # the old life only
+        recreate_topic(noida_bootstrap, settings.topic_deletions)
+        produce(noida_bootstrap, settings.topic_deletions, messages[40:])
+        with service_running(service_on(server, settings)):
+            receipts_of(noida_bootstrap, settings.topic_receipts, 80)
+            eventually(lambda: committed_total(noida_bootstrap, settings) == 40,
+                       what="the new life committed")  # fmt: skip
+        again = restarted_and_reapplied(server, settings, chosen[40:], noida_bootstrap, 80)
+    assert sorted(r["request_id"] for r in again) == sorted(f"n{n}" for n in range(40, 80))
+    assert all(r["reapplied"] and not r["resent"] and r["removed"] == 1 for r in again)

@@ -51,4 +51,4 @@ def test_what_this_process_made_durable_counts_as_answered_after_a_rollback():
     assignments.views[("d", 1)] = PartitionView(epoch=1, next_offset=5)
     assignments.views[("d", 2)] = PartitionView(epoch=0, next_offset=8, reapply_through=20)
     assignments.lost_through({"d:0": 14, "d#1:1": 3, "d:2": 9})
-    assert assignments.acknowledged() == {"d:0": 14, "d:2": 20}
+    assert assignments.acknowledged() == {"d:0": (-1, 14), "d:2": (-1, 20)}

@@ -44,6 +44,15 @@ def create_topics(bootstrap: str, names: Iterable[str], partitions: int = PARTIT
         future.result(timeout=30)
 
 
+def recreate_topic(bootstrap: str, topic: str) -> None:
+    """Delete the topic and create it again (a new log under the same name)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.delete_topics([topic]).values():
+        future.result(timeout=30)
+    time.sleep(1)  # the broker finishes the deletion before the name is free
+    create_topics(bootstrap, [topic])
+
+
 def produce(bootstrap: str, topic: str, messages: Iterable[tuple]) -> int:
     """(key, value) or (key, value, timestamp in ms) per message."""
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
