@@ -38,6 +38,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     load_cmd.add_argument("--interactions", required=True, metavar="FILE")
     load_cmd.add_argument("--shards", type=int, default=DEFAULT_SHARDS)
     load_cmd.add_argument("--replace", action="store_true", help="overwrite the namespace")
+    load_cmd.add_argument(
+        "--if-absent",
+        action="store_true",
+        help="load only into a namespace that holds no model; otherwise do nothing, exit 0 "
+        "(for install and upgrade hooks)",
+    )
     settings_flags(load_cmd)
     load_cmd.set_defaults(handler=run_load)
 
@@ -122,6 +128,14 @@ def run_load(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     if args.shards < 1:
         raise InputError("command line", "--shards must be >= 1")
+    if args.replace and args.if_absent:
+        raise InputError("command line", "--replace and --if-absent exclude each other")
+    if args.if_absent:
+        present = connect(settings)
+        if present.exists():
+            print(json.dumps({"namespace": settings.namespace, "loaded": False,
+                              "why": "the namespace already holds a model"}))  # fmt: skip
+            return 0
     model = load_model(args.model)
     rows = read_interactions(args.interactions, model.params.kind)
     users, items = IdIndex(model.user_ids.tolist()), IdIndex(model.item_ids.tolist())

@@ -68,6 +68,12 @@ def test_load_status_run_audit_export(setup, tmp_path, capsys, monkeypatch):
         == 2
     )
     assert "--replace" in capsys.readouterr().err
+    # As an install or upgrade hook runs it: a namespace with a model is left as it is.
+    load_args = ["load", "--model", str(model_path), "--interactions", str(interactions)]
+    assert main([*load_args, "--if-absent", *flags(setup)]) == 0
+    assert json.loads(capsys.readouterr().out)["loaded"] is False
+    assert main([*load_args, "--if-absent", "--replace", *flags(setup)]) == 2
+    assert "exclude each other" in capsys.readouterr().err
 
     for name in ("TOPIC_INTERACTIONS", "TOPIC_DELETIONS", "TOPIC_RECEIPTS", "TOPIC_DLQ"):
         monkeypatch.setenv(f"UNLEARN_{name}", getattr(s, name.lower()))
