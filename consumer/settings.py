@@ -7,13 +7,17 @@ properties that hold passwords, secrets or keys) are masked wherever settings ar
 
 from __future__ import annotations
 
+import difflib
+import logging
+import os
 import socket
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -22,17 +26,20 @@ from pydantic_settings import (
 )
 
 from consumer.errors import InputError
+from consumer.kafka_log import kafka_logger
 
 _SECRET_WORDS = ("password", "secret", "key", "token", "credential")
 MASK = "***"
+ENV_PREFIX = "UNLEARN_"
+log = logging.getLogger("unlearn.settings")
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="UNLEARN_", extra="forbid")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
     config_file_values: ClassVar[dict[str, Any]] = {}  # set per load by load_settings
 
     kafka_bootstrap_servers: str = "localhost:9092"
-    kafka_properties: dict[str, str] = Field(
+    kafka_properties: dict[str, str | bool | int | float] = Field(
         default_factory=dict, description="extra librdkafka properties, e.g. sasl.mechanism"
     )
     kafka_sasl_password: SecretStr | None = None  # merged as sasl.password
@@ -121,6 +128,18 @@ class Settings(BaseSettings):
     wait_for_model_s: float = Field(
         0.0, ge=0, description="wait this long for `unlearn load` before giving up (0: fail)"
     )
+    kafka_connect_timeout_s: float = Field(
+        30.0, gt=0, description="at start, how long the brokers may take to answer"
+    )
+    topics_wait_s: float = Field(
+        300.0, ge=0, description="at start, how long missing topics are waited for"
+    )
+    create_topics: bool = Field(
+        False, description="create missing topics at start (else they are waited for)"
+    )
+    create_topics_partitions: int = Field(
+        12, ge=1, description="partitions of the topics create_topics creates"
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -148,8 +167,10 @@ class Settings(BaseSettings):
     def kafka_common(self) -> dict[str, Any]:
         config: dict[str, Any] = {
             "bootstrap.servers": self.kafka_bootstrap_servers,
-            **self.kafka_properties,
+            # librdkafka takes every property as text (TOML and JSON give numbers, booleans)
+            **{k: _property_text(v) for k, v in self.kafka_properties.items()},
         }
+        config["logger"] = kafka_logger()  # librdkafka's lines through ours (kafka_log.py)
         if self.kafka_sasl_password is not None:
             config["sasl.password"] = self.kafka_sasl_password.get_secret_value()
         if self.kafka_ssl_key_password is not None:
@@ -165,12 +186,63 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
             file_values = tomllib.loads(Path(config_file).read_text(encoding="utf-8"))
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise InputError(config_file, f"cannot read config: {exc}") from exc
+        unknown = sorted(set(file_values) - set(Settings.model_fields))
+        if unknown:
+            raise InputError(config_file, "; ".join(_unknown(k, k) for k in unknown))
+    for name in unknown_variables(os.environ):
+        log.warning("%s", _unknown(name, name.removeprefix(ENV_PREFIX).lower(), ENV_PREFIX))
     layered = type("LayeredSettings", (Settings,), {"config_file_values": file_values})
     given = {k: v for k, v in overrides.items() if v is not None}
     try:
         return layered(**given)
+    except ValidationError as exc:
+        raise InputError(config_file or "settings", _explain(exc)) from exc
     except ValueError as exc:
         raise InputError(config_file or "settings", str(exc)) from exc
+
+
+# Variables of the project's own tools (tests, benchmarks, CI), not settings of the service.
+TOOL_VARIABLES = frozenset(
+    f"{ENV_PREFIX}{name}" for name in ("DATA_DIR", "HELM", "SOAK", "CAMPAIGN_REPORT")
+)
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """`UNLEARN_*` variables that name no setting (a typo would otherwise be ignored)."""
+    known = {f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields}
+    return sorted(
+        name for name in environ
+        if name.upper().startswith(ENV_PREFIX) and name.upper() not in known | TOOL_VARIABLES
+    )  # fmt: skip
+
+
+def _unknown(shown: str, key: str, prefix: str = "") -> str:
+    """`shown` is not a setting, with the nearest setting's name if one is close."""
+    close = difflib.get_close_matches(key, list(Settings.model_fields), n=1, cutoff=0.75)
+    hint = f" (did you mean {prefix}{close[0].upper() if prefix else close[0]}?)" if close else ""
+    where = "environment variable" if prefix else "key"
+    listed = "README.md (Configuration) and docs/unlearn.example.toml list every setting"
+    return f"unknown {where} {shown}{hint}: {listed}"
+
+
+def _explain(exc: ValidationError) -> str:
+    """One short clause per wrong setting: its name, what is wrong, what it got."""
+    out = []
+    for error in exc.errors():
+        name = ".".join(str(part) for part in error["loc"]) or "settings"
+        if error["type"] == "extra_forbidden":
+            out.append(_unknown(name, str(error["loc"][0])))
+            continue
+        given = error.get("input")
+        shown = "" if isinstance(given, dict) or _secret_name(name) else f" (got {given!r})"
+        out.append(f"{name}: {error['msg'].lower()}{shown}")
+    return "; ".join(out)
+
+
+def _property_text(value: str | bool | int | float) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def mask_url(url: str) -> str:

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 import redis
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from tqdm import tqdm
 
 from consumer.application import Application, FatalError
@@ -21,15 +21,17 @@ from consumer.http import Health, MetricsServer
 from consumer.metrics import Metrics
 from consumer.model_file import load_model, save_model
 from consumer.pipeline.applying import TRANSIENT
+from consumer.preflight import check_kafka
 from consumer.recommend import recommend
 from consumer.retry import TRANSIENT_REDIS, RetriesExhausted, retry
-from consumer.settings import Settings, load_settings
+from consumer.settings import Settings, load_settings, mask_url
 from consumer.state.bootstrap import export, load, pair_timestamps
 from consumer.state.store import ModelState, StateError
 from consumer.tsv import read_interactions
 from unlearn_core.ids import IdIndex
 
 DEFAULT_SHARDS = 16
+STATUS_TIMEOUT_S = 10.0  # `unlearn status` waits this long for the brokers
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -107,14 +109,28 @@ def connect(settings: Settings, wait_s: float = 0.0) -> ModelState:
     }
     if settings.redis_password is not None:
         extra["password"] = settings.redis_password.get_secret_value()
-    client = client_type.from_url(url, **extra)
+    where = f"{mask_url(url)}: check redis_url (UNLEARN_REDIS_URL)"
     try:
+        # A cluster client asks the node for its slots at once: a lone server says so here.
+        client = client_type.from_url(url, **extra)
         retry(client.ping, TRANSIENT_REDIS, wait_s)
     except RetriesExhausted as exc:
         cause = type(exc.__cause__).__name__
-        raise InputError("redis", f"cannot reach Redis: {cause}") from exc
-    except redis.RedisError as exc:
-        raise InputError("redis", f"cannot reach Redis: {type(exc).__name__}") from exc
+        raise InputError("redis", f"cannot reach Redis at {where} ({cause})") from exc
+    except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
+        if "cluster mode is not enabled" in str(exc).lower():
+            raise InputError(
+                "redis",
+                f"{mask_url(url)} is not a Redis Cluster node: set redis_cluster = false "
+                "(UNLEARN_REDIS_CLUSTER=false), or point redis_url at a cluster",
+            ) from exc
+        raise InputError("redis", f"cannot reach Redis at {where} ({type(exc).__name__})") from exc
+    if not settings.redis_cluster and _cluster_enabled(client):
+        raise InputError(
+            "redis",
+            f"{mask_url(url)} is a Redis Cluster node: set redis_cluster = true "
+            "(UNLEARN_REDIS_CLUSTER=true)",
+        )
     return ModelState(
         client,
         settings.namespace,
@@ -122,6 +138,13 @@ def connect(settings: Settings, wait_s: float = 0.0) -> ModelState:
         lease_ttl_ms=int(settings.lease_ttl_s * 1000),
         lease_wait_s=settings.lease_wait_s,
     )
+
+
+def _cluster_enabled(client: redis.Redis) -> bool:
+    try:
+        return bool(int(client.info("cluster").get("cluster_enabled", 0)))
+    except redis.ResponseError:  # a server that does not know INFO cluster (or forbids it)
+        return False
 
 
 def run_load(args: argparse.Namespace) -> int:
@@ -187,18 +210,7 @@ def run_service(args: argparse.Namespace) -> int:
     state = connect(settings, wait_s=settings.redis_retry_budget_s)
     state.observer = metrics.observe_redis
     health = Health(deadline_s=60.0, redis_ok=lambda: bool(state.client.ping()))
-    server = (
-        MetricsServer(
-            settings.metrics_port,
-            metrics,
-            health,
-            settings.metrics_host,
-            settings.http_timeout_s,
-            settings.http_max_connections,
-        )
-        if settings.metrics_port
-        else None
-    )
+    server = _metrics_server(settings, metrics, health)
     try:
         health.recovering = True
         engine = retry(
@@ -206,6 +218,7 @@ def run_service(args: argparse.Namespace) -> int:
             TRANSIENT,
             settings.redis_retry_budget_s,
         )
+        check_kafka(settings)  # the model first: `unlearn load` is the first thing to fix
         health.recovering = False
         health.tick()
         service = Application(settings, engine, metrics=metrics, health=health)
@@ -223,6 +236,27 @@ def run_service(args: argparse.Namespace) -> int:
     return 0
 
 
+def _metrics_server(settings: Settings, metrics: Metrics, health: Health) -> MetricsServer | None:
+    if not settings.metrics_port:
+        return None
+    try:
+        return MetricsServer(
+            settings.metrics_port,
+            metrics,
+            health,
+            settings.metrics_host,
+            settings.http_timeout_s,
+            settings.http_max_connections,
+        )
+    except OSError as exc:
+        raise InputError(
+            "settings",
+            f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port} "
+            f"({exc.strerror or exc}): set metrics_port (UNLEARN_METRICS_PORT) to a free "
+            "port, or 0 for no metrics endpoint",
+        ) from exc
+
+
 def _engine_when_loaded(state: ModelState, wait_s: float, solve_threads: int) -> Engine:
     """The engine, once the namespace holds a model (a bootstrap Job may still be loading)."""
     deadline = time.monotonic() + wait_s
@@ -238,13 +272,32 @@ def _engine_when_loaded(state: ModelState, wait_s: float, solve_threads: int) ->
 
 
 def run_status(args: argparse.Namespace) -> int:
+    """What the state and the group look like; whatever half cannot be reached is named in
+    `errors` (and the exit status is 2), the other half is shown all the same."""
     settings = settings_from(args)
-    state = connect(settings)
+    out: dict[str, Any] = {"namespace": settings.namespace}
+    errors: dict[str, str] = {}
+    try:
+        out.update(_state_status(connect(settings)))
+    except (InputError, StateError) as exc:
+        errors["redis"] = str(exc)
+    try:
+        out["lag"] = _lag(settings)
+    except KafkaException as exc:
+        errors["kafka"] = (
+            f"no broker answered at {settings.kafka_bootstrap_servers} ({exc.args[0].str()}): "
+            "check kafka_bootstrap_servers (UNLEARN_KAFKA_BOOTSTRAP_SERVERS)"
+        )
+    if errors:
+        out["errors"] = errors
+    print(json.dumps(out, indent=2))
+    return 2 if errors else 0
+
+
+def _state_status(state: ModelState) -> dict[str, Any]:
     meta = state.meta()
-    applied = state.read_applied()
     status = state.read_status()
-    out: dict[str, Any] = {
-        "namespace": settings.namespace,
+    return {
         "users": meta.users,
         "items": meta.items,
         "interactions": int(status.get("interactions", 0)),
@@ -254,14 +307,11 @@ def run_status(args: argparse.Namespace) -> int:
         "updated_at": float(status["updated_at"]) if "updated_at" in status else None,
         "shards": meta.shards,
         "params": vars(meta.params),
-        "applied_offsets": applied,
+        "applied_offsets": state.read_applied(),
         "interrupted_batch": bool(state.client.exists(state.layout.intent)),
         "generation": state.generation(),  # batches and sweeps committed
         "lease_holder": state.lease.holder_now(),  # the instance writing right now, if any
-        "lag": _lag(settings),
     }
-    print(json.dumps(out, indent=2))
-    return 0
 
 
 def _lag(settings: Settings) -> dict[str, Any]:
@@ -270,7 +320,7 @@ def _lag(settings: Settings) -> dict[str, Any]:
         {**settings.kafka_common(), "group.id": settings.group_id, "enable.auto.commit": False}
     )
     try:
-        metadata = consumer.list_topics(timeout=10)
+        metadata = consumer.list_topics(timeout=STATUS_TIMEOUT_S)
         partitions = [
             TopicPartition(topic, p)
             for topic in (settings.topic_interactions, settings.topic_deletions)

@@ -239,6 +239,9 @@ def _timed(operation: str) -> Callable:
     return wrap
 
 
+_META_KEYS = ("kind", "factors", "regularization", "alpha", "shards", "users", "items")
+
+
 class ModelState:
     """One model namespace in Redis (a single server or a cluster)."""
 
@@ -275,6 +278,12 @@ class ModelState:
             )
         if int(raw.get("format", 0)) > FORMAT_VERSION:
             raise StateError(f"namespace format {raw['format']} is newer than this version reads")
+        incomplete = [k for k in _META_KEYS if k not in raw]
+        if incomplete:  # a load that did not finish, or a Redis that lost part of it
+            raise StateError(
+                f"namespace {self.layout.namespace!r} is incomplete (no {', '.join(incomplete)}"
+                "): load the model again with `unlearn load --replace`"
+            )
         params = Hyperparameters(
             kind=raw["kind"],  # type: ignore[arg-type]
             factors=int(raw["factors"]),

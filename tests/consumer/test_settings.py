@@ -92,3 +92,55 @@ def test_the_metrics_endpoint_binds_loopback_unless_told(monkeypatch):
     assert load_settings(None).metrics_host == "127.0.0.1"
     monkeypatch.setenv("UNLEARN_METRICS_HOST", "0.0.0.0")
     assert load_settings(None).metrics_host == "0.0.0.0"
+
+
+def test_an_unknown_toml_key_is_refused_naming_the_nearest_setting(tmp_path):
+    config = tmp_path / "unlearn.toml"
+    config.write_text('kafka_bootstrap_server = "kafka:9092"\n')
+    with pytest.raises(InputError) as caught:
+        load_settings(config)
+    assert "kafka_bootstrap_server" in str(caught.value)
+    assert "did you mean kafka_bootstrap_servers" in str(caught.value)
+
+
+def test_an_unknown_environment_variable_is_reported(monkeypatch, caplog):
+    monkeypatch.setenv("UNLEARN_BATCH_MAX_EVENT", "100")
+    with caplog.at_level("WARNING", logger="unlearn.settings"):
+        settings = load_settings(None)
+    assert settings.batch_max_events == 500  # not taken for the setting it resembles
+    (warning,) = [r.getMessage() for r in caplog.records if "UNLEARN_BATCH_MAX_EVENT " in
+                  r.getMessage() + " "]  # fmt: skip
+    assert "did you mean UNLEARN_BATCH_MAX_EVENTS" in warning
+
+
+def test_kafka_properties_of_any_scalar_type_are_passed_as_text(tmp_path):
+    config = tmp_path / "unlearn.toml"
+    config.write_text('kafka_properties = { "socket.timeout.ms" = 5000, '
+                      '"enable.ssl.certificate.verification" = false }\n')  # fmt: skip
+    kafka = load_settings(config).kafka_common()
+    assert kafka["socket.timeout.ms"] == "5000"
+    assert kafka["enable.ssl.certificate.verification"] == "false"
+
+
+def test_a_wrong_value_is_one_readable_clause_per_setting(tmp_path):
+    config = tmp_path / "unlearn.toml"
+    config.write_text('batch_max_events = 0\nredis_cluster = "sometimes"\n')
+    with pytest.raises(InputError) as caught:
+        load_settings(config)
+    message = str(caught.value)
+    assert message.startswith(str(config))
+    assert "batch_max_events: input should be greater than or equal to 1 (got 0)" in message
+    assert "redis_cluster:" in message and "'sometimes'" in message
+    assert "pydantic" not in message and "\n" not in message
+
+
+def test_the_example_file_names_every_setting_and_loads():
+    from pathlib import Path
+
+    from consumer.settings import Settings
+
+    example = Path(__file__).resolve().parents[2] / "docs" / "unlearn.example.toml"
+    text = example.read_text()
+    for name in Settings.model_fields:
+        assert f"{name} = " in text, name
+    load_settings(example)

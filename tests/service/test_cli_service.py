@@ -131,3 +131,23 @@ def test_run_without_a_loaded_model_is_a_clear_error(setup, capsys):
     args = ["run", "--max-seconds", "1", *flags(setup)[:-4], "--namespace", "never-loaded"]
     assert main(args) == 2
     assert "unlearn load" in capsys.readouterr().err
+
+
+def test_status_shows_the_state_when_the_brokers_cannot_be_reached(setup, capsys, monkeypatch):
+    import redis
+
+    from consumer.embedded import free_port
+    from tests.service.conftest import url_of
+
+    s, client = setup.settings, setup.state.client
+    monkeypatch.setenv("UNLEARN_REDIS_CLUSTER", str(isinstance(client, redis.RedisCluster)))
+    nowhere = f"127.0.0.1:{free_port()}"
+    code = main(["status", "--bootstrap-servers", nowhere, "--redis-url", url_of(client),
+                 "--namespace", s.namespace])  # fmt: skip
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert code == 2 and "redis" not in out["errors"], out["errors"]
+    assert out["users"] == setup.state.meta().users  # the Redis half, all the same
+    assert nowhere in out["errors"]["kafka"]
+    assert "UNLEARN_KAFKA_BOOTSTRAP_SERVERS" in out["errors"]["kafka"]
+    assert "Traceback" not in captured.err and captured.err.count("\n") < 10
