@@ -48,4 +48,8 @@ def kafka_logger() -> logging.Logger:
     logger = logging.getLogger("unlearn.kafka")
     if not any(isinstance(f, Repeats) for f in logger.filters):
         logger.addFilter(Repeats())
+        # librdkafka's informational lines (a broker connection closed and reopened) are
+        # routine; warnings and errors are what an operator needs to see.
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.WARNING)
     return logger

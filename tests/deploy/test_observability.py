@@ -95,3 +95,16 @@ def test_dashboard_shows_what_operators_need():
         "unlearn_batch_phase_seconds_bucket",
     ):
         assert needed in text
+
+
+def test_every_alert_is_tested_from_a_series_that_starts_at_a_value():
+    """A series the scrape first sees at a value (`_ _ 150 ...`): rate() alone misses it."""
+    rules = yaml.safe_load(RULES.read_text())
+    alerts = {rule["alert"] for group in rules["groups"] for rule in group["rules"]}
+    tests = yaml.safe_load(RULE_TESTS.read_text())["tests"]
+    first_occurrence = set()
+    for test in tests:
+        if not any(str(s["values"]).startswith("_") for s in test["input_series"]):
+            continue
+        first_occurrence |= {t["alertname"] for t in test["alert_rule_test"] if t["exp_alerts"]}
+    assert alerts - first_occurrence == set()

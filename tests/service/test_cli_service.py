@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 
@@ -151,3 +152,59 @@ def test_status_shows_the_state_when_the_brokers_cannot_be_reached(setup, capsys
     assert nowhere in out["errors"]["kafka"]
     assert "UNLEARN_KAFKA_BOOTSTRAP_SERVERS" in out["errors"]["kafka"]
     assert "Traceback" not in captured.err and captured.err.count("\n") < 10
+
+
+def run_flags(setup) -> list[str]:
+    from tests.service.conftest import url_of
+
+    return ["--redis-url", url_of(setup.state.client), "--namespace", setup.settings.namespace]
+
+
+def test_run_with_a_wrong_broker_address_exits_2_naming_the_setting(setup, capsys, monkeypatch):
+    """Within kafka_connect_timeout_s, one line of its own, not a client retrying forever."""
+    import redis
+
+    from consumer.embedded import free_port
+
+    cluster = isinstance(setup.state.client, redis.RedisCluster)
+    monkeypatch.setenv("UNLEARN_REDIS_CLUSTER", str(cluster).lower())
+    monkeypatch.setenv("UNLEARN_KAFKA_CONNECT_TIMEOUT_S", "3")
+    nowhere = f"127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    code = main(["run", "--max-seconds", "60", "--bootstrap-servers", nowhere, *run_flags(setup)])
+    elapsed = time.monotonic() - started
+    err = capsys.readouterr().err
+    assert code == 2 and elapsed < 30
+    (line,) = [x for x in err.splitlines() if x.startswith("unlearn: error:")]
+    assert nowhere in line and "UNLEARN_KAFKA_BOOTSTRAP_SERVERS" in line
+
+
+def test_run_on_a_busy_metrics_port_exits_2_naming_the_setting(setup, capsys, monkeypatch):
+    import socket
+
+    import redis
+
+    monkeypatch.setenv("UNLEARN_REDIS_CLUSTER",
+                       str(isinstance(setup.state.client, redis.RedisCluster)).lower())  # fmt: skip
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        monkeypatch.setenv("UNLEARN_METRICS_PORT", str(taken.getsockname()[1]))
+        code = main(["run", "--max-seconds", "5", "--bootstrap-servers", setup.bootstrap,
+                     *run_flags(setup)])  # fmt: skip
+    finally:
+        taken.close()
+    err = capsys.readouterr().err
+    assert code == 2 and "UNLEARN_METRICS_PORT" in err and "Traceback" not in err
+
+
+def test_a_wrong_redis_mode_exits_2_naming_the_setting(setup, capsys, monkeypatch):
+    import redis
+
+    cluster = isinstance(setup.state.client, redis.RedisCluster)
+    monkeypatch.setenv("UNLEARN_REDIS_CLUSTER", str(not cluster).lower())  # the wrong one
+    code = main(["export", "--out", "/dev/null", *run_flags(setup)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert f"UNLEARN_REDIS_CLUSTER={str(cluster).lower()}" in err
