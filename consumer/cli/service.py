@@ -116,6 +116,12 @@ def connect(settings: Settings, wait_s: float = 0.0) -> ModelState:
         retry(client.ping, TRANSIENT_REDIS, wait_s)
     except RetriesExhausted as exc:
         cause = type(exc.__cause__).__name__
+        if isinstance(exc.__cause__, redis.AuthenticationError):
+            raise InputError(
+                "redis",
+                f"Redis refused the credentials ({cause}): check redis_password "
+                "(UNLEARN_REDIS_PASSWORD) and the user and password in redis_url",
+            ) from exc
         raise InputError("redis", f"cannot reach Redis at {where} ({cause})") from exc
     except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
         if "cluster mode is not enabled" in str(exc).lower():
