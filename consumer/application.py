@@ -43,7 +43,7 @@ from consumer.settings import Settings
 log = logging.getLogger("unlearn.application")
 
 STATE_CHECK_S = 5.0  # how often an idle service checks that Redis did not go back in time
-TOPIC_CHECK_S = 5.0  # how often the input topics' ids are compared (a topic re-created)
+TOPIC_CHECK_S = 5.0  # how often the input topics are checked for a new life (re-created)
 IDLE_WAIT_S = 0.1  # how long a read waits for input when there is nothing else to do
 ACK_WAIT_S = 0.002  # how long the loop waits for acknowledgements between reads
 
@@ -180,9 +180,7 @@ class Application:
         if read.backwards:
             # Offsets ran back without a seek of ours: the topic was re-created under us,
             # or the broker reuses offsets. Finish what came before, then check its life.
-            self._flush()
-            log.warning("offsets ran backwards on %s: checking the partitions", read.backwards)
-            self.source.seek(self.source.assignments.of_topics(read.backwards))
+            self._check_lives(read.backwards, "offsets ran backwards")
 
     def _since_last_event_ms(self) -> float:
         return (time.monotonic() - self._last_event) * 1000
@@ -296,9 +294,14 @@ class Application:
         self._topics_checked = now
         changed = self.source.assignments.recreated()
         if changed:
-            self._flush()
-            log.warning("topic ids changed on %s: checking the partitions", changed)
-            self.source.seek(changed)
+            self._check_lives(changed, "a topic's first message or id changed")
+
+    def _check_lives(self, partitions: list, why: str) -> None:
+        """Finish what came before (it may be the old life's last messages), then decide
+        again where every partition of those topics resumes (a topic is re-created whole)."""
+        self._flush()
+        log.warning("%s on %s: checking the partitions", why, partitions)
+        self.source.seek(self.source.assignments.of_topics(partitions))
 
     def _unprocessable(self, parsed: Parsed, events: list, detail: str) -> None:
         """Dead-letter events the batch could not process, durably before their offsets

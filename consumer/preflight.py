@@ -68,14 +68,18 @@ def _topics(admin: AdminClient, settings: Settings, timeout_s: float) -> set[str
     try:
         return set(admin.list_topics(timeout=timeout_s).topics)
     except KafkaException as exc:
-        error = exc.args[0]
-        why = error.str() if hasattr(error, "str") else str(error)
-        raise InputError(
-            "kafka",
-            f"no broker answered at {settings.kafka_bootstrap_servers} within "
-            f"{timeout_s:.0f} s ({why}): check kafka_bootstrap_servers "
-            "(UNLEARN_KAFKA_BOOTSTRAP_SERVERS) and kafka_properties (protocol, credentials)",
-        ) from exc
+        raise InputError("kafka", no_broker(settings, exc, timeout_s)) from exc
+
+
+def no_broker(settings: Settings, exc: KafkaException, timeout_s: float) -> str:
+    """The line for brokers that did not answer: where, how long, why, what to change."""
+    error = exc.args[0]
+    why = error.str() if hasattr(error, "str") else str(error)
+    return (
+        f"no broker answered at {settings.kafka_bootstrap_servers} within {timeout_s:.0f} s "
+        f"({why}): check kafka_bootstrap_servers (UNLEARN_KAFKA_BOOTSTRAP_SERVERS) and "
+        "kafka_properties (protocol, credentials)"
+    )
 
 
 def _create(admin: AdminClient, settings: Settings, missing: list[str]) -> None:

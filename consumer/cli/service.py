@@ -21,7 +21,7 @@ from consumer.http import Health, MetricsServer
 from consumer.metrics import Metrics
 from consumer.model_file import load_model, save_model
 from consumer.pipeline.applying import TRANSIENT
-from consumer.preflight import check_kafka
+from consumer.preflight import check_kafka, no_broker
 from consumer.recommend import recommend
 from consumer.retry import TRANSIENT_REDIS, RetriesExhausted, retry
 from consumer.settings import Settings, load_settings, mask_url
@@ -159,12 +159,11 @@ def run_load(args: argparse.Namespace) -> int:
         raise InputError("command line", "--shards must be >= 1")
     if args.replace and args.if_absent:
         raise InputError("command line", "--replace and --if-absent exclude each other")
-    if args.if_absent:
-        present = connect(settings)
-        if present.exists():
-            print(json.dumps({"namespace": settings.namespace, "loaded": False,
-                              "why": "the namespace already holds a model"}))  # fmt: skip
-            return 0
+    state = connect(settings) if args.if_absent else None
+    if state is not None and state.exists():
+        print(json.dumps({"namespace": settings.namespace, "loaded": False,
+                          "why": "the namespace already holds a model"}))  # fmt: skip
+        return 0
     model = load_model(args.model)
     rows = read_interactions(args.interactions, model.params.kind)
     users, items = IdIndex(model.user_ids.tolist()), IdIndex(model.item_ids.tolist())
@@ -172,7 +171,7 @@ def run_load(args: argparse.Namespace) -> int:
     if len(users) > model.shape[0] or len(items) > model.shape[1]:
         model = model.with_ids(users.ids[model.shape[0] :], items.ids[model.shape[1] :])
     stamps = pair_timestamps(data, u, i, rows.timestamps, model.params.kind)
-    state = connect(settings)
+    state = state or connect(settings)
     started = time.perf_counter()
     with tqdm(total=args.shards, desc="load", unit="shard", disable=None) as bar:
         load(state, model, data, stamps, args.shards, args.replace, bar.update)
@@ -290,10 +289,7 @@ def run_status(args: argparse.Namespace) -> int:
     try:
         out["lag"] = _lag(settings)
     except KafkaException as exc:
-        errors["kafka"] = (
-            f"no broker answered at {settings.kafka_bootstrap_servers} ({exc.args[0].str()}): "
-            "check kafka_bootstrap_servers (UNLEARN_KAFKA_BOOTSTRAP_SERVERS)"
-        )
+        errors["kafka"] = no_broker(settings, exc, STATUS_TIMEOUT_S)
     if errors:
         out["errors"] = errors
     print(json.dumps(out, indent=2))

@@ -294,21 +294,22 @@ class ModelState:
 
     def log_salt(self) -> bytes:
         """The namespace's key for naming subjects in logs (redaction.py), made once."""
-        salt = self.client.hget(self.layout.meta, "salt")
-        if salt is None:  # a namespace loaded by an older version
-            self.client.hsetnx(self.layout.meta, "salt", os.urandom(16).hex())
-            salt = self.client.hget(self.layout.meta, "salt")
-        return bytes.fromhex(salt.decode())
+        return bytes.fromhex(self._meta_once("salt", 16))
 
     def load_id(self) -> str:
         """A name for this load of a model into the namespace, made once per load. Offset
         commits carry it (positions.CommitNote): a commit made for this load, of a
         partition the state has no record of, means the state lost what it had read."""
-        load = self.client.hget(self.layout.meta, "load")
-        if load is None:  # a namespace loaded by an older version
-            self.client.hsetnx(self.layout.meta, "load", os.urandom(8).hex())
-            load = self.client.hget(self.layout.meta, "load")
-        return load.decode()
+        return self._meta_once("load", 8)
+
+    def _meta_once(self, name: str, size: int) -> str:
+        """A random value kept in the metadata, written by `write_meta` (or, in a namespace
+        loaded by an older version, by the first reader: one wins, all read the same)."""
+        value = self.client.hget(self.layout.meta, name)
+        if value is None:
+            self.client.hsetnx(self.layout.meta, name, os.urandom(size).hex())
+            value = self.client.hget(self.layout.meta, name)
+        return value.decode()
 
     @_timed("allocate")
     def allocate(self, side: str, ids: list[str]) -> np.ndarray:
