@@ -25,14 +25,14 @@ from dataclasses import dataclass
 from confluent_kafka import Message, Producer
 
 from consumer.engine import BatchOutcome, Engine, StateRolledBack
-from consumer.events import Interaction
+from consumer.events import Interaction, Partition
 from consumer.http import Health
 from consumer.metrics import Metrics
 from consumer.pipeline.applying import TRANSIENT, Applier, Unavailable
 from consumer.pipeline.batching import BatchPolicy
 from consumer.pipeline.checkpoint import AcknowledgementFailed, Checkpoint, Record
 from consumer.pipeline.consolidation import Consolidation, ConsolidationPolicy
-from consumer.pipeline.dead_letters import REDRIVEN_HEADER, Partition, dead_letter_headers
+from consumer.pipeline.dead_letters import REDRIVEN_HEADER, dead_letter_headers
 from consumer.pipeline.isolation import Work
 from consumer.pipeline.observation import Observer
 from consumer.pipeline.parsing import Parsed, Parser

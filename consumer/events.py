@@ -82,6 +82,9 @@ class Source:
         return f"{self.partition_key}:{self.offset}"
 
 
+Partition = tuple[str, int]  # (topic, partition number)
+
+
 def partition_key(topic: str, partition: int, epoch: int = 0) -> str:
     return f"{topic}:{partition}" if epoch == 0 else f"{topic}#{epoch}:{partition}"
 

@@ -22,9 +22,8 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicCollection, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from consumer.events import partition_key
+from consumer.events import Partition, partition_key
 from consumer.pipeline.answered import answered_through
-from consumer.pipeline.dead_letters import Partition
 from consumer.pipeline.positions import (
     CommitNote,
     Marks,

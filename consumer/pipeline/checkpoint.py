@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
+from consumer.events import Partition
+
 log = logging.getLogger("unlearn.checkpoint")
 
-Partition = tuple[str, int]
 Record = tuple[str, bytes | str | None, bytes | str, list[tuple[str, bytes]] | None]
 # (topic, key, value, headers)
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-Partition = tuple[str, int]  # (topic, partition)
+from consumer.events import Partition
 
 REASON_HEADER = "unlearn.reason"
 DETAIL_HEADER = "unlearn.detail"

@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from consumer.events import Partition
 from consumer.http import Health
 from consumer.metrics import Metrics
 from consumer.pipeline.assignment import Assignments, Verdicts
-from consumer.pipeline.dead_letters import Partition, SurgePolicy
+from consumer.pipeline.dead_letters import SurgePolicy
 from consumer.retry import TRANSIENT_REDIS, RetriesExhausted, retry
 from consumer.settings import Settings
 from consumer.state.store import ModelState
