@@ -1,12 +1,12 @@
 """Re-solving a popular item: what reading its users' factors from Redis would cost, next
-to what the engine does (its in-memory replica, kept current from the change log).
+to what the engine does (its in-memory replica, kept current from the shards' change logs).
 
 An item with U users (default 100,000) at k=64 on a real redis-server, side by side in one
 run, medians of --rounds:
 - read: HMGET of the U user factors from Redis (one pipelined round trip per shard);
 - solve: the exact re-solve of that item from the replica (gather, k x k system, Cholesky);
 - refresh: what another instance pays to catch up after a batch that touched B users and
-  B/4 items (change log + their factors).
+  an item (each shard's change log + those factors).
 
 usage: python -m benchmarks.popular_item [--users 100000] [--rounds 5]
 """
@@ -24,10 +24,9 @@ from threadpoolctl import threadpool_limits
 
 from benchmarks._common import machine, median, write_json
 from consumer.embedded import local_redis
-from consumer.engine import Engine
+from consumer.shards.replica import Replica
 from consumer.state.store import ModelState, ShardWrite
 from unlearn_core import Hyperparameters
-from unlearn_core.gramians import Gramians
 from unlearn_core.solve import solve_rows
 
 PARAMS = Hyperparameters("implicit", factors=64, regularization=1.0, alpha=1.0)
@@ -52,9 +51,9 @@ def main() -> None:
     timings: dict[str, list[float]] = {"read": [], "solve": [], "refresh": []}
     with local_redis() as url:
         client = redis.Redis.from_url(url)
-        state = ModelState(client, "popular", holder="writer")
+        state = ModelState(client, "popular")
         _store_users(state, users)
-        reader = ModelState(redis.Redis.from_url(url), "popular", holder="reader")
+        reader = ModelState(redis.Redis.from_url(url), "popular")
         for _ in range(args.rounds):
             started = time.perf_counter()
             state.read_factors("user", np.arange(args.users), SHARDS, PARAMS.factors)
@@ -64,12 +63,11 @@ def main() -> None:
             solve_rows(item_row, np.array([0]), users, PARAMS, gram)
             timings["solve"].append(time.perf_counter() - started)
 
+            replica = _replica_of(reader, users)
             changed = rng.choice(args.users, args.batch_users, replace=False)
-            previous = state.head()[1]
-            generation = _commit_change(state, users, changed)
-            engine = _replica_at(reader, users, generation - 1, previous)
+            _commit_change(state, users, changed)
             started = time.perf_counter()
-            engine._refresh(*state.head())
+            replica.refresh()
             timings["refresh"].append(time.perf_counter() - started)
         memory = int(client.info("memory")["used_memory"])
     medians = {name: median(values) for name, values in timings.items()}
@@ -94,40 +92,32 @@ def _store_users(state: ModelState, users: np.ndarray) -> None:
     state.write_meta(PARAMS, SHARDS, replace=True)
     state.allocate("user", [f"u{n}" for n in range(len(users))])
     state.allocate("item", ["popular"])
-    state.client.hset(state.layout.status, mapping={"loss": "0", "interactions": "0"})
     for shard in range(SHARDS):
         rows = np.arange(shard, len(users), SHARDS)
         for start in range(0, len(rows), 5000):
             write = ShardWrite()
             write.factors["user"] = {int(n): users[n] for n in rows[start : start + 5000]}
-            state.write_shards({shard: write}, token=0)
+            state.commit({shard: write}, {shard: None})
 
 
-def _commit_change(state: ModelState, users: np.ndarray, changed: np.ndarray) -> int:
-    """A batch on another instance: new factors for `changed` users and a quarter as many
-    items, committed under the lease (the change log gets its entry)."""
+def _commit_change(state: ModelState, users: np.ndarray, changed: np.ndarray) -> None:
+    """A batch on another instance: new factors for `changed` users and for the item, each
+    shard's change log getting its entry."""
     writes: dict[int, ShardWrite] = {}
     for n in changed.tolist():
         users[n] = users[n] * 0.99
         writes.setdefault(n % SHARDS, ShardWrite()).factors["user"][n] = users[n]
     writes.setdefault(0, ShardWrite()).factors["item"][0] = np.ones(PARAMS.factors, np.float32)
-    state.lease.acquire()
-    try:
-        return state.commit_batch(writes, {})[0]
-    finally:
-        state.lease.release()
+    state.commit(writes, dict.fromkeys(writes))
 
 
-def _replica_at(state: ModelState, users: np.ndarray, generation: int, head: str | None) -> Engine:
-    """An engine whose replica is one generation behind (built without reading everything)."""
-    engine = Engine.__new__(Engine)
-    engine.state = state
-    engine.meta = state.meta()
-    engine.params, engine.shards = PARAMS, SHARDS
-    engine.generation, engine.head = generation, head
-    engine.factors = {"user": users.copy(), "item": np.zeros((1, PARAMS.factors), np.float32)}
-    engine.gramians = Gramians(engine.factors, SHARDS)
-    return engine
+def _replica_of(state: ModelState, users: np.ndarray) -> Replica:
+    """A replica as current as Redis now (built without reading everything)."""
+    replica = Replica(state, state.meta())
+    replica.factors["user"] = users.copy()
+    replica.gramians.reset(replica.factors)
+    replica.known = state.read_generations(range(SHARDS))
+    return replica
 
 
 if __name__ == "__main__":

@@ -170,8 +170,15 @@ class Instance:
     def stop(self) -> None:
         """SIGTERM: the instance finishes its batches and leaves the group."""
         self.process.terminate()
-        self.process.wait(timeout=120)
-        self.quota.close()
+        try:
+            self.process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            subprocess.run(["py-spy", "dump", "--pid", str(self.process.pid)], check=False)
+            self.process.kill()
+            self.process.wait(timeout=30)
+            raise
+        finally:
+            self.quota.close()
 
 
 def _topics(bootstrap: str, tag: str) -> dict[str, str]:

@@ -1,16 +1,20 @@
 """`unlearn run`: the application that wires the pipeline's steps and runs them.
 
-    source ─► batching ─► parsing ─► applying ─► checkpoint ─► (offsets)
-    (Kafka)   (policy)    (events)   (Redis,      (receipts, dead letters,
-                                      isolation)   then the commit)
+    source ─► batching ─► parsing ─► ingest ──────► checkpoint ─► (offsets)
+    (Kafka)   (policy)    (events)   (each event    (dead letters, then the commit)
+                                      to its shard's inbox)
+    owned shards' inboxes ─► step (Redis: rows, exact solves) ─► checkpoint (receipts)
                   between batches: consolidation slices; throughout: observation
 
 Each step has one job (consumer/pipeline/); the order in which a batch becomes final is
-the checkpoint's alone: state durable in Redis, then receipts and dead letters acknowledged
-by the broker, then offsets committed. Batches overlap: while the broker acknowledges
-batch N, batch N+1 is read and applied. On revoke the open batch is finished and every
-batch in flight acknowledged and committed before the partitions go. SIGTERM and SIGINT
-only set a flag; the loop finishes its batch, drains the checkpoint and closes.
+the checkpoint's alone: its effect durable in Redis (an event in its shard's inbox, a
+request's every part in its shard), then receipts and dead letters acknowledged by the
+broker, then offsets committed. Batches overlap: while the broker acknowledges batch N,
+batch N+1 is read and applied. This instance applies the shards that go with the
+deletions topic's partitions it holds; on revoke the open batch is finished and every
+batch in flight acknowledged and committed before the partitions (and their shards) go.
+SIGTERM and SIGINT only set a flag; the loop finishes its batch, drains the checkpoint
+and closes.
 """
 
 from __future__ import annotations
@@ -28,23 +32,29 @@ from consumer.engine import BatchOutcome, Engine, StateRolledBack
 from consumer.events import Interaction, Partition
 from consumer.http import Health
 from consumer.metrics import Metrics
+from consumer.pipeline.answered import read_answered
 from consumer.pipeline.applying import TRANSIENT, Applier, Unavailable
 from consumer.pipeline.batching import BatchPolicy
 from consumer.pipeline.checkpoint import AcknowledgementFailed, Checkpoint, Record
 from consumer.pipeline.consolidation import Consolidation, ConsolidationPolicy
 from consumer.pipeline.dead_letters import REDRIVEN_HEADER, dead_letter_headers
-from consumer.pipeline.isolation import Work
 from consumer.pipeline.observation import Observer
 from consumer.pipeline.parsing import Parsed, Parser
 from consumer.pipeline.source import InputFailed, Read, Source
+from consumer.receipts import Receipt
 from consumer.redaction import scope_name
 from consumer.settings import Settings
+from consumer.shards.messages import Raw, Routed
+from consumer.state.layout import owned_shards
 
 log = logging.getLogger("unlearn.application")
 
 STATE_CHECK_S = 5.0  # how often an idle service checks that Redis did not go back in time
 TOPIC_CHECK_S = 5.0  # how often the input topics are checked for a new life (re-created)
 IDLE_WAIT_S = 0.1  # how long a read waits for input when there is nothing else to do
+# ... when this instance owns shards: their inboxes are looked at between reads, so work
+# routed here by another instance waits at most this long.
+OWNER_WAIT_S = 0.01
 ACK_WAIT_S = 0.002  # how long the loop waits for acknowledgements between reads
 
 
@@ -88,6 +98,7 @@ class Application:
             engine.state.log_salt(), self.observer.time_adjusted,
         )  # fmt: skip
         self.applier = Applier(engine, settings.redis_retry_budget_s, self._retrying)
+        self.applier.own(())  # the group decides which shards this instance applies
         self.producer = Producer(
             {
                 **settings.kafka_common(),
@@ -108,9 +119,11 @@ class Application:
                 resume_events=settings.consolidate_resume_events,
                 resume_idle_ms=settings.consolidate_resume_idle_ms,
             ),
-            owned=False,  # until this instance holds the deletions topic's partition 0
+            owned=False,  # until this instance owns shards
         )
         self._settled_recorded: bool | None = None  # what the state says, once read
+        self._consolidating: frozenset[int] | None = frozenset()  # the shards it is for
+        self._deletion_partitions: int | None = None
         self._pending: list[tuple[Message, float]] = []
         self._batch_opened = 0.0
         self._last_event = time.monotonic()
@@ -131,12 +144,13 @@ class Application:
         signal.signal(signal.SIGINT, self.request_stop)
 
     def run(self, max_seconds: float | None = None) -> None:
-        self.source.subscribe(revoking=self._revoking)
+        self.source.subscribe(revoking=self._revoking, assigned=self._assigned)
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
         try:
             while not self._stopping and (deadline is None or time.monotonic() < deadline):
                 self._step()
             self._flush()
+            self._work()
             if not self.checkpoint.drain(self.settings.revoke_budget_s):
                 log.warning("shutting down with receipts not yet acknowledged: they are replayed")
         except (Unavailable, InputFailed, AcknowledgementFailed) as exc:
@@ -156,8 +170,10 @@ class Application:
         self._check_state()
         self._check_topics()
         self._own_consolidation()
+        worked = self._work()
         consolidating = self.consolidation.due(self._since_last_event_ms(), False)
-        wait = 0.0 if self._pending or consolidating else IDLE_WAIT_S
+        idle = OWNER_WAIT_S if self.engine.owned else IDLE_WAIT_S
+        wait = 0.0 if self._pending or consolidating or worked else idle
         if wait and self.checkpoint.in_flight:
             # Receipts on their way: wait on the broker's acknowledgements (a short wait
             # that ends at the first), not on input, so offsets follow within a ms.
@@ -168,8 +184,11 @@ class Application:
         age_ms = (time.monotonic() - self._batch_opened) * 1000
         if self.batching.closes(len(self._pending), age_ms, read.more_waiting):
             self._flush()
-        elif not self._pending and self.consolidation.due(
-            self._since_last_event_ms(), read.more_waiting
+            self._work()
+        elif (
+            not self._pending
+            and not worked
+            and self.consolidation.due(self._since_last_event_ms(), read.more_waiting)
         ):
             self._consolidate()
 
@@ -186,7 +205,8 @@ class Application:
         return (time.monotonic() - self._last_event) * 1000
 
     def _flush(self) -> None:
-        """Apply the open batch durably and hand it to the checkpoint."""
+        """Take the open batch into the state (each event into its shard's inbox) and hand
+        its dead letters and offsets to the checkpoint."""
         if not self._pending:
             return
         pending, self._pending = self._pending, []
@@ -195,41 +215,64 @@ class Application:
         started = time.perf_counter()
         parsed = self.parser.parse(pending)
         self.observer.stage("parse", time.perf_counter() - started)
-        work = Work(parsed.interactions, parsed.deletions, [r.source for _, r in parsed.rejected])
+        raw = {
+            source: Raw(m.key(), m.value() or b"", m.headers())
+            for source, m in parsed.messages.items()
+        }
         applying = time.perf_counter()
         try:
-            outcomes = self.applier.apply(
-                work,
-                self.source.assignments.acknowledged(),
-                lambda events, why: self._unprocessable(parsed, events, why),
-            )
+            ingested = self.applier.ingest(
+                parsed.interactions, parsed.deletions, self.source.assignments.acknowledged(),
+                [r.source for _, r in parsed.rejected], raw,
+            )  # fmt: skip
         except StateRolledBack as exc:
             self._heal_rollback(exc)  # nothing of this batch is committed: it is read again
             return
-        self.observer.stage("apply", time.perf_counter() - applying)
+        self.observer.stage("ingest", time.perf_counter() - applying)
         records = [
             self._dead_letter(message, rejected.source.key, rejected.reason, rejected.detail)
             for message, rejected in parsed.rejected
         ]
-        for outcome in outcomes:
-            records += [
-                (self.settings.topic_receipts, r.key, r.to_json(), None)
-                for r in (*outcome.receipts, *outcome.resent)
-            ]
-            self.observer.outcome(outcome)
-            self.stats.receipts_sent += len(outcome.receipts) + len(outcome.resent)
-            self.stats.last_residual = outcome.residual
-        self.checkpoint.submit(
-            _next_offsets(messages), records, lambda: self._acknowledged(outcomes)
-        )
+        records += [
+            (self.settings.topic_receipts, r.key, r.to_json(), None) for r in ingested.resent
+        ]
+        self.observer.ingested(ingested)
+        self.stats.receipts_sent += len(ingested.resent)
+        self.checkpoint.submit(_next_offsets(messages), records)
         self._after_batch(messages, parsed)
-        if self.on_batch is not None:
-            for outcome in outcomes:
-                self.on_batch(outcome)
 
-    def _acknowledged(self, outcomes: list[BatchOutcome]) -> None:
-        for outcome in outcomes:
-            self.observer.acknowledged(outcome)
+    def _work(self) -> bool:
+        """One batch of the owned shards' inboxes; its receipts to the checkpoint. True if
+        there was something to do."""
+        if not self.engine.owned:
+            return False
+        started = time.perf_counter()
+        try:
+            outcome = self.applier.step(self.settings.batch_max_events, self._unprocessable)
+        except StateRolledBack as exc:
+            self._heal_rollback(exc)
+            return True
+        receipts = [*outcome.receipts, *outcome.resent]
+        if not (outcome.events or receipts or outcome.phases):
+            return False
+        self.observer.stage("apply", time.perf_counter() - started)
+        self.observer.outcome(outcome)
+        if outcome.events:
+            self.observer.model(self.engine)
+        self.stats.receipts_sent += len(receipts)
+        self.stats.last_residual = outcome.residual
+        records = [(self.settings.topic_receipts, r.key, r.to_json(), None) for r in receipts]
+        self.checkpoint.submit({}, records, lambda: self._acknowledged(outcome, receipts))
+        if self.on_batch is not None:
+            self.on_batch(outcome)
+        return True
+
+    def _acknowledged(self, outcome: BatchOutcome, receipts: list[Receipt]) -> None:
+        self.observer.acknowledged(outcome)
+        try:
+            self.engine.sent(receipts)
+        except TRANSIENT as exc:  # they stay marked unsent: a later owner sends them again
+            log.info("could not mark receipts sent: %s", type(exc).__name__)
 
     def _after_batch(self, messages: list[Message], parsed: Parsed) -> None:
         total: Counter[Partition] = Counter()
@@ -245,14 +288,43 @@ class Application:
         self._last_event = time.monotonic()
         self.consolidation.events_arrived(len(messages))
 
+    # ----- ownership --------------------------------------------------------------------
+
+    def _assigned(self, partitions: list[Partition]) -> None:
+        """Partitions given: this instance applies the shards of its deletions partitions."""
+        self._own(self.source.held(self.settings.topic_deletions))
+
+    def _own(self, held: set[int]) -> None:
+        if self._deletion_partitions is None or held - set(range(self._deletion_partitions)):
+            self._deletion_partitions = self.source.partition_count(self.settings.topic_deletions)
+        shards = owned_shards(self.engine.shards, self._deletion_partitions, held)
+        before = set(self.engine.owned)
+        self.applier.own(shards)
+        self.observer.shards_owned(len(self.engine.owned))
+        self._read_back(set(self.engine.owned) - before)
+
+    def _read_back(self, shards: set[int]) -> None:
+        """Shards taken over: what the receipts topic answered since they last committed.
+        A request they still have to answer that is there was answered before the state
+        lost it (a restore): its new receipt says `reapplied`."""
+        if not shards:
+            return
+        since = self.engine.last_commit_time(shards)
+        found = read_answered(self.settings.kafka_common(), self.settings.topic_receipts, since)
+        self.engine.answered(found.sources)
+
     def _revoking(self, partitions: list[Partition]) -> None:
-        """Partitions are going: finish the open batch and every batch in flight while
-        they are still ours."""
+        """Partitions are going: finish the open batch, the owned shards' work and every
+        batch in flight while they are still ours; then the shards go with them."""
         self._flush()
+        self._work()
         if not self.checkpoint.drain(self.settings.revoke_budget_s):
             log.warning("revoked with receipts not yet acknowledged: the next owner replays them")
         for topic, number in partitions:  # another instance commits them now
             self.engine.committed.pop(self.source.assignments.key(topic, number), None)
+        gone = {p for t, p in partitions if t == self.settings.topic_deletions}
+        if gone:
+            self._own(self.source.held(self.settings.topic_deletions) - gone)
 
     # ----- what goes wrong ------------------------------------------------------------
 
@@ -267,6 +339,7 @@ class Application:
         self.metrics.state_rollbacks.inc()
         self.stats.rollbacks += 1
         self.applier.rebuild(keep_committed=False)
+        self._read_back(set(self.engine.owned))
         self.source.seek(sorted(self.source.assignments.views), rollback_counted=True)
         self.source.assignments.lost_through({key: c for key, (_, c) in exc.behind.items()})
 
@@ -279,6 +352,7 @@ class Application:
         self._state_checked = now
         try:
             self.engine.check_not_behind()
+            self.engine.refresh()
         except StateRolledBack as exc:
             self._heal_rollback(exc)
         except TRANSIENT as exc:  # Redis away: the next batch waits it out
@@ -303,19 +377,23 @@ class Application:
         log.warning("%s on %s: checking the partitions", why, partitions)
         self.source.seek(self.source.assignments.of_topics(partitions))
 
-    def _unprocessable(self, parsed: Parsed, events: list, detail: str) -> None:
-        """Dead-letter events the batch could not process, durably before their offsets
-        are recorded (the retry that follows records them as done)."""
-        for event in events:
+    def _unprocessable(self, events: list[Routed], detail: str) -> None:
+        """Dead-letter events a batch could not process, durably before they are taken as
+        done (the engine applies the rest of the batch without them)."""
+        for routed in events:
+            event = routed.event
             log.error(
                 "%s on %s could not be processed (%s): dead-lettered as unprocessable (%s)",
                 "an interaction" if isinstance(event, Interaction) else "a deletion",
                 event.source.key, detail, scope_name(self.parser.salt, event.user, event.item),
             )  # fmt: skip
-            topic, key, value, headers = self._dead_letter(
-                parsed.messages[event.source], event.source.key, "unprocessable", detail
-            )
-            self.producer.produce(topic, key=key, value=value, headers=headers)
+            raw = routed.raw or Raw(None, b"")
+            redriven = any(k == REDRIVEN_HEADER for k, _ in raw.headers or ())
+            self.observer.dead_letter("unprocessable", redriven)
+            self.stats.dead_lettered += 1
+            headers = dead_letter_headers(raw.headers, "unprocessable", detail, event.source.key)
+            self.producer.produce(self.settings.topic_dlq, key=raw.key, value=raw.value,
+                                  headers=headers)  # fmt: skip
         if self.producer.flush(30) != 0:
             raise FatalError("dead letters not acknowledged by the broker")
 
@@ -329,26 +407,29 @@ class Application:
     # ----- consolidation ------------------------------------------------------------------
 
     def _own_consolidation(self) -> None:
-        """One instance of the group consolidates: the owner of the deletions topic's
-        partition 0 (a rebalance moves it with the partition)."""
-        owned = self.source.owns(self.settings.topic_deletions, 0)
-        if owned and not self.consolidation.owned:
-            try:
-                settled = self.engine.state.consolidation_settled()
-            except TRANSIENT as exc:  # Redis away: take over at a later step
-                log.info("consolidation not taken over yet: %s", type(exc).__name__)
-                return
-            self._settled_recorded = settled
-            self.consolidation.take_over(settled)
-            self.observer.consolidation_taken_over(settled)
-        self.consolidation.owned = owned
-        self.observer.consolidation_owner(owned)
+        """Each instance consolidates the shards it owns; a new set of them (a rebalance)
+        starts its cycle where the state says they stand (settled or not)."""
+        owned = frozenset(self.engine.owned)
+        if owned != self._consolidating:
+            self._consolidating = owned
+            if owned:
+                try:
+                    settled = self.engine.consolidation_settled()
+                except TRANSIENT as exc:  # Redis away: take over at a later step
+                    log.info("consolidation not taken over yet: %s", type(exc).__name__)
+                    self._consolidating = None
+                    return
+                self._settled_recorded = settled
+                self.consolidation.take_over(settled)
+                self.observer.consolidation_taken_over(settled)
+        self.consolidation.owned = bool(owned)
+        self.observer.consolidation_owner(bool(owned))
 
     def _record_consolidation(self, settled: bool) -> None:
         """What a new owner reads. Best effort: a missed write makes a later owner sweep
         once more, or wait for new events before it does."""
         try:
-            self.engine.state.set_consolidation(settled)
+            self.engine.set_consolidation(settled)
             self._settled_recorded = settled
         except TRANSIENT as exc:
             log.warning("could not record that consolidation %s: %s",
@@ -356,9 +437,11 @@ class Application:
 
     def _consolidate(self) -> None:
         """One slice of the consolidation sweep (a deletion arriving now waits for it)."""
+        if not self.engine.owned:  # the shards went in this step (a rebalance)
+            return
         if self._settled_recorded is not False:  # a cycle begins: a new owner resumes it
             self._record_consolidation(False)
-        sizes = {side: len(f) for side, f in self.engine.factors.items()}
+        sizes = self.engine.sweep_sizes()
         side, start, rows = self.consolidation.next_slice(sizes)
         outcome = self.applier.slice(side, start, rows)
         if outcome is None:

@@ -1,78 +1,70 @@
-"""The micro-batch engine: a batch of events in, Unlearn-ALS on the touched rows, state out.
+"""The engine: events in, Unlearn-ALS on the rows they touch, each shard's effect durable
+under its owner's fence, receipts once every part of a request is.
 
-Per batch: skip events already applied (offsets), resolve ids, drop interactions older
-than a deletion of their scope (tombstones), edit the touched rows, re-solve every touched
-user then every touched item exactly (unlearn_core.solve_rows), and make it all durable in
-one redo-logged commit (store.commit_batch). Receipts are built here and recorded with the
-state; the service publishes them only after the commit.
+Two steps, each its own batch:
 
-The engine keeps a replica of all factors in memory: the solves need the factors of every
-neighbour of a touched row, and reading them from Redis per batch would cost more than the
-solves. Several engines (instances) may share a namespace: each batch runs under the
-namespace's write lease (state/lease.py), first bringing the replica up to date with what
-other instances committed since (the change log), and every write is fenced by the
-lease's token, so batches from different instances apply one after the other.
+- `ingest`: events read from Kafka are routed to the inbox of the shard that owns their
+  subject (a user's, or for an item forgotten whole the item's), and their offsets are
+  recorded with the state. The events are durable there; the Kafka offsets may follow.
+- `step`: the shards this instance owns apply their inboxes (shards/batch.py): rows
+  edited, touched users and owned items re-solved exactly, each shard written by one
+  fenced script, items owned elsewhere asked of their owner. A deletion's receipt is
+  stored once every part of it is durable (shards/requests.py), then published.
+
+Each instance owns the shards that go with the deletions topic's partitions it holds
+(layout.owned_shards), so instances never wait for one another: each writes only its own
+shards, and a writer that lost a shard (a rebalance) writes nothing more to it. An
+engine that owns every shard completes most requests in the step that reads them.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import redis
-import scipy.sparse as sp
 
 from consumer.events import Deletion, Interaction, Source
 from consumer.receipts import Receipt
-from consumer.state.layout import (
-    ROW_DTYPE,
-    item_tombstone,
-    pair_tombstone,
-    receipt_shard,
-    shard_major,
-    shard_of,
-    tombstone,
-    user_tombstone,
+from consumer.shards.batch import Batch, LocalPart, ShardWork, Unprocessable, _csr
+from consumer.shards.isolation import find_culprit
+from consumer.shards.ledger import all_pairs, pair_shares, penalty_shares
+from consumer.shards.messages import (
+    Done,
+    Message,
+    Purge,
+    Raw,
+    Routed,
+    Solve,
+    Waiter,
+    decode,
+    encode,
 )
-from consumer.state.lease import LeaseBusy, LeaseLost
-from consumer.state.store import SIDES, ModelState, ShardWrite
+from consumer.shards.replica import Replica
+from consumer.shards.requests import Request, item_part, part_shard
+from consumer.state.layout import rows_of_shard
+from consumer.state.store import SIDES, ModelState, ShardLost, ShardWrite, StateError
 from unlearn_core.convergence import relative_change
-from unlearn_core.gramians import Gramians
-from unlearn_core.interactions import Interactions
-from unlearn_core.loss import loss
 from unlearn_core.model import pair_scores
-from unlearn_core.objective import all_pairs_term, observed_terms, row_penalties
-from unlearn_core.rows import merge_events
+from unlearn_core.objective import all_pairs_term, observed_term_values, row_penalty_values
 from unlearn_core.solve import solve_rows
 
+log = logging.getLogger("unlearn.engine")
+
 SAMPLE_PAIRS = 4096
-# The largest value a float32 holds: stored weights and the confidences built from them.
-_F32_MAX = float(np.finfo(np.float32).max)
-_NOTHING_LOADED = -1  # generation of an engine whose replica is still empty
-
-
-def source_key(source: Source) -> str:
-    return source.key
-
-
-class Unprocessable(Exception):
-    """Events the state cannot take (a pair's weights sum beyond float32): named, so the
-    service dead-letters exactly them and applies the rest of the batch."""
-
-    def __init__(self, sources: list[Source], detail: str) -> None:
-        super().__init__(detail)
-        self.sources = sources
-        self.detail = detail
+PART_RETRY_S = 10.0  # a part asked of another shard, consumed there but not done: again
+INBOX_ENTRIES = 64  # inbox entries read per shard and step
+ANSWERED_KEPT_S = 600.0  # how long a read-back answer may still mark a receipt reapplied
 
 
 class BatchFailed(Exception):
     """The batch failed before anything of it was written (its in-memory effects undone):
-    some event in it cannot be processed. The service splits the batch to find it."""
+    some event in it cannot be processed. The engine splits it to find which."""
 
 
 class StateRolledBack(Exception):
@@ -80,22 +72,29 @@ class StateRolledBack(Exception):
     an older snapshot (or a failover lost writes). The lost events must be replayed."""
 
     def __init__(self, behind: dict[str, tuple[int, int]]) -> None:
-        # partition key -> (offset the state holds, offset this engine had committed)
+        # partition key (or "shard N") -> (what the state holds, what this engine committed)
         super().__init__(
             ", ".join(f"{k}: state at {a}, committed {c}" for k, (a, c) in behind.items())
         )
         self.behind = behind
 
 
-# Failures that are not the batch's content: Redis trouble and instances taking turns.
-_PASSING = (redis.RedisError, LeaseLost, LeaseBusy, StateRolledBack)
+Reject = Callable[[list[Routed], str], None]  # dead-letter these events, durably
+
+
+@dataclass
+class IngestOutcome:
+    applied: dict[str, int] = field(default_factory=dict)  # "topic:partition" -> offset
+    resent: list[Receipt] = field(default_factory=list)  # replayed deletions, answered
+    events_replayed: int = 0
+    routed: int = 0  # events put into shards' inboxes
 
 
 @dataclass
 class BatchOutcome:
     receipts: list[Receipt] = field(default_factory=list)  # new, to publish
     resent: list[Receipt] = field(default_factory=list)  # replayed deletions
-    applied: dict[str, int] = field(default_factory=dict)  # "topic:partition" -> offset
+    applied: dict[str, int] = field(default_factory=dict)  # ingest: "topic:partition" -> offset
     interactions_applied: int = 0
     interactions_applied_new: int = 0  # of them, pairs not stored before (count grows)
     interactions_late: int = 0  # covered by a deletion processed in an earlier batch
@@ -107,7 +106,29 @@ class BatchOutcome:
     residual: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)  # seconds: read, solve, write
     learned_ts: list[float] = field(default_factory=list)  # event times of what was learned
-    loss: float = float("nan")  # the training objective on the current data, after the batch
+    loss: float = float("nan")  # the objective on the current data, after the batch
+    events: int = 0  # routed events this step took from the inboxes
+    parts_asked: int = 0  # messages to other owners' shards
+    rejected: list[Routed] = field(default_factory=list)  # dead-lettered in processing
+    lost: set[int] = field(default_factory=set)  # shards another instance took over
+
+    def absorb(self, other: BatchOutcome) -> None:
+        """Add another step's outcome to this one (several steps of one call)."""
+        for name in ("interactions_applied", "interactions_applied_new", "interactions_late",
+                     "interactions_suppressed", "events_replayed", "removed", "users_solved",
+                     "items_solved", "events", "parts_asked"):  # fmt: skip
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.receipts += other.receipts
+        self.resent += other.resent
+        self.learned_ts += other.learned_ts
+        self.rejected += other.rejected
+        self.lost |= other.lost
+        for phase, seconds in other.phases.items():
+            self.phases[phase] = self.phases.get(phase, 0.0) + seconds
+        if other.events or other.receipts:
+            self.residual = other.residual
+        if not np.isnan(other.loss):
+            self.loss = other.loss
 
 
 @dataclass
@@ -134,118 +155,181 @@ class SweepOutcome:
         return (self.loss_before - self.loss) / max(abs(self.loss_before), 1e-300)
 
 
+@dataclass
+class Owned:
+    """A shard this engine owns, as far as it has committed it."""
+
+    token: int
+    cursor: str | None
+    seen: dict[str, int]
+    pending: dict[str, Request]
+    generation: int  # the shard's commits as of this engine's last one
+    loss: float = 0.0
+    interactions: int = 0
+
+
 class Engine:
     def __init__(
-        self, state: ModelState, clock: Callable[[], float] = time.time, solve_threads: int = 1
+        self,
+        state: ModelState,
+        clock: Callable[[], float] = time.time,
+        solve_threads: int = 1,
+        holder: str = "engine",
+        owned: Iterable[int] | None = None,
+        part_retry_s: float = PART_RETRY_S,
     ) -> None:
+        """`owned`: the shards this engine applies (None: every shard, as a lone instance
+        does; the service passes the shards of its deletions partitions as they come)."""
         self.state = state
         self.clock = clock
         self.solve_threads = solve_threads  # BLAS stays at one thread per call
-        rng = np.random.default_rng(0)
-        self._sample_seed = rng.integers(0, 2**31, 2)
-        self.generation = _NOTHING_LOADED
-        self.head: str | None = None  # the id of the newest commit the replica reflects
-        self.diverged = False  # set when a refresh found Redis on another history
-        # partition key -> the last offset this engine committed: Redis holding less means
-        # the state went back in time (a restore, a failover that lost writes).
-        self.committed: dict[str, int] = {}
-        self._order: dict[str, np.ndarray] = {}  # side -> its consolidation sweep order
-        with self._exclusive():  # finishes an interrupted batch, then loads everything
-            pass
-
-    def _reload(self) -> None:
-        state = self.state
-        self.generation, self.head = state.head()
+        self.holder = holder
+        self.part_retry_s = part_retry_s
         self.meta = state.meta()
         self.params = self.meta.params
         self.shards = self.meta.shards
-        self.factors = {side: state.read_all_factors(side, self.meta) for side in SIDES}
-        self.gramians = Gramians(self.factors, self.shards)
-        self.interactions = int(state.read_status().get("interactions", 0))
-        self.loss = self.full_loss()
+        self._sample_seed = np.random.default_rng(0).integers(0, 2**31, 2)
+        self.replica = Replica(state, self.meta)
+        self.replica.load()
+        self.owned: dict[int, Owned] = {}
+        # partition key -> the last offset this engine took in: Redis holding less means
+        # the state went back in time (a restore, a failover that lost writes).
+        self.committed: dict[str, int] = {}
+        # shard -> the most commits this engine saw it hold (its own, or on taking it):
+        # Redis holding fewer means it went back (a restore), even after a restart of
+        # the engine within this process (the service rebuilds it after an outage).
+        self.generations: dict[int, int] = {}
+        self._ledger: dict[int, tuple[float, int]] = {}  # shard -> (objective share, pairs)
+        self._skip: set[Source] = set()  # dead-lettered in processing: taken, no effect
+        self._asked: dict[str, tuple[float, dict[str, tuple[int, str]]]] = {}
+        self._unsent: dict[str, int] = {}  # receipt source -> the shard that stores it
+        self._resend: list[Receipt] = []  # found unsent in shards taken over: next step
+        # Requests whose receipt the receipts topic already holds (answered before the
+        # state lost their effect): answered again, their receipts say `reapplied`.
+        # source -> when it was read back; kept ANSWERED_KEPT_S.
+        self._answered: dict[str, float] = {}
+        self._order: dict[str, tuple[tuple, np.ndarray]] = {}  # side -> (for what, rows)
+        self._seen_at: dict[int, tuple[int, str | None]] = {}  # shard -> as last refreshed
+        self._asked_checked = float("-inf")
+        self._read_ledgers(range(self.shards))
+        if owned is None:
+            self.own(range(self.shards))
+            self.reset_objective()
+        else:
+            self.own(owned)
 
-    @contextmanager
-    def _exclusive(self) -> Iterator[None]:
-        """Hold the write lease, with the replica brought up to date with Redis.
+    @property
+    def factors(self) -> dict[str, np.ndarray]:
+        return self.replica.factors
 
-        A batch another instance left half-written (it died mid-commit) is finished first:
-        its redo log holds final values, and this batch must start from them.
-        """
-        generation, head, pending = self.state.lease.acquire()
-        try:
-            recovered = pending and self.state.recover()
-            if recovered:
-                generation, head = self.state.head()
-            reloaded = self._refresh(generation, head)
-            if recovered:  # the crashed batch's objective went with it: recompute
-                if not reloaded:
-                    self.loss = self.full_loss()
-                self.state.client.hset(self.state.layout.status, "loss", repr(self.loss))
-            yield
-        finally:
-            self.state.lease.release()
+    @property
+    def gramians(self):
+        return self.replica.gramians
 
-    def _refresh(self, generation: int, head: str | None) -> bool:
-        """Read the factors other instances changed since this engine last committed.
+    @property
+    def loss(self) -> float:
+        """The objective on the current data, as the shards' ledgers account it."""
+        return sum(loss for loss, _ in self._ledger.values())
 
-        True when everything was reloaded (and the objective recomputed from all rows).
-        Each commit names the one before it, so a Redis that went back to an older
-        snapshot (and perhaps moved on from there) is noticed: everything is reloaded.
-        """
-        if generation == self.generation and head == self.head:
-            return False
-        state = self.state
-        changes = None
-        if self.generation != _NOTHING_LOADED and generation > self.generation:
-            changes = state.read_changes(self.generation, self.head)
-        elif self.generation != _NOTHING_LOADED:
-            self.diverged = True  # Redis is at or behind our own last commit, elsewhere
-        if changes is None:
-            self._reload()
-            return True
-        meta = state.meta()
-        for side, changed in zip(SIDES, changes, strict=True):
-            self.grow(side, meta.count(side))
-            rows = np.array(sorted(changed), dtype=np.int64)
-            if len(rows):
-                self.set_rows(
-                    side, rows, state.read_factors(side, rows, self.shards, self.params.factors)
-                )
-        status = state.read_status()
-        self.interactions = int(status.get("interactions", 0))
-        self.loss = float(status["loss"]) if "loss" in status else self.full_loss()
-        self.generation, self.head = generation, head
-        return False
+    @property
+    def interactions(self) -> int:
+        return sum(count for _, count in self._ledger.values())
 
-    # ----- the batch ------------------------------------------------------------------
+    # ----- ownership --------------------------------------------------------------------
 
-    def process(
+    def own(self, shards: Iterable[int]) -> None:
+        """Apply exactly these shards from now on. A shard taken draws a new token (its
+        previous owner's writes are refused from then on) and is read as its previous
+        owner left it; the receipts it stored but may never have sent are sent again
+        with the next step (`resent`), and its unfinished requests' parts asked again."""
+        wanted = set(shards)
+        for shard in set(self.owned) - wanted:
+            del self.owned[shard]
+        new = sorted(wanted - set(self.owned))
+        if not new:
+            return
+        for shard, acquired in self.state.acquire(new, self.holder).items():
+            pending = {k: Request.from_json(v) for k, v in self.state.read_pending(shard).items()}
+            self.owned[shard] = Owned(
+                acquired.token, acquired.cursor, self.state.read_seen(shard), pending,
+                acquired.generation,
+            )  # fmt: skip
+            self.replica.catch_up(shard, acquired.generation, acquired.head)
+            # Fewer commits than this engine saw: a restore; the next step says so.
+            self.generations[shard] = max(self.generations.get(shard, 0), acquired.generation)
+            for source in pending:
+                self._asked[source] = (0.0, {})  # asked again at the next step
+            self._asked_checked = float("-inf")
+            for text in self.state.read_unsent(shard):
+                receipt = Receipt.from_json(text)
+                self._unsent[receipt.source] = shard
+                self._resend.append(receipt.again())
+        self._read_ledgers(new)
+
+    def answered(self, sources: Iterable[str]) -> None:
+        """Requests the receipts topic shows answered (read back by the service when it
+        takes shards over): any of them this engine answers now was answered before.
+        What was read back long ago is forgotten: a lost request is answered again within
+        minutes of the restore that lost it."""
+        now = self.clock()
+        self._answered = {s: t for s, t in self._answered.items() if now - t < ANSWERED_KEPT_S}
+        self._answered.update(dict.fromkeys(sources, now))
+
+    def last_commit_time(self, shards: Iterable[int]) -> float | None:
+        """When the earliest of these shards last committed (None: never, or unknown)."""
+        times = [s.get("updated_at") for s in self.state.read_shard_status(shards).values()]
+        return min((float(t) for t in times if t is not None), default=None)
+
+    def _store_requests(
+        self, requests: dict[int, dict[str, Request]], writes: dict[int, ShardWrite]
+    ) -> dict[str, tuple[int, Receipt]]:
+        """Add each request to its shard's write: a receipt when every part is done."""
+        stored = {}
+        for shard, mine in requests.items():
+            write = writes.setdefault(shard, ShardWrite())
+            for source, request in mine.items():
+                if request.complete():
+                    receipt = self._receipt(request)
+                    write.receipts[source] = receipt.to_json()
+                    write.unsent.append(source)
+                    write.pending[source] = None
+                    stored[source] = (shard, receipt)
+                else:
+                    write.pending[source] = request.to_json()
+        return stored
+
+    def _receipt(self, request: Request) -> Receipt:
+        if self._answered.pop(request.source, None) is not None:
+            request.reapplied = True
+        return request.receipt()
+
+    def _read_ledgers(self, shards: Iterable[int]) -> None:
+        for shard, status in self.state.read_shard_status(shards).items():
+            self._ledger[shard] = (
+                float(status.get("loss", 0.0)),
+                int(status.get("interactions", 0)),
+            )
+
+    # ----- ingest: events to their shards' inboxes -------------------------------------
+
+    def ingest(
         self,
-        interactions: list[Interaction],
-        deletions: list[Deletion],
+        interactions: Sequence[Interaction],
+        deletions: Sequence[Deletion],
         acknowledged: Mapping[str, tuple[int, int]] | None = None,
         skipped: Sequence[Source] = (),
-    ) -> BatchOutcome:
-        """One batch, durable when this returns.
+        raw: Mapping[Source, Raw] | None = None,
+    ) -> IngestOutcome:
+        """Route a batch of events to their shards' inboxes and record their offsets.
 
         `acknowledged`: partition key -> the offsets [first, last] acknowledged to Kafka
-        before the state lost them (after a rollback; first -1: every offset up to last);
-        the receipts of those requests say `reapplied`.
-        `skipped`: messages of the batch that have no effect (dead-lettered); their
-        offsets are recorded as done all the same.
+        before the state lost them (first -1: every offset up to last): those requests'
+        receipts say `reapplied`. `skipped`: messages with no effect (dead-lettered),
+        recorded as taken all the same. `raw`: the messages as they arrived (a message that
+        fails only in processing is dead-lettered with its bytes).
         """
-        with self._exclusive():
-            return self._process(interactions, deletions, acknowledged or {}, skipped)
-
-    def _process(
-        self,
-        interactions: list[Interaction],
-        deletions: list[Deletion],
-        acknowledged: Mapping[str, tuple[int, int]],
-        skipped: Sequence[Source],
-    ) -> BatchOutcome:
-        started = time.perf_counter()
-        out = BatchOutcome()
+        acknowledged, raw = acknowledged or {}, raw or {}
+        out = IngestOutcome()
         applied = self.check_not_behind()
         sources = [*(e.source for e in (*interactions, *deletions)), *skipped]
         out.applied = _advance(applied, sources)
@@ -256,55 +340,65 @@ class Engine:
         fresh_i = [e for e in interactions if not done(e.source)]
         fresh_d = [e for e in deletions if not done(e.source)]
         out.events_replayed = len(interactions) + len(deletions) - len(fresh_i) - len(fresh_d)
-        for deletion in deletions:
-            if done(deletion.source):
-                receipt = self._stored_receipt(deletion.source)
-                if receipt is not None:
-                    out.resent.append(receipt.again())
-        if not fresh_i and not fresh_d:
-            if any(offset > applied.get(key, -1) for key, offset in out.applied.items()):
-                self._commit({}, out.applied, sources)
+        out.resent = self._stored_receipts([d for d in deletions if done(d.source)])
+        if not any(offset > applied.get(key, -1) for key, offset in out.applied.items()):
             return out
+        routed = self._route(fresh_i, fresh_d, acknowledged, raw)
+        if routed:
+            self.state.send({s: [encode(m)] for s, m in routed.items()})
+        out.routed = len(fresh_i) + len(fresh_d)
+        self.state.record_ingested(out.applied, _marks(sources), {"updated_at": repr(self.clock())})
+        self.committed.update(out.applied)
+        return out
 
-        batch = _Batch(self, fresh_i, fresh_d)
-        try:
-            batch.read()
-            out.phases["read"] = time.perf_counter() - started
-            batch.edit(out)
-            solved = time.perf_counter()
-            before = self._sample_scores()
-            loss_before = batch.local_loss(batch.original) + self._global_loss()
-            batch.solve()
-            loss_after = batch.local_loss(batch.rows) + self._global_loss()
-        except Unprocessable:
-            batch.undo()
-            raise
-        except Exception as exc:
-            if isinstance(exc, _PASSING):  # Redis trouble: the service retries
-                batch.undo()
-                raise
-            batch.undo()
-            raise BatchFailed(f"{type(exc).__name__}: {exc}") from exc
-        out.loss = self.loss + loss_after - loss_before
-        out.residual = relative_change(before, self._sample_scores())
-        out.users_solved, out.items_solved = len(batch.touched["user"]), len(batch.touched["item"])
-        out.phases["solve"] = time.perf_counter() - solved
-        written = time.perf_counter()
-        out.receipts = batch.receipts(out.residual, acknowledged)
-        try:
-            self._commit(
-                batch.shard_writes(out.receipts),
-                out.applied,
-                sources,
-                status=self._status(out),
-                interactions_delta=out.interactions_applied_new - out.removed,
-            )
-        except BaseException:
-            batch.undo()  # whatever Redis holds now, the replica is rebuilt from it
-            raise
-        self.loss = out.loss
-        self.interactions += out.interactions_applied_new - out.removed
-        out.phases["write"] = time.perf_counter() - written
+    def _route(
+        self,
+        interactions: list[Interaction],
+        deletions: list[Deletion],
+        acknowledged: Mapping[str, tuple[int, int]],
+        raw: Mapping[Source, Raw],
+    ) -> dict[int, list[Message]]:
+        state = self.state
+        users = state.allocate(
+            "user", [e.user for e in interactions] + [d.user for d in deletions if d.user]
+        )
+        items = state.allocate(
+            "item", [e.item for e in interactions] + [d.item for d in deletions if d.item]
+        )
+        u_iter, i_iter = iter(users.tolist()), iter(items.tolist())
+        out: dict[int, list[Message]] = defaultdict(list)
+        for event in interactions:
+            u, i = next(u_iter), next(i_iter)
+            out[u % self.shards].append(Routed(event, u, i, raw.get(event.source)))
+        for d in deletions:
+            u = next(u_iter) if d.user is not None else -1
+            i = next(i_iter) if d.item is not None else -1
+            again = _within(d.source.offset, acknowledged.get(d.source.partition_key))
+            subject = u if u >= 0 else i
+            out[subject % self.shards].append(Routed(d, u, i, raw.get(d.source), again))
+        return out
+
+    def _stored_receipts(self, deletions: list[Deletion]) -> list[Receipt]:
+        """The stored receipts of replayed requests (none yet: still in progress)."""
+        if not deletions:
+            return []
+        users = self.state.lookup("user", [d.user or "" for d in deletions])
+        items = self.state.lookup("item", [d.item or "" for d in deletions])
+        wanted: dict[int, list[str]] = defaultdict(list)
+        for d, u, i in zip(deletions, users.tolist(), items.tolist(), strict=True):
+            subject = u if d.user is not None else i
+            if subject >= 0:
+                wanted[subject % self.shards].append(d.source.key)
+        return [r.again() for r in self._receipts_of(wanted)]
+
+    def _receipts_of(self, wanted: Mapping[int, list[str]]) -> list[Receipt]:
+        pipe = self.state.client.pipeline(transaction=False)
+        order = [(s, keys) for s, keys in wanted.items() if keys]
+        for shard, keys in order:
+            pipe.hmget(self.state.layout.shard(shard).receipts, keys)
+        out = []
+        for values in pipe.execute() if order else []:
+            out += [Receipt.from_json(v) for v in values if v is not None]
         return out
 
     def check_not_behind(self) -> dict[str, int]:
@@ -320,136 +414,668 @@ class Engine:
             raise StateRolledBack(behind)
         return applied
 
+    # ----- step: the owned shards apply their inboxes ----------------------------------
+
+    def process(
+        self,
+        interactions: Sequence[Interaction],
+        deletions: Sequence[Deletion],
+        acknowledged: Mapping[str, tuple[int, int]] | None = None,
+        skipped: Sequence[Source] = (),
+        reject: Reject | None = None,
+    ) -> BatchOutcome:
+        """Ingest the events, then step until the owned shards' inboxes are empty: for an
+        engine that owns every shard, every request is answered when this returns."""
+        ingested = self.ingest(interactions, deletions, acknowledged, skipped)
+        out = BatchOutcome(
+            applied=ingested.applied, resent=ingested.resent,
+            events_replayed=ingested.events_replayed,
+        )  # fmt: skip
+        out.absorb(self.drain(reject))
+        return out
+
+    def drain(self, reject: Reject | None = None, steps: int = 1000) -> BatchOutcome:
+        """Step until a step finds nothing to do."""
+        out = BatchOutcome()
+        for _ in range(steps):
+            outcome = self.step(reject=reject)
+            out.absorb(outcome)
+            if not (outcome.events or outcome.receipts or outcome.resent or outcome.phases
+                    or outcome.parts_asked):  # fmt: skip
+                break
+        return out
+
+    def step(self, max_events: int = 500, reject: Reject | None = None) -> BatchOutcome:
+        """One batch of the owned shards' inboxes, durable when this returns."""
+        out = BatchOutcome(resent=self._resend)
+        self._resend = []
+        if not self.owned:
+            return out
+        started = time.perf_counter()
+        entries = self.state.read_inboxes(
+            {s: o.cursor for s, o in self.owned.items()}, INBOX_ENTRIES
+        )
+        work = self._classify(entries, out, max_events)
+        if not work:
+            self._ask_again(out)
+            return out
+        self._refresh()
+        out.phases["read"] = time.perf_counter() - started
+        while True:
+            try:
+                batch, requests = self._compute(work, out, started)
+                break
+            except Unprocessable as exc:
+                culprits = _events_of(work, set(exc.sources))
+                self._reject(culprits, exc.detail, reject, out)
+                work = _without(work, {r.event.source for r in culprits})
+            except (redis.RedisError, StateRolledBack, ShardLost):
+                raise
+            except Exception as exc:  # found out by processing: one event at the root?
+                culprit = self._isolate(work, exc)
+                if culprit is None:
+                    raise
+                self._reject([culprit], f"{type(exc).__name__}: {exc}", reject, out)
+                work = _without(work, {culprit.event.source})
+        writing = time.perf_counter()
+        try:
+            self._commit(batch, requests, work, out)
+        except BaseException:
+            batch.undo()  # whatever Redis holds now, the replica is read again from it
+            for shard in batch.work:
+                self.replica.known.pop(shard, None)
+            raise
+        out.phases["write"] = time.perf_counter() - writing
+        if out.events:
+            self.state.client.hset(self.state.layout.status, mapping=self.status_line(out))
+        out.loss = self.loss
+        self._ask_again(out)
+        return out
+
+    def refresh(self) -> None:
+        """Bring the replica up to date with what other owners committed (a step does it
+        before a batch; the service now and then when idle); StateRolledBack when an owned
+        shard holds fewer commits than this engine saw (Redis restored from a snapshot)."""
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """Catch up with what other owners committed; notice a state that went back."""
+        now = self.replica.refresh(skip=self.owned)
+        meta = self.state.meta()
+        self.replica.grow("user", meta.users)
+        self.replica.grow("item", meta.items)
+        behind = {
+            f"shard {s}": (now[s][0], self.generations[s])
+            for s in self.owned
+            if now[s][0] < self.generations.get(s, 0)
+        }
+        if behind:
+            raise StateRolledBack(behind)
+        moved = [s for s in now if s not in self.owned and now[s] != self._seen_at.get(s)]
+        if moved:
+            self._read_ledgers(moved)
+        self._seen_at = dict(now)
+
+    def _classify(
+        self, entries: dict[int, list[tuple[str, bytes]]], out: BatchOutcome, max_events: int
+    ) -> dict[int, ShardWork]:
+        """Each owned shard's inbox entries, as work: events never applied here (a source
+        offset at most once), the parts asked of it, the parts done for its requests."""
+        work: dict[int, ShardWork] = {}
+        resend: dict[int, list[str]] = defaultdict(list)
+        events = 0
+        for shard, items in entries.items():
+            if not items:
+                continue
+            owned, current = self.owned[shard], ShardWork(shard)
+            seen = dict(owned.seen)
+            for entry_id, payload in items:
+                if events >= max_events and current.last_entry is not None:
+                    break
+                for message in decode(payload):
+                    if isinstance(message, Routed):
+                        source = message.event.source
+                        key = source.partition_key
+                        if source.offset <= seen.get(key, -1) or source in self._skip:
+                            if isinstance(message.event, Deletion) and source not in self._skip:
+                                resend[shard].append(source.key)
+                            out.events_replayed += source not in self._skip
+                        else:
+                            current.events.append(message)
+                            events += 1
+                        seen[key] = max(seen.get(key, -1), source.offset)
+                        current.seen[key] = seen[key]
+                    elif isinstance(message, Solve):
+                        current.solves.append(message)
+                    elif isinstance(message, Purge):
+                        current.purges.append(message)
+                    else:
+                        current.dones.append(message)
+                current.last_entry = entry_id
+            work[shard] = current
+        out.resent += [r.again() for r in self._receipts_of(resend)]
+        return work
+
+    def _compute(
+        self, work: dict[int, ShardWork], out: BatchOutcome, started: float
+    ) -> tuple[Batch, dict[int, dict[str, Request]]]:
+        """Everything the batch changes, in memory (the replica's factors included)."""
+        batch = Batch(self, work)
+        out.events = sum(len(w.events) for w in work.values())
+        try:
+            batch.plan_item_requests()
+            batch.read()
+            batch.edit()
+            batch.plan_parts()
+            requests = self._requests(batch)
+            batch.add_final_items(self._final_items(requests, batch))
+            batch.load_items()
+            out.phases["read"] = time.perf_counter() - started
+            solving = time.perf_counter()
+            before = self._sample_scores()
+            batch.solve()
+            out.residual = relative_change(before, self._sample_scores())
+        except BaseException:
+            batch.undo()
+            raise
+        out.phases["solve"] = time.perf_counter() - solving
+        figures = batch.figures
+        out.interactions_applied = figures.interactions_applied
+        out.interactions_applied_new = figures.interactions_new
+        out.interactions_late = figures.interactions_late
+        out.interactions_suppressed = figures.interactions_suppressed
+        out.removed = figures.removed
+        out.learned_ts = figures.learned_ts
+        out.users_solved, out.items_solved = len(batch.touched_users), len(batch.items)
+        for request in batch.requests.values():
+            request.residual = out.residual
+        return batch, requests
+
+    def _requests(self, batch: Batch) -> dict[int, dict[str, Request]]:
+        """Per owned coordinator shard, the requests this batch changes: new ones, and
+        pending ones (copies) with the parts other shards reported done."""
+        out: dict[int, dict[str, Request]] = defaultdict(dict)
+        for request in batch.requests.values():
+            out[request.coordinator][request.source] = request
+        for shard, work in batch.work.items():
+            for done in work.dones:
+                request = out[shard].get(done.request)
+                if request is None:
+                    pending = self.owned[shard].pending.get(done.request)
+                    if pending is None:
+                        continue  # told twice, or already answered
+                    request = out[shard][done.request] = pending.copy()
+                request.done(done.part, done.at, done.removed, done.kept)
+        return out
+
+    def _final_items(
+        self, requests: dict[int, dict[str, Request]], batch: Batch
+    ) -> dict[int, Waiter]:
+        """Items forgotten whole whose every purge is durable (or is in this batch): the
+        coordinator re-solves the item now, the request's last part."""
+        local = defaultdict(set)
+        for part in batch.parts:
+            local[part.waiter.request].add(part.waiter.part)
+        out = {}
+        for shard, mine in requests.items():
+            for request in mine.values():
+                if request.scope != "item" or request.parts.get(item_part(shard)) is not None:
+                    continue
+                purges = [p for p in request.parts if p.startswith("purge@")]
+                if all(request.parts[p] is not None or p in local[request.source] for p in purges):
+                    out[request.item] = Waiter(shard, request.source, item_part(shard))
+        return out
+
     def _commit(
         self,
-        writes: dict[int, ShardWrite],
-        applied: dict[str, int],
-        sources: list[Source] | None = None,
-        **kw,
+        batch: Batch,
+        requests: dict[int, dict[str, Request]],
+        work: dict[int, ShardWork],
+        out: BatchOutcome,
     ) -> None:
-        marks = _marks(sources or [])
-        self.generation, self.head = self.state.commit_batch(writes, applied, marks=marks, **kw)
-        self.committed.update(applied)
+        """Round 1: every touched owned shard's write, fenced, with the parts asked of
+        other shards. Round 2: what completes only once round 1 held (parts done here for
+        a request coordinated in another shard)."""
+        now = batch.now
+        writes = self._writes(batch, work)
+        later: list[LocalPart] = []  # parts durable in one shard, for another shard's request
+        for part in batch.parts:
+            coordinator = part.waiter.shard
+            if coordinator == part.shard and coordinator in self.owned:
+                request = requests[coordinator].get(part.waiter.request)
+                if request is None:
+                    request = self._pending_copy(requests, part.waiter)
+                if request is not None:
+                    request.done(part.waiter.part, now, part.removed, part.kept)
+            else:
+                later.append(part)
+        stored = self._store_requests(requests, writes)
+        messages = {s: [encode(m)] for s, m in batch.messages.items() if m}
+        tokens = {s: o.token for s, o in self.owned.items()}
+        written, ids = self.state.commit(writes, tokens, messages)
+        out.parts_asked = sum(len(m) for m in batch.messages.values())
+        self._remember_asked(batch, ids, now)
+        lost = set(writes) - set(written)
+        self._after_commit(batch, work, writes, written, requests)
+        out.receipts += [r for s, (shard, r) in stored.items() if shard in written]
+        for source, (shard, _) in stored.items():
+            if shard in written:
+                self._unsent[source] = shard
+        # Round 2: parts that became durable in round 1 in another shard than their
+        # request's; a request of this owner's that they complete is answered now.
+        writes2: dict[int, ShardWrite] = {}
+        messages2: dict[int, list[Message]] = defaultdict(list)
+        updated: dict[int, dict[str, Request]] = defaultdict(dict)
+        for part in later:
+            if part.shard in lost:  # its shard's write was refused: not durable
+                continue
+            coordinator = part.waiter.shard
+            if coordinator not in self.owned or coordinator in lost:
+                messages2[coordinator].append(
+                    Done(part.waiter.request, part.waiter.part, now, part.removed, part.kept)
+                )
+                continue
+            request = updated[coordinator].get(part.waiter.request)
+            if request is None:
+                pending = self.owned[coordinator].pending.get(part.waiter.request)
+                if pending is None:
+                    continue
+                request = updated[coordinator][part.waiter.request] = pending.copy()
+            request.done(part.waiter.part, now, part.removed, part.kept)
+        stored2 = self._store_requests(updated, writes2)
+        if writes2 or messages2:
+            encoded = {s: [encode(m)] for s, m in messages2.items()}
+            written2, _ = self.state.commit(writes2, tokens, encoded)
+            lost |= set(writes2) - set(written2)
+            for shard, (generation, commit_id) in written2.items():
+                owned = self.owned[shard]
+                self._committed(shard, generation, commit_id)
+                for source, request in updated[shard].items():
+                    if request.complete():
+                        owned.pending.pop(source, None)
+                    else:
+                        owned.pending[source] = request
+            out.receipts += [r for s, (shard, r) in stored2.items() if shard in written2]
+            for source, (shard, _) in stored2.items():
+                if shard in written2:
+                    self._unsent[source] = shard
+        if lost:
+            self._lose(lost)
+            out.lost |= lost
 
-    # ----- consolidation --------------------------------------------------------------
+    def _pending_copy(
+        self, requests: dict[int, dict[str, Request]], waiter: Waiter
+    ) -> Request | None:
+        pending = self.owned[waiter.shard].pending.get(waiter.request)
+        if pending is None:
+            return None
+        copy = requests[waiter.shard][waiter.request] = pending.copy()
+        return copy
 
-    def full_loss(self) -> float:
-        """The objective on all stored data, from scratch (start-up, after every sweep)."""
-        return loss(self._all_data(), self.factors["user"], self.factors["item"], self.params)
+    def _writes(self, batch: Batch, work: dict[int, ShardWork]) -> dict[int, ShardWrite]:
+        """Round 1's write of each owned shard the batch touched."""
+        writes: dict[int, ShardWrite] = defaultdict(ShardWrite)
+        factors = self.replica.factors
+        for u in batch.touched_users:
+            write = writes[u % self.shards]
+            write.factors["user"][u] = factors["user"][u]
+            write.rows["user"][u] = batch.user_rows[u]
+            write.interactions_delta += len(batch.user_rows[u]) - len(batch.original_users[u])
+        for i in batch.items:
+            writes[i % self.shards].factors["item"][i] = factors["item"][i]
+        for shard, item in batch.changed_slices:
+            writes[shard].rows["item"][item] = batch.slices[(shard, item)]
+        for shard, tombstones in batch.tombstones.items():
+            writes[shard].tombstones.update(tombstones)
+        for shard, delta in batch.loss_delta.items():
+            writes[shard].loss_delta += delta
+        for shard, w in work.items():
+            writes[shard].seen.update(w.seen)
+            writes[shard].cursor = w.last_entry
+        return writes
 
-    def _all_data(self) -> Interactions:
-        rows = self.state.read_all_rows("user", self.meta)
-        n_users, n_items = (len(self.factors[side]) for side in SIDES)
-        return _interactions(rows, n_users, n_items, self.params.kind)
+    def _after_commit(
+        self,
+        batch: Batch,
+        work: dict[int, ShardWork],
+        writes: dict[int, ShardWrite],
+        written: dict[int, tuple[int, str]],
+        requests: dict[int, dict[str, Request]],
+    ) -> None:
+        """What the engine keeps of round 1: the shards written move on; the replica's
+        rows of shards another instance took are read again from Redis."""
+        for shard, (generation, commit_id) in written.items():
+            owned, write = self.owned[shard], writes[shard]
+            self._committed(shard, generation, commit_id)
+            if write.cursor is not None:
+                owned.cursor = write.cursor
+            owned.seen.update(write.seen)
+            loss, count = self._ledger.get(shard, (0.0, 0))
+            self._ledger[shard] = (loss + write.loss_delta, count + write.interactions_delta)
+            for source, request in requests.get(shard, {}).items():
+                if request.complete():
+                    owned.pending.pop(source, None)
+                    self._asked.pop(source, None)
+                else:
+                    owned.pending[source] = request
+        for shard in set(writes) - set(written):
+            self.replica.known.pop(shard, None)
 
-    def _global_loss(self) -> float:
-        """The objective's terms that depend on all factors at once (the implicit model's
-        all-pairs term), from the Gramians: a batch updates the rest from its rows."""
-        return all_pairs_term(self.gramians.full("user"), self.gramians.full("item"), self.params)
+    def _remember_asked(self, batch: Batch, ids: dict[int, list[str]], now: float) -> None:
+        """Where each part asked of another shard went (its inbox entry), to ask again
+        only if that entry was taken and the part is still not done."""
+        for shard, messages in batch.messages.items():
+            entry = (ids.get(shard) or [""])[0]
+            for message in messages:
+                waiter = getattr(message, "waiter", None)
+                if waiter is None:
+                    continue
+                asked = self._asked.setdefault(waiter.request, (now, {}))
+                asked[1][waiter.part] = (shard, entry)
+        for request in batch.requests.values():
+            self._asked.setdefault(request.source, (now, {}))
+
+    def _committed(self, shard: int, generation: int, commit_id: str) -> None:
+        """This engine's commit of an owned shard: where the shard and the replica stand."""
+        self.owned[shard].generation = generation
+        self.generations[shard] = max(self.generations.get(shard, 0), generation)
+        self.replica.committed(shard, generation, commit_id)
+
+    def _lose(self, shards: set[int]) -> None:
+        """Another instance took these shards: stop applying them; read them again."""
+        log.warning("shards %s were taken over by another instance", sorted(shards))
+        for shard in shards:
+            self.owned.pop(shard, None)
+            self.replica.known.pop(shard, None)
+        for shard, (generation, head) in self.state.read_generations(shards).items():
+            self.replica.catch_up(shard, generation, head)
+        self._read_ledgers(shards)
+
+    def _ask_again(self, out: BatchOutcome) -> None:
+        """Parts of this owner's requests that were taken by their shard's owner and are
+        still not done after `part_retry_s` (a crash between its write and its answer),
+        or never asked (this owner took the request over): asked again. Idempotent.
+        Looked at once a second at most."""
+        now = self.clock()
+        if now - self._asked_checked < 1.0:
+            return
+        self._asked_checked = now
+        due: list[Request] = []
+        for owned in self.owned.values():
+            for source, request in owned.pending.items():
+                asked_at, _ = self._asked.get(source, (0.0, {}))
+                if now - asked_at < self.part_retry_s and asked_at:
+                    continue
+                due.append(request)
+        if not due:
+            return
+        cursors = self._cursors({part_shard(p) for r in due for p in r.waiting()})
+        messages: dict[int, list[Message]] = defaultdict(list)
+        for request in due:
+            asked_at, where = self._asked.get(request.source, (0.0, {}))
+            again = {}
+            for part in request.waiting():
+                target = part_shard(part)
+                sent = where.get(part)
+                if asked_at and sent is not None and not _taken(sent[1], cursors.get(target)):
+                    again[part] = sent  # still queued there: wait
+                    continue
+                message = self._part_message(request, part)
+                if message is not None:
+                    messages[target].append(message)
+            self._asked[request.source] = (now, again)
+        if messages:
+            out.parts_asked += sum(len(m) for m in messages.values())
+            ids = self.state.send({s: [encode(m)] for s, m in messages.items()})
+            for target, batch in messages.items():
+                for message in batch:
+                    waiter = getattr(message, "waiter", None)
+                    if waiter is not None:
+                        self._asked[waiter.request][1][waiter.part] = (target, ids[target][0])
+
+    def _part_message(self, request: Request, part: str) -> Message | None:
+        waiter = Waiter(request.coordinator, request.source, part)
+        target = part_shard(part)
+        if part.startswith("items@"):
+            return Solve(tuple(request.items.get(target, [])), waiter)
+        if part.startswith("purge@"):
+            return Purge(request.item, request.deletion.ts, waiter)
+        if part.startswith("item@") and request.purges_done():
+            return Solve((request.item,), waiter)
+        return None
+
+    def _cursors(self, shards: set[int]) -> dict[int, str | None]:
+        pipe = self.state.client.pipeline(transaction=False)
+        order = sorted(shards)
+        for shard in order:
+            pipe.get(self.state.layout.shard(shard).cursor)
+        return {s: (v.decode() if v else None) for s, v in zip(order, pipe.execute(), strict=True)}
+
+    def sent(self, receipts: Iterable[Receipt]) -> None:
+        """The broker acknowledged these receipts: they need not be sent again."""
+        by_shard: dict[int, list[str]] = defaultdict(list)
+        for receipt in receipts:
+            shard = self._unsent.pop(receipt.source, None)
+            if shard is not None:
+                by_shard[shard].append(receipt.source)
+        if by_shard:
+            self.state.sent(by_shard)
+
+    # ----- what fails in processing ----------------------------------------------------
+
+    def _reject(
+        self, culprits: list[Routed], detail: str, reject: Reject | None, out: BatchOutcome
+    ) -> None:
+        if reject is None:
+            raise Unprocessable([r.event.source for r in culprits], detail)
+        reject(culprits, detail)  # durable before the events are taken as done
+        self._skip |= {r.event.source for r in culprits}
+        out.rejected += culprits
+
+    def _isolate(self, work: dict[int, ShardWork], exc: Exception) -> Routed | None:
+        events = [r for w in work.values() for r in w.events]
+        log.warning("a batch failed in processing (%s: %s): isolating", type(exc).__name__, exc)
+        return find_culprit(events, self._fails)
+
+    def _fails(self, events: list[Routed]) -> bool:
+        shards = defaultdict(list)
+        for routed in events:
+            subject = routed.user if routed.user >= 0 else routed.item
+            shards[subject % self.shards].append(routed)
+        trial = Batch(self, {s: ShardWork(s, events=e) for s, e in shards.items()})
+        try:
+            trial.plan_item_requests()
+            trial.read()
+            trial.edit()
+            trial.plan_parts()
+            trial.load_items()
+            trial.solve()
+        except (redis.RedisError, StateRolledBack):
+            raise
+        except Exception:
+            return True
+        finally:
+            trial.undo()
+        return False
+
+    # ----- consolidation ----------------------------------------------------------------
+
+    def sweep_sizes(self) -> dict[str, int]:
+        return {side: len(self._sweep_order(side)) for side in SIDES}
+
+    def _sweep_order(self, side: str) -> np.ndarray:
+        """The owned shards' rows of one side, shard by shard: a slice is a run of them."""
+        size = len(self.replica.factors[side])
+        key = (size, tuple(sorted(self.owned)))
+        if side not in self._order or self._order[side][0] != key:
+            order = [rows_of_shard(s, self.shards, size) for s in sorted(self.owned)]
+            rows = np.concatenate(order) if order else np.empty(0, np.int64)
+            self._order[side] = (key, rows)
+        return self._order[side][1]
 
     def consolidate_slice(self, side: str, start: int, count: int) -> SliceOutcome:
-        """Re-solve `count` rows of one side, from position `start` of its shard-major
-        order (layout.shard_major), exactly, against the current factors of the other: one
-        block of block coordinate descent. Reads only those rows; the objective cannot
-        increase (each row is solved to its exact minimum)."""
-        with self._exclusive():
-            return self._slice(side, start, count)
-
-    def _slice(self, side: str, start: int, count: int) -> SliceOutcome:
+        """Re-solve `count` rows of one side of the owned shards, from position `start` of
+        their order, exactly, against the current factors of the other: one block of
+        block coordinate descent (the objective cannot increase)."""
         started = time.perf_counter()
-        other = "item" if side == "user" else "user"
-        rows = self._sweep_order(side)[start : start + count]
-        out = SliceOutcome(side, start, len(rows), self.loss, self.loss)
+        self._refresh()
+        rows = self._sweep_order(side)[start : start + count].astype(np.int64)
+        loss = self.loss
+        out = SliceOutcome(side, start, len(rows), loss, loss)
         if not len(rows):
             return out
+        other = "item" if side == "user" else "user"
         stored = self.state.read_rows(side, rows, self.shards)
-        matrix = _csr(stored, len(self.factors[other]))
-        before = self._block_terms(side, rows, matrix) + self._global_loss()
+        replica = self.replica
+        matrix = _csr(stored, len(replica.factors[other]))
+        before = self._block_terms(side, rows, matrix)
+        gramians = {s: replica.gramians.full(s) for s in SIDES}
         solved = solve_rows(
-            matrix, np.arange(len(rows)), self.factors[other], self.params,
-            self.gramians.full(other), num_threads=self.solve_threads,
+            matrix, np.arange(len(rows)), replica.factors[other], self.params,
+            replica.gramians.full(other), num_threads=self.solve_threads,
         )  # fmt: skip
-        if not np.isfinite(solved).all() or np.abs(solved).max(initial=0) > _F32_MAX:
+        if (
+            not np.isfinite(solved).all()
+            or np.abs(solved).max(initial=0) > np.finfo(np.float32).max
+        ):
             raise ArithmeticError(f"a {side} slice gave factors no float32 holds")
-        old = self.factors[side][rows].copy()
-        self.set_rows(side, rows, solved)
+        old = replica.factors[side][rows].copy()
+        replica.set_rows(side, rows, solved)
         try:
-            after = self._block_terms(side, rows, matrix) + self._global_loss()
-            out.loss = self.loss + after - before
+            after = self._block_terms(side, rows, matrix)
             writes: dict[int, ShardWrite] = defaultdict(ShardWrite)
+            for (shard, value_before), value_after in zip(
+                before.items(), after.values(), strict=True
+            ):
+                writes[shard].loss_delta += value_after - value_before
             for n in rows.tolist():
-                writes[shard_of(n, self.shards)].factors[side][n] = self.factors[side][n]
-            for shard, write in writes.items():
-                write.gramians = {side: self.gramians.shard(side, shard)}
-            status = {"loss": repr(out.loss), "updated_at": repr(self.clock())}
-            self._commit(dict(writes), {}, status=status)
+                writes[n % self.shards].factors[side][n] = replica.factors[side][n]
+            change = all_pairs_term(
+                replica.gramians.full("user"), replica.gramians.full("item"), self.params
+            ) - all_pairs_term(gramians["user"], gramians["item"], self.params)
+            writes[min(writes)].loss_delta += change
+            tokens = {s: o.token for s, o in self.owned.items()}
+            written, _ = self.state.commit(dict(writes), tokens)
+            lost = set(writes) - set(written)
+            for shard, (generation, commit_id) in written.items():
+                self._committed(shard, generation, commit_id)
+                l_, c_ = self._ledger.get(shard, (0.0, 0))
+                self._ledger[shard] = (l_ + writes[shard].loss_delta, c_)
+            if lost:
+                self._lose(lost)
         except BaseException:
-            self.set_rows(side, rows, old)  # whatever Redis holds, the replica is rebuilt
+            replica.set_rows(side, rows, old)
             raise
-        self.loss = out.loss
+        out.loss = self.loss
         out.seconds = time.perf_counter() - started
         return out
 
-    def _sweep_order(self, side: str) -> np.ndarray:
-        size = len(self.factors[side])
-        if self._order.get(side, np.empty(0)).shape[0] != size:
-            self._order[side] = shard_major(self.shards, size).astype(np.int64)
-        return self._order[side]
-
-    def _block_terms(self, side: str, rows: np.ndarray, matrix: sp.csr_array) -> float:
-        """The objective's observed terms of these rows' pairs (and their ALS-WR penalties),
+    def _block_terms(self, side: str, rows: np.ndarray, matrix) -> dict[int, float]:
+        """Per shard, the observed terms of these rows' pairs (and their ALS-WR penalties),
         with the current factors: all that a block's re-solve changes besides Gramians."""
         other = "item" if side == "user" else "user"
-        mine, theirs = self.factors[side], self.factors[other]
+        mine, theirs = self.replica.factors[side], self.replica.factors[other]
         owners = np.repeat(rows, np.diff(matrix.indptr))
         scores = np.einsum("nk,nk->n", mine[owners], theirs[matrix.indices], dtype=np.float64)
+        values = observed_term_values(scores, matrix.data, self.params)
+        per_row = np.bincount(np.repeat(np.arange(len(rows)), np.diff(matrix.indptr)),
+                              weights=values, minlength=len(rows))  # fmt: skip
         norms = np.sum(mine[rows].astype(np.float64) ** 2, axis=1)
-        penalty = row_penalties(np.diff(matrix.indptr), norms, self.params)
-        return observed_terms(scores, matrix.data, self.params) + penalty
+        per_row = per_row + row_penalty_values(np.diff(matrix.indptr), norms, self.params)
+        out: dict[int, float] = defaultdict(float)
+        for row, value in zip(rows.tolist(), per_row.tolist(), strict=True):
+            out[row % self.shards] += value
+        return dict(sorted(out.items()))
 
     def consolidate(self, rows_per_slice: int = 1024) -> SweepOutcome:
-        """One full sweep as slices (every user block, then every item block)."""
+        """One full sweep of the owned shards as slices (every user block, then items)."""
         first = self.loss
         slices = []
         for side in SIDES:
-            for start in range(0, len(self.factors[side]), rows_per_slice):
+            for start in range(0, len(self._sweep_order(side)), rows_per_slice):
                 slices.append(self.consolidate_slice(side, start, rows_per_slice))
         return SweepOutcome(first, self.loss, slices)
 
-    # ----- helpers --------------------------------------------------------------------
+    def consolidation_settled(self) -> bool:
+        """Whether every owned shard's consolidation last met its stopping rule."""
+        if not self.owned:
+            return True
+        status = self.state.read_shard_status(self.owned)
+        return all(s.get("consolidation") == "settled" for s in status.values())
+
+    def set_consolidation(self, settled: bool) -> None:
+        flag = "settled" if settled else "sweeping"
+        writes = {s: ShardWrite(status={"consolidation": flag}) for s in self.owned}
+        tokens = {s: o.token for s, o in self.owned.items()}
+        written, _ = self.state.commit(writes, tokens)
+        for shard, (generation, commit_id) in written.items():
+            self._committed(shard, generation, commit_id)
+        lost = set(writes) - set(written)
+        if lost:
+            self._lose(lost)
+
+    # ----- the objective ----------------------------------------------------------------
+
+    def full_loss(self) -> float:
+        """The objective on all stored data, from scratch, shard by shard."""
+        return sum(self._exact_shares().values())
+
+    def _exact_shares(self) -> dict[int, float]:
+        """Each shard's share of the objective, exactly (shards/ledger.py), reading one
+        shard's rows at a time."""
+        replica, params, shards = self.replica, self.params, self.shards
+        xs, ys = replica.factors["user"], replica.factors["item"]
+        out = np.zeros(shards)
+        user_counts = np.zeros(len(xs), dtype=np.int64)
+        item_counts = np.zeros(len(ys), dtype=np.int64)
+        for shard in range(shards):
+            rows = self.state.read_shard_rows("user", shard)
+            if not rows:
+                continue
+            users = np.concatenate([np.full(len(r), u) for u, r in rows.items()])
+            records = np.concatenate(list(rows.values()))
+            out += pair_shares(users, records["other"], records["weight"], xs, ys, params, shards)
+            np.add.at(user_counts, users, 1)
+            np.add.at(item_counts, records["other"].astype(np.int64), 1)
+        out += penalty_shares(user_counts, xs, params, shards)
+        out += penalty_shares(item_counts, ys, params, shards)
+        out[0] += all_pairs(xs, ys, params)
+        return dict(enumerate(out.tolist()))
+
+    def reset_objective(self) -> None:
+        """Account each owned shard's share of the objective afresh (an engine that owns
+        every shard: the shares then sum to the objective exactly)."""
+        shares = self._exact_shares()
+        total = sum(shares.values())
+        if abs(total - self.loss) <= 1e-6 * max(abs(total), 1.0):
+            return  # the shares may be split otherwise, their sum is the objective
+        writes = {}
+        for shard in self.owned:
+            loss, _ = self._ledger.get(shard, (0.0, 0))
+            writes[shard] = ShardWrite(loss_delta=shares[shard] - loss)
+        tokens = {s: o.token for s, o in self.owned.items()}
+        written, _ = self.state.commit(writes, tokens)
+        for shard, (generation, commit_id) in written.items():
+            self._committed(shard, generation, commit_id)
+            _, count = self._ledger.get(shard, (0.0, 0))
+            self._ledger[shard] = (shares[shard], count)
+
+    # ----- helpers ----------------------------------------------------------------------
 
     def factors_finite(self) -> bool:
-        return all(bool(np.isfinite(f).all()) for f in self.factors.values())
-
-    def set_rows(self, side: str, rows: np.ndarray, factors: np.ndarray) -> None:
-        """New factors for some rows, the Gramians following."""
-        new = np.asarray(factors, dtype=np.float32)
-        self.gramians.replace(side, rows, self.factors[side][rows], new)
-        self.factors[side][rows] = new
-
-    def grow(self, side: str, rows: int) -> None:
-        current = self.factors[side]
-        if rows > len(current):
-            grown = np.zeros((rows, self.params.factors), dtype=np.float32)
-            grown[: len(current)] = current
-            self.factors[side] = grown
-
-    def _partial_gramians(self, shard: int) -> dict[str, np.ndarray]:
-        return {side: self.gramians.shard(side, shard) for side in SIDES}
+        return all(bool(np.isfinite(f).all()) for f in self.replica.factors.values())
 
     def _sample_scores(self) -> np.ndarray:
-        users, items = self.factors["user"], self.factors["item"]
+        users, items = self.replica.factors["user"], self.replica.factors["item"]
         if len(users) == 0 or len(items) == 0:
             return np.zeros(0)
         rng = np.random.default_rng(self._sample_seed)
         return pair_scores(
-            users,
-            items,
-            rng.integers(0, len(users), SAMPLE_PAIRS),
+            users, items, rng.integers(0, len(users), SAMPLE_PAIRS),
             rng.integers(0, len(items), SAMPLE_PAIRS),
-        )
+        )  # fmt: skip
 
-    def _status(self, out: BatchOutcome) -> dict[str, str]:
+    def status_line(self, out: BatchOutcome) -> dict[str, str]:
         last = {
             "at": self.clock(),
             "interactions_applied": out.interactions_applied,
@@ -461,366 +1087,30 @@ class Engine:
             "residual": out.residual,
             "loss": out.loss,
         }
-        return {
-            "last_batch": json.dumps(last),
-            "residual": repr(out.residual),
-            "loss": repr(out.loss),
-            "updated_at": repr(last["at"]),
-        }
-
-    def _stored_receipt(self, source: Source) -> Receipt | None:
-        stored = self.state.read_receipt(receipt_shard(source.key, self.shards), source.key)
-        return Receipt.from_json(stored) if stored is not None else None
+        return {"last_batch": json.dumps(last), "residual": repr(out.residual)}
 
 
-class _Batch:
-    """The working set of one batch: touched rows, edited in memory, then solved.
-
-    Until the commit, its only effect outside itself is on the engine's factor replica
-    (the solves); `undo` puts that back, so a batch that fails leaves the engine as if it
-    had never run.
-    """
-
-    def __init__(self, engine: Engine, interactions: list[Interaction], deletions: list[Deletion]):
-        self.engine = engine
-        self.state = engine.state
-        self.shards = engine.shards
-        self.kind = engine.params.kind
-        self.interactions = interactions
-        self.deletions = deletions
-        self.rows: dict[str, dict[int, np.ndarray]] = {side: {} for side in SIDES}
-        self.original: dict[str, dict[int, np.ndarray]] = {side: {} for side in SIDES}
-        self.touched: dict[str, set[int]] = {side: set() for side in SIDES}
-        self.tombstones: dict[str, tuple[int, float]] = {}  # field -> (shard, T) to write
-        # deletion position -> the distinct pairs it removed (stored, or arriving with it)
-        self.removed_by: dict[int, set[tuple[int, int]]] = defaultdict(set)
-        self.replaced: list[tuple[str, np.ndarray, np.ndarray]] = []  # for undo
-
-    def read(self) -> None:
-        state = self.state
-        self.iu = state.allocate("user", [e.user for e in self.interactions])
-        self.ii = state.allocate("item", [e.item for e in self.interactions])
-        self.du = state.allocate("user", [d.user for d in self.deletions if d.user is not None])
-        self.di = state.allocate("item", [d.item for d in self.deletions if d.item is not None])
-        meta = state.meta()
-        self.engine.grow("user", meta.users)
-        self.engine.grow("item", meta.items)
-        self.deletion_rows = self._deletion_indices()
-        self.limits = self._tombstone_limits()
-        users = set(self.iu.tolist()) | {u for u, _, _ in self.deletion_rows if u >= 0}
-        items = set(self.ii.tolist()) | {i for _, i, _ in self.deletion_rows if i >= 0}
-        self._load("user", users)
-        self._load("item", items)
-        # Whole-history deletions reach every row on the other side of the history.
-        more_items = {
-            int(j)
-            for u, i, t in self.deletion_rows
-            if i < 0
-            for j in self.rows["user"][u]["other"][self.rows["user"][u]["ts"] <= t]
-        }
-        more_users = {
-            int(v)
-            for u, i, t in self.deletion_rows
-            if u < 0
-            for v in self.rows["item"][i]["other"][self.rows["item"][i]["ts"] <= t]
-        }
-        self._load("item", more_items)
-        self._load("user", more_users)
-
-    def edit(self, out: BatchOutcome) -> None:
-        for position, (u, i, t) in enumerate(self.deletion_rows):
-            removed = self.removed_by[position]
-            if u >= 0 and i >= 0:
-                if self._remove("user", u, {i}, t):
-                    removed.add((u, i))
-                self._remove("item", i, {u}, t)
-            elif u >= 0:
-                for j in self._take("user", u, t):
-                    removed.add((u, j))
-                    self._remove("item", j, {u}, t)
-            else:
-                for v in self._take("item", i, t):
-                    removed.add((v, i))
-                    self._remove("user", v, {i}, t)
-            out.removed += len(removed)
-        additions: dict[str, dict[int, list[tuple[int, float, float]]]] = {
-            side: defaultdict(list) for side in SIDES
-        }
-        sources: dict[tuple[int, int], list[Source]] = defaultdict(list)
-        for event, u, i in zip(self.interactions, self.iu.tolist(), self.ii.tolist(), strict=True):
-            if event.ts <= self.limits.get((u, i), -np.inf):
-                out.interactions_late += 1  # an earlier batch's deletion covers it
-                continue
-            covering = self._covering(u, i, event.ts)
-            if covering is not None:  # this batch's deletion covers it: never learned
-                self.removed_by[covering].add((u, i))
-                out.interactions_suppressed += 1
-                continue
-            additions["user"][u].append((i, event.weight, event.ts))
-            additions["item"][i].append((u, event.weight, event.ts))
-            sources[(u, i)].append(event.source)
-            out.interactions_applied += 1
-            out.learned_ts.append(event.ts)
-        for side in SIDES:
-            for row, events in additions[side].items():
-                before = len(self.rows[side][row])
-                merged = _merge(self.rows[side][row], events, self.kind)
-                if side == "user":
-                    self._check_weights(row, merged, sources)
-                self.rows[side][row] = merged
-                self.touched[side].add(row)
-                if side == "user":
-                    out.interactions_applied_new += len(self.rows[side][row]) - before
-
-    def _covering(self, u: int, i: int, ts: float) -> int | None:
-        """The first deletion of this batch whose scope and time cover the pair's event."""
-        for position, (du, di, t) in enumerate(self.deletion_rows):
-            if ts <= t and du in (u, -1) and di in (i, -1):
-                return position
-        return None
-
-    def _check_weights(
-        self, user: int, row: np.ndarray, sources: dict[tuple[int, int], list[Source]]
-    ) -> None:
-        """A pair's weights may each be valid and still sum beyond float32, or make a
-        confidence (1 + alpha w) no float32 solve can hold: those events are refused."""
-        weight = row["weight"].astype(np.float64)
-        confidence = 1.0 + self.engine.params.alpha * np.abs(weight)
-        bad = ~np.isfinite(weight) | (np.abs(weight) > _F32_MAX) | (confidence > _F32_MAX)
-        if bad.any():
-            culprits = [src for j in row["other"][bad].tolist() for src in sources[(user, int(j))]]
-            if culprits:
-                raise Unprocessable(culprits, "the pair's weights sum beyond float32")
-
-    def solve(self) -> None:
-        engine, params = self.engine, self.engine.params
-        for side, other in (("user", "item"), ("item", "user")):
-            rows = np.array(sorted(self.touched[side]), dtype=np.int64)
-            if not len(rows):
-                continue
-            matrix = _csr([self.rows[side][int(n)] for n in rows], len(engine.factors[other]))
-            solved = solve_rows(
-                matrix,
-                np.arange(len(rows)),
-                engine.factors[other],
-                params,
-                engine.gramians.full(other),
-                num_threads=engine.solve_threads,
-            )
-            if not np.isfinite(solved).all() or np.abs(solved).max() > _F32_MAX:
-                raise ArithmeticError(f"a {side} solve gave factors no float32 holds")
-            self.replaced.append((side, rows, engine.factors[side][rows].copy()))
-            engine.set_rows(side, rows, solved)
-
-    def undo(self) -> None:
-        """Put back the factors the solves replaced, newest first."""
-        while self.replaced:
-            side, rows, old = self.replaced.pop()
-            self.engine.set_rows(side, rows, old)
-
-    def local_loss(self, rows: dict[str, dict[int, np.ndarray]]) -> float:
-        """The objective's terms that involve a touched row, with the given rows' data.
-
-        Observed pairs of touched users and items (each pair once) and, for ALS-WR, the
-        touched rows' penalties. Before and after a batch only these terms (and the implicit
-        model's all-pairs term) differ, so the batch updates the objective exactly.
-        """
-        engine, params = self.engine, self.engine.params
-        users, items = engine.factors["user"], engine.factors["item"]
-        # Each pair once: all of a touched user's row; of a touched item's row, the users
-        # not touched. One gather per row (its neighbours), times its own factor.
-        touched_user = np.zeros(len(users), dtype=bool)
-        touched_user[list(self.touched["user"])] = True
-        scores, weights = [], []
-        for row in self.touched["user"]:
-            records = rows["user"][row]
-            scores.append(items[records["other"]] @ users[row])
-            weights.append(records["weight"])
-        for row in self.touched["item"]:
-            records = rows["item"][row]
-            records = records[~touched_user[records["other"]]]
-            scores.append(users[records["other"]] @ items[row])
-            weights.append(records["weight"])
-        if not scores:
-            return 0.0
-        s = np.concatenate(scores).astype(np.float64)
-        w = np.concatenate(weights).astype(np.float64)
-        penalty = 0.0
-        if params.kind != "implicit":
-            for side in SIDES:
-                touched = np.array(sorted(self.touched[side]), dtype=np.int64)
-                counts = np.array([len(rows[side][n]) for n in touched], dtype=np.float64)
-                norms = np.sum(engine.factors[side][touched].astype(np.float64) ** 2, axis=1)
-                penalty += row_penalties(counts, norms, params)
-        return observed_terms(s, w, params) + penalty
-
-    def receipts(
-        self, residual: float, acknowledged: Mapping[str, tuple[int, int]]
-    ) -> list[Receipt]:
-        now = self.engine.clock()
-        out = []
-        for position, deletion in enumerate(self.deletions):
-            source = deletion.source
-            started = (
-                deletion.requested_at if deletion.requested_at is not None else deletion.received
-            )
-            out.append(
-                Receipt(
-                    request_id=deletion.request_id,
-                    scope=deletion.scope,
-                    user=deletion.user,
-                    item=deletion.item,
-                    removed=len(self.removed_by.get(position, ())),
-                    kept_newer=self._kept(position),
-                    event_ts=deletion.ts,
-                    ts_adjusted=deletion.ts_adjusted,
-                    received_at=deletion.received,
-                    applied_at=now,
-                    latency_seconds=now - started,
-                    residual=residual,
-                    source=source.key,
-                    reapplied=_within(source.offset, acknowledged.get(source.partition_key)),
-                )
-            )
-        return out
-
-    def _kept(self, position: int) -> int:
-        """The scope's pairs still stored after the batch (each newer than the deletion)."""
-        u, i, _ = self.deletion_rows[position]
-        if u >= 0 and i >= 0:
-            return int(np.isin(i, self.rows["user"][u]["other"]))
-        return len(self.rows["user"][u]) if u >= 0 else len(self.rows["item"][i])
-
-    def shard_writes(self, receipts: list[Receipt]) -> dict[int, ShardWrite]:
-        engine = self.engine
-        writes: dict[int, ShardWrite] = defaultdict(ShardWrite)
-        for side in SIDES:
-            for row in self.touched[side]:
-                write = writes[shard_of(row, self.shards)]
-                write.factors[side][row] = engine.factors[side][row]
-                write.rows[side][row] = self.rows[side][row]
-        for name, (shard, t) in self.tombstones.items():
-            writes[shard].tombstones[name] = t
-        for receipt in receipts:
-            shard = receipt_shard(receipt.source, self.shards)
-            writes[shard].receipts[receipt.source] = receipt.to_json()
-        for shard, write in writes.items():
-            write.gramians = engine._partial_gramians(shard)
-        return dict(writes)
-
-    # ----- internals --------------------------------------------------------------------
-
-    def _deletion_indices(self) -> list[tuple[int, int, float]]:
-        """(user index or -1, item index or -1, T) per deletion, in order."""
-        users, items = iter(self.du.tolist()), iter(self.di.tolist())
-        return [
-            (
-                next(users) if d.user is not None else -1,
-                next(items) if d.item is not None else -1,
-                d.ts,
-            )
-            for d in self.deletions
-        ]
-
-    def _tombstone_limits(self) -> dict[tuple[int, int], float]:
-        """The latest deletion time of an earlier batch covering each interaction's pair.
-
-        This batch's own deletions are matched in `edit` (what they suppress goes into
-        their receipts); their tombstones are written with the batch.
-        """
-        fields: dict[int, list[str]] = defaultdict(list)
-        for u, i in zip(self.iu.tolist(), self.ii.tolist(), strict=True):
-            fields[shard_of(u, self.shards)] += [pair_tombstone(u, i), user_tombstone(u)]
-            fields[shard_of(i, self.shards)].append(item_tombstone(i))
-        for u, i, _ in self.deletion_rows:
-            name, shard = tombstone(u, i, self.shards)
-            fields[shard].append(name)
-        known = self.state.read_tombstones({s: sorted(set(f)) for s, f in fields.items()})
-        limits = {
-            (u, i): max(
-                known.get(pair_tombstone(u, i), -np.inf),
-                known.get(user_tombstone(u), -np.inf),
-                known.get(item_tombstone(i), -np.inf),
-            )
-            for u, i in zip(self.iu.tolist(), self.ii.tolist(), strict=True)
-        }
-        for u, i, t in self.deletion_rows:
-            name, shard = tombstone(u, i, self.shards)
-            if t > known.get(name, -np.inf):
-                known[name] = t
-                self.tombstones[name] = (shard, t)
-        return limits
-
-    def _load(self, side: str, indices: set[int]) -> None:
-        missing = np.array(sorted(indices - self.rows[side].keys()), dtype=np.int64)
-        if len(missing):
-            stored = self.state.read_rows(side, missing, self.shards)
-            for n, row in zip(missing.tolist(), stored, strict=True):
-                self.rows[side][n] = row.copy()
-                self.original[side][n] = self.rows[side][n]  # edits replace, never mutate
-
-    def _remove(self, side: str, row: int, others: set[int], t: float) -> int:
-        current = self.rows[side][row]
-        drop = np.isin(current["other"], list(others)) & (current["ts"] <= t)
-        if drop.any():
-            self.rows[side][row] = current[~drop]
-            self.touched[side].add(row)
-        return int(drop.sum())
-
-    def _take(self, side: str, row: int, t: float) -> list[int]:
-        current = self.rows[side][row]
-        drop = current["ts"] <= t
-        if drop.any():
-            self.rows[side][row] = current[~drop]
-            self.touched[side].add(row)
-        return current["other"][drop].astype(np.int64).tolist()
+def _events_of(work: dict[int, ShardWork], sources: set[Source]) -> list[Routed]:
+    return [r for w in work.values() for r in w.events if r.event.source in sources]
 
 
-def _merge(row: np.ndarray, events: list[tuple[int, float, float]], kind: str) -> np.ndarray:
-    """Events (other index, weight, time) into a stored row (unlearn_core.rows)."""
-    other = np.fromiter((e[0] for e in events), np.int64, len(events))
-    weight = np.fromiter((e[1] for e in events), np.float64, len(events))
-    ts = np.clip(np.fromiter((e[2] for e in events), np.float64, len(events)), 0, 2**32 - 1)
-    keys, merged_weight, merged_ts = merge_events(
-        row["other"],
-        row["weight"],
-        row["ts"],
-        other,
-        weight,
-        ts.astype(np.int64),
-        kind,  # type: ignore[arg-type]
-    )
-    out = np.empty(len(keys), dtype=ROW_DTYPE)
-    with np.errstate(over="ignore"):  # a sum beyond float32 is refused by the caller
-        out["other"], out["weight"], out["ts"] = keys, merged_weight, merged_ts
+def _without(work: dict[int, ShardWork], sources: set[Source]) -> dict[int, ShardWork]:
+    """The work with these events taken as done without effect."""
+    out = {}
+    for shard, w in work.items():
+        out[shard] = ShardWork(
+            shard, w.last_entry, [r for r in w.events if r.event.source not in sources],
+            list(w.solves), list(w.purges), list(w.dones), dict(w.seen),
+        )  # fmt: skip
     return out
 
 
-def _csr(rows: list[np.ndarray], n_columns: int) -> sp.csr_array:
-    lengths = np.array([len(r) for r in rows], dtype=np.int64)
-    indptr = np.concatenate([[0], np.cumsum(lengths)])
-    if len(rows) and indptr[-1]:
-        records = np.concatenate(rows)
-        indices, data = records["other"].astype(np.int32), records["weight"].astype(np.float64)
-    else:
-        indices, data = np.empty(0, np.int32), np.empty(0, np.float64)
-    return sp.csr_array((data, indices, indptr), shape=(len(rows), n_columns))
-
-
-def _interactions(
-    rows: dict[int, np.ndarray], n_users: int, n_items: int, kind: str
-) -> Interactions:
-    users = np.concatenate(
-        [np.full(len(r), n, dtype=np.int64) for n, r in rows.items()] or [np.empty(0, np.int64)]
-    )
-    records = np.concatenate(list(rows.values()) or [np.empty(0, ROW_DTYPE)])
-    return Interactions.from_triples(
-        users,
-        records["other"].astype(np.int64),
-        records["weight"].astype(np.float64),
-        (n_users, n_items),
-        kind,  # type: ignore[arg-type]
-    )
+def _taken(entry: str, cursor: str | None) -> bool:
+    """Has the shard's owner taken the inbox entry `entry` (its cursor at or past it)?"""
+    if not entry or cursor is None:
+        return cursor is not None
+    a, b = (tuple(int(x) for x in e.split("-")) for e in (entry, cursor))
+    return b >= a
 
 
 def _marks(sources: list[Source]) -> dict[str, str]:
@@ -834,8 +1124,7 @@ def _marks(sources: list[Source]) -> dict[str, str]:
 
 
 def _advance(applied: dict[str, int], sources: list[Source]) -> dict[str, int]:
-    """The batch's partitions and how far it takes each (never back): other partitions'
-    offsets belong to other instances and are not written."""
+    """The batch's partitions and how far it takes each (never back)."""
     out: dict[str, int] = {}
     for source in sources:
         key = source.partition_key
@@ -845,3 +1134,17 @@ def _advance(applied: dict[str, int], sources: list[Source]) -> dict[str, int]:
 
 def _within(offset: int, span: tuple[int, int] | None) -> bool:
     return span is not None and span[0] <= offset <= span[1]
+
+
+__all__ = [
+    "BatchFailed",
+    "BatchOutcome",
+    "Engine",
+    "IngestOutcome",
+    "ShardLost",
+    "SliceOutcome",
+    "StateError",
+    "StateRolledBack",
+    "SweepOutcome",
+    "Unprocessable",
+]

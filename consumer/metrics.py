@@ -22,7 +22,7 @@ from consumer.events import REASONS
 
 TOPIC_KINDS = ("interactions", "deletions")
 EPOCH_REASONS = ("topic_id", "recreated", "offsets_reused")
-STAGES = ("wait", "parse", "apply", "acknowledge")
+STAGES = ("wait", "parse", "ingest", "apply", "acknowledge")
 
 # Latency buckets from 1 ms to 10 minutes: deletions should sit in the first few.
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60, 600)
@@ -106,12 +106,26 @@ class Metrics:
             "1 while consolidation rests (stopping rule met, no event since)",
             registry=r,
         )
-        # 1 on the one instance of the group that consolidates (the owner of the
-        # deletions topic's partition 0).
+        # 1 on an instance that owns shards (it consolidates them).
         self.consolidation_owner = Gauge(
             "unlearn_consolidation_owner",
-            "1 on the instance that runs consolidation for the namespace",
+            "1 on an instance that consolidates the shards it owns",
             registry=r,
+        )
+        # The shards this instance applies (those of the deletions partitions it holds).
+        self.shards_owned = Gauge(
+            "unlearn_shards_owned", "Shards of the namespace this instance owns", registry=r
+        )
+        # Parts of requests asked of shards another instance owns (items to re-solve, an
+        # item's interactions to purge); the receipt waits for their answer.
+        self.parts_asked = Counter(
+            "unlearn_request_parts_asked_total",
+            "Parts of requests asked of other owners' shards",
+            registry=r,
+        )
+        # Events put into their shard's inbox by this instance (read from its partitions).
+        self.routed = Counter(
+            "unlearn_events_routed_total", "Events taken into their shards' inboxes", registry=r
         )
         # Consolidation sweeps completed (every user block, then every item block).
         self.sweeps = Counter("unlearn_sweeps_total", "Consolidation sweeps run", registry=r)

@@ -33,9 +33,16 @@ class Receipt:
     # Applied again because the state had lost it (restored from an older snapshot);
     # an earlier receipt for the same request may exist, its effect was undone by the loss.
     reapplied: bool = False
+    # Where the effect lives, each part with the time it became durable: the user's rows
+    # ("user@S": shard S), the items re-solved in a shard ("items@S"), a whole item's
+    # interactions with a shard's users ("purge@S") and the item itself ("item@S"). The
+    # receipt is sent once every part is durable; `applied_at` is the last one's time.
+    parts: tuple[tuple[str, float], ...] = ()
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self))
+        body = dataclasses.asdict(self)
+        body["parts"] = [{"part": name, "durable_at": at} for name, at in self.parts]
+        return json.dumps(body)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Receipt:
@@ -43,7 +50,9 @@ class Receipt:
         raw: dict[str, Any] = json.loads(text)
         names = {f.name for f in dataclasses.fields(cls)}
         defaults = {"kept_newer": 0, "ts_adjusted": None, "received_at": raw.get("applied_at")}
-        return cls(**{**defaults, **{k: v for k, v in raw.items() if k in names}})
+        fields = {**defaults, **{k: v for k, v in raw.items() if k in names}}
+        fields["parts"] = tuple((p["part"], p["durable_at"]) for p in raw.get("parts", ()))
+        return cls(**fields)
 
     def again(self) -> Receipt:
         """This receipt, re-sent for a replayed request."""

@@ -119,11 +119,12 @@ class Settings(BaseSettings):
     instance_id: str = Field(
         default_factory=socket.gethostname,
         min_length=1,
-        description="names this instance in the namespace's write lease (pod name)",
+        description="names this instance as the owner of its shards (pod name)",
     )
-    lease_ttl_s: float = Field(10.0, gt=0, description="write lease expiry if a holder dies")
-    lease_wait_s: float = Field(
-        60.0, gt=0, description="how long a batch waits for another instance's lease"
+    part_retry_s: float = Field(
+        10.0,
+        gt=0,
+        description="a request's part another owner took but did not answer: asked again after",
     )
     wait_for_model_s: float = Field(
         0.0, ge=0, description="wait this long for `unlearn load` before giving up (0: fail)"

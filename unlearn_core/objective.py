@@ -14,7 +14,14 @@ from unlearn_core.params import Hyperparameters
 
 
 def observed_terms(scores: np.ndarray, weights: np.ndarray, params: Hyperparameters) -> float:
-    """Sum over observed pairs of their share of the objective.
+    """Sum over observed pairs of their share of the objective."""
+    return float(np.sum(observed_term_values(scores, weights, params)))
+
+
+def observed_term_values(
+    scores: np.ndarray, weights: np.ndarray, params: Hyperparameters
+) -> np.ndarray:
+    """Each observed pair's share of the objective.
 
     implicit: c (1 - s)^2 - s^2 (the - s^2 because the all-pairs term counts every pair with
     weight 0 already); explicit: (w - s)^2.
@@ -23,16 +30,23 @@ def observed_terms(scores: np.ndarray, weights: np.ndarray, params: Hyperparamet
     w = np.asarray(weights, dtype=np.float64)
     if params.kind == "implicit":
         c = 1.0 + params.alpha * w
-        return float(np.sum(c * (1.0 - s) ** 2 - s**2))
-    return float(np.sum((w - s) ** 2))
+        return c * (1.0 - s) ** 2 - s**2
+    return (w - s) ** 2
 
 
 def row_penalties(counts: np.ndarray, squared_norms: np.ndarray, params: Hyperparameters) -> float:
     """ALS-WR's penalty of some rows: reg n_r |x_r|^2 (implicit: its penalty is global)."""
-    if params.kind == "implicit":
-        return 0.0
+    return float(np.sum(row_penalty_values(counts, squared_norms, params)))
+
+
+def row_penalty_values(
+    counts: np.ndarray, squared_norms: np.ndarray, params: Hyperparameters
+) -> np.ndarray:
+    """Each row's ALS-WR penalty (zeros for implicit feedback)."""
     counts = np.asarray(counts, dtype=np.float64)
-    return params.regularization * float(counts @ np.asarray(squared_norms, dtype=np.float64))
+    if params.kind == "implicit":
+        return np.zeros_like(counts)
+    return params.regularization * counts * np.asarray(squared_norms, dtype=np.float64)
 
 
 def all_pairs_term(

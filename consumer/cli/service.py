@@ -137,13 +137,7 @@ def connect(settings: Settings, wait_s: float = 0.0) -> ModelState:
             f"{mask_url(url)} is a Redis Cluster node: set redis_cluster = true "
             "(UNLEARN_REDIS_CLUSTER=true)",
         )
-    return ModelState(
-        client,
-        settings.namespace,
-        holder=settings.instance_id,
-        lease_ttl_ms=int(settings.lease_ttl_s * 1000),
-        lease_wait_s=settings.lease_wait_s,
-    )
+    return ModelState(client, settings.namespace)
 
 
 def _cluster_enabled(client: redis.Redis) -> bool:
@@ -219,7 +213,7 @@ def run_service(args: argparse.Namespace) -> int:
     try:
         health.recovering = True
         engine = retry(
-            lambda: _engine_when_loaded(state, settings.wait_for_model_s, settings.solve_threads),
+            lambda: _engine_when_loaded(state, settings),
             TRANSIENT,
             settings.redis_retry_budget_s,
         )
@@ -262,13 +256,17 @@ def _metrics_server(settings: Settings, metrics: Metrics, health: Health) -> Met
         ) from exc
 
 
-def _engine_when_loaded(state: ModelState, wait_s: float, solve_threads: int) -> Engine:
-    """The engine, once the namespace holds a model (a bootstrap Job may still be loading)."""
-    deadline = time.monotonic() + wait_s
+def _engine_when_loaded(state: ModelState, settings: Settings) -> Engine:
+    """The engine, once the namespace holds a model (a bootstrap Job may still be loading).
+    It owns no shard until the group gives this instance partitions of the deletions topic."""
+    deadline = time.monotonic() + settings.wait_for_model_s
     log = logging.getLogger("unlearn")
     while True:
         try:
-            return Engine(state, solve_threads=solve_threads)
+            return Engine(
+                state, solve_threads=settings.solve_threads, holder=settings.instance_id,
+                owned=(), part_retry_s=settings.part_retry_s,
+            )  # fmt: skip
         except StateError as exc:
             if time.monotonic() >= deadline:
                 raise
@@ -310,10 +308,23 @@ def _state_status(state: ModelState) -> dict[str, Any]:
         "shards": meta.shards,
         "params": vars(meta.params),
         "applied_offsets": state.read_applied(),
-        "interrupted_batch": bool(state.client.exists(state.layout.intent)),
-        "generation": state.generation(),  # batches and sweeps committed
-        "lease_holder": state.lease.holder_now(),  # the instance writing right now, if any
+        "generation": state.generation(),  # commits of the shards, summed
+        "owners": _owners(state, meta.shards),
     }
+
+
+def _owners(state: ModelState, shards: int) -> dict[str, Any]:
+    """Per instance, the shards it owns and the work waiting in their inboxes."""
+    owners = state.read_owners(shards)
+    waiting = state.inbox_lengths(range(shards))
+    pending = {s: len(state.read_pending(s)) for s in range(shards)}
+    out: dict[str, Any] = {}
+    for shard, owner in owners.items():
+        entry = out.setdefault(owner or "(none)", {"shards": [], "inbox": 0, "pending": 0})
+        entry["shards"].append(shard)
+        entry["inbox"] += waiting[shard]
+        entry["pending"] += pending[shard]
+    return out
 
 
 def _lag(settings: Settings) -> dict[str, Any]:

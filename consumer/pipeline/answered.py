@@ -11,6 +11,10 @@ end, and every receipt's `source` ("topic:partition:offset") names an answered m
 
 Only receipts published after the state's last commit can name messages the state does
 not hold, so the read is short when nothing was lost (the receipts of the last batches).
+
+The same read serves a shard's new owner: a request its shard still has to answer, whose
+receipt is already in the topic, was answered before the state lost its effect (a
+restore); its receipt says `reapplied`.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import (
@@ -36,6 +41,14 @@ CLOCK_SKEW_S = 30.0
 READ_BUDGET_S = 30.0
 
 
+@dataclass
+class Answered:
+    """What the receipts published since some time name."""
+
+    through: dict[str, int] = field(default_factory=dict)  # partition key -> last offset
+    sources: set[str] = field(default_factory=set)  # every "topic:partition:offset"
+
+
 def answered_through(
     kafka_config: dict[str, Any],
     topic: str,
@@ -45,12 +58,25 @@ def answered_through(
     skew_s: float = CLOCK_SKEW_S,
 ) -> dict[str, int]:
     """Partition key -> the last offset of it a receipt was published for, among receipts
-    published from `since` (seconds, less `skew_s`; None: the whole topic).
+    published from `since` (seconds, less `skew_s`; None: the whole topic)."""
+    if not partition_keys:
+        return {}
+    found = read_answered(kafka_config, topic, since, budget_s, skew_s)
+    return {k: v for k, v in found.through.items() if k in partition_keys}
+
+
+def read_answered(
+    kafka_config: dict[str, Any],
+    topic: str,
+    since: float | None,
+    budget_s: float = READ_BUDGET_S,
+    skew_s: float = CLOCK_SKEW_S,
+) -> Answered:
+    """What the receipts published from `since` (seconds, less `skew_s`; None: the whole
+    topic) answered.
 
     Best effort within `budget_s`: what could not be read is logged, and the answer is
     what was found (the group's committed offsets still count as answered)."""
-    if not partition_keys:
-        return {}
     reader = Consumer(
         {
             **kafka_config,
@@ -62,22 +88,20 @@ def answered_through(
     )
     try:
         start = since - skew_s if since is not None else None
-        return _read(reader, topic, partition_keys, start, budget_s)
+        return _read(reader, topic, start, budget_s)
     except KafkaException as exc:
         log.warning("the receipts topic could not be read back (%s): counting on the "
                     "group's offsets alone", exc)  # fmt: skip
-        return {}
+        return Answered()
     finally:
         reader.close()
 
 
-def _read(
-    reader: Consumer, topic: str, wanted: set[str], since: float | None, budget_s: float
-) -> dict[str, int]:
+def _read(reader: Consumer, topic: str, since: float | None, budget_s: float) -> Answered:
     deadline = time.monotonic() + budget_s
     metadata = reader.list_topics(topic, timeout=10).topics.get(topic)
     if metadata is None or metadata.error is not None or not metadata.partitions:
-        return {}
+        return Answered()
     numbers = sorted(metadata.partitions)
     at_ms = int(since * 1000) if since is not None else -1
     if since is None:
@@ -85,7 +109,7 @@ def _read(
     else:
         found = reader.offsets_for_times([TopicPartition(topic, n, at_ms) for n in numbers], 10)
         starts = [tp for tp in found if tp.offset >= 0]  # -1: nothing published since
-    out: dict[str, int] = {}
+    out = Answered()
     open_partitions = {tp.partition for tp in starts}
     if not open_partitions:
         return out
@@ -103,21 +127,22 @@ def _read(
             # The broker's time lookup only saves reading; the times themselves decide
             # (some brokers answer a lookup past the end with an earlier offset).
             if kind == TIMESTAMP_NOT_AVAILABLE or timestamp >= at_ms:
-                _note(out, message.value(), wanted)
+                _note(out, message.value())
     if open_partitions:
         log.warning("the receipts topic was not read to its end within %.0f s (partitions "
                     "%s): reapplied receipts there may not be marked", budget_s,
                     sorted(open_partitions))  # fmt: skip
-    log.info("read %d receipts back: %d partitions answered beyond", read, len(out))
+    log.info("read %d receipts back", read)
     return out
 
 
-def _note(out: dict[str, int], value: bytes | None, wanted: set[str]) -> None:
+def _note(out: Answered, value: bytes | None) -> None:
     try:
         source = json.loads(value or b"{}").get("source")
         key, _, offset = str(source).rpartition(":")
         number = int(offset)
     except (ValueError, AttributeError):
         return  # not a receipt of ours: nothing it could say
-    if key in wanted and number > out.get(key, -1):
-        out[key] = number
+    out.sources.add(str(source))
+    if number > out.through.get(key, -1):
+        out.through[key] = number

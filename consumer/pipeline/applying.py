@@ -1,22 +1,22 @@
-"""Applying a batch: the engine's durable commit, with Redis outages waited out and what a
-single message breaks isolated (isolation.py). Also the consolidation slices, which go to
-the same engine under the same rules."""
+"""Applying: the engine's two durable steps (events routed to their shards' inboxes, and
+the owned shards' inboxes applied), with Redis outages waited out on a rebuilt engine;
+and the consolidation slices, which go to the same engine under the same rules. What a
+single message breaks is isolated by the engine itself (it holds the messages)."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from consumer.engine import BatchOutcome, Engine, SliceOutcome
-from consumer.pipeline.isolation import Reject, Work, apply_isolating
+from consumer.engine import BatchOutcome, Engine, IngestOutcome, Reject, SliceOutcome
+from consumer.events import Deletion, Interaction, Source
 from consumer.retry import TRANSIENT_REDIS, RetriesExhausted, retry
-from consumer.state.lease import LeaseBusy, LeaseLost
+from consumer.shards.messages import Raw
 
 log = logging.getLogger("unlearn.applying")
 
-# Met by a batch, it is retried on a rebuilt engine: Redis outages, and another instance
-# holding or having taken the namespace's write lease.
-TRANSIENT = (*TRANSIENT_REDIS, LeaseLost, LeaseBusy)
+# Met by a batch, it is retried on a rebuilt engine.
+TRANSIENT = TRANSIENT_REDIS
 
 
 class Unavailable(RuntimeError):
@@ -36,24 +36,27 @@ class Applier:
         self.on_retry = on_retry  # the operation that is being retried: metrics, liveness
         self.stale = False  # the replica may be ahead of Redis (a failed slice)
 
-    def apply(
-        self, work: Work, acknowledged: Mapping[str, tuple[int, int]], reject: Reject
-    ) -> list[BatchOutcome]:
-        """The batch, durable in Redis when this returns, with its poison dead-lettered.
+    def ingest(
+        self,
+        interactions: Sequence[Interaction],
+        deletions: Sequence[Deletion],
+        acknowledged: Mapping[str, tuple[int, int]],
+        skipped: Sequence[Source],
+        raw: Mapping[Source, Raw],
+    ) -> IngestOutcome:
+        """The events in their shards' inboxes, their offsets recorded, when this returns."""
+        return self._retrying(
+            lambda: self.engine.ingest(interactions, deletions, acknowledged, skipped, raw),
+            "ingest",
+        )
 
-        After a failure the engine is rebuilt from Redis (finishing an interrupted commit
-        and reloading its replica), so a retry starts from what is really stored.
-        """
+    def step(self, max_events: int, reject: Reject) -> BatchOutcome:
+        """One batch of the owned shards' inboxes, durable when this returns."""
+        return self._retrying(lambda: self.engine.step(max_events, reject), "batch")
 
-        def attempt(part: Work) -> BatchOutcome:
-            return self._retrying(
-                lambda: self.engine.process(
-                    part.interactions, part.deletions, acknowledged, part.skipped
-                ),
-                "batch",
-            )
-
-        return apply_isolating(work, attempt, reject)
+    def own(self, shards: Iterable[int]) -> None:
+        wanted = set(shards)
+        self._retrying(lambda: self.engine.own(wanted), "ownership")
 
     def slice(self, side: str, start: int, rows: int) -> SliceOutcome | None:
         """One consolidation slice; None when Redis is away (the next batch waits it out)."""
@@ -65,20 +68,25 @@ class Applier:
             return None
 
     def rebuild(self, keep_committed: bool) -> None:
-        """A fresh engine from Redis. It remembers what the old one committed (unless the
-        state's loss was just dealt with), so a Redis restored from an older snapshot
-        while it was away is still noticed."""
+        """A fresh engine from Redis, owning what the old one owned. It remembers what the
+        old one committed (unless the state's loss was just dealt with), so a Redis
+        restored from an older snapshot while it was away is still noticed."""
         old = self.engine
-        engine = Engine(old.state, clock=old.clock, solve_threads=old.solve_threads)
+        engine = Engine(
+            old.state, clock=old.clock, solve_threads=old.solve_threads, holder=old.holder,
+            owned=(), part_retry_s=old.part_retry_s,
+        )  # fmt: skip
+        engine.own(old.owned)
         if keep_committed:
             engine.committed = dict(old.committed)
+            engine.generations = dict(old.generations)
         self.engine = engine
         self.stale = False
 
-    def _retrying(self, call: Callable[[], BatchOutcome], operation: str) -> BatchOutcome:
+    def _retrying(self, call: Callable, operation: str):
         first = True
 
-        def attempt() -> BatchOutcome:
+        def attempt():
             nonlocal first
             if not first or self.stale:
                 self.rebuild(keep_committed=True)

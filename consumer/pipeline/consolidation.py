@@ -105,7 +105,10 @@ class Consolidation:
         self.converged, self._since_settled = False, 0
 
     def next_slice(self, sizes: dict[str, int]) -> tuple[str, int, int]:
-        """(side, first row, rows) of the slice to run; wraps to the next side."""
+        """(side, first row, rows) of the slice to run; wraps to the next side. Nothing to
+        sweep (no rows on either side): a slice of no rows."""
+        if not any(sizes.values()):
+            return SIDES[self._side], 0, 0
         while self._start >= sizes[SIDES[self._side]]:
             self._side, self._start = (self._side + 1) % 2, 0
         return SIDES[self._side], self._start, self.rows_per_slice

@@ -7,7 +7,7 @@ import time
 
 from confluent_kafka import Message
 
-from consumer.engine import BatchOutcome, Engine, SliceOutcome
+from consumer.engine import BatchOutcome, Engine, IngestOutcome, SliceOutcome
 from consumer.metrics import Metrics
 from consumer.pipeline.consolidation import SweepSummary
 from consumer.state.store import ModelState
@@ -42,19 +42,30 @@ class Observer:
         m.applied.labels("deletions").inc(len(outcome.receipts))
         m.late.inc(outcome.interactions_late)
         m.replayed.inc(outcome.events_replayed)
-        m.receipts.labels("false").inc(len(outcome.receipts))
-        m.receipts.labels("true").inc(len(outcome.resent))
+        m.receipts.labels("false").inc(sum(not r.resent for r in outcome.receipts))
+        m.receipts.labels("true").inc(len(outcome.resent) + sum(r.resent for r in outcome.receipts))
+        m.parts_asked.inc(outcome.parts_asked)
         if outcome.receipts or outcome.interactions_applied:
             m.batch_residual.set(outcome.residual)
             m.model_residual.set(outcome.residual)
             m.batch_loss.set(outcome.loss)
+
+    def ingested(self, outcome: IngestOutcome) -> None:
+        m = self.metrics
+        m.routed.inc(outcome.routed)
+        m.replayed.inc(outcome.events_replayed)
+        m.receipts.labels("true").inc(len(outcome.resent))
+
+    def shards_owned(self, count: int) -> None:
+        self.metrics.shards_owned.set(count)
 
     def acknowledged(self, outcome: BatchOutcome) -> None:
         """A batch's receipts are acknowledged and its offsets committed: the end-to-end
         latencies (from the request's own time, and the interaction's)."""
         m, now = self.metrics, time.time()
         for receipt in outcome.receipts:
-            m.forget_latency.observe(now - (receipt.applied_at - receipt.latency_seconds))
+            if not receipt.resent:
+                m.forget_latency.observe(now - (receipt.applied_at - receipt.latency_seconds))
         for ts in outcome.learned_ts:
             m.learn_latency.observe(max(now - ts, 0.0))
         m.last_commit.set(now)
@@ -86,7 +97,7 @@ class Observer:
 
     def consolidation_taken_over(self, settled: bool) -> None:
         self.metrics.consolidation_settled.set(1 if settled else 0)
-        log.info("this instance consolidates the namespace (%s)",
+        log.info("this instance consolidates the shards it owns (%s)",
                  "settled" if settled else "sweeping")  # fmt: skip
 
     def sweep(self, summary: SweepSummary) -> None:

@@ -95,9 +95,11 @@ class Source:
     def subscribe(
         self,
         revoking: Callable[[list[Partition]], None],
+        assigned: Callable[[list[Partition]], None] | None = None,
     ) -> None:
         """Subscribe to both input topics. `revoking` runs first when partitions are taken
-        away (the open batch is finished and acknowledged while they are still ours)."""
+        away (the open batch is finished and acknowledged while they are still ours);
+        `assigned` after partitions are given (the shards that go with them are taken)."""
 
         def on_assign(consumer: Consumer, partitions: list[TopicPartition]) -> None:
             log.info("assigned %s", [f"{p.topic}:{p.partition}" for p in partitions])
@@ -105,6 +107,8 @@ class Source:
             consumer.assign(starts)
             self._report(verdicts)
             self.health.assigned += len(partitions)
+            if assigned is not None:
+                assigned([(p.topic, p.partition) for p in partitions])
 
         def on_revoke(consumer: Consumer, partitions: list[TopicPartition]) -> None:
             log.info("revoked %s", [f"{p.topic}:{p.partition}" for p in partitions])
@@ -156,6 +160,15 @@ class Source:
 
     def owns(self, topic: str, partition: int) -> bool:
         return (topic, partition) in self.assignments.views
+
+    def held(self, topic: str) -> set[int]:
+        """The partitions of `topic` this instance holds now."""
+        return {p for t, p in self.assignments.views if t == topic}
+
+    def partition_count(self, topic: str) -> int:
+        """How many partitions `topic` has (the broker's metadata)."""
+        metadata = self.consumer.list_topics(topic, timeout=10)
+        return len(metadata.topics[topic].partitions)
 
     def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> None:
         self.consumer.commit(offsets=offsets, asynchronous=asynchronous)

@@ -7,11 +7,11 @@ from collections.abc import Callable
 import numpy as np
 import scipy.sparse as sp
 
+from consumer.shards.ledger import all_pairs, pair_shares, penalty_shares
 from consumer.state.layout import ROW_DTYPE, rows_of_shard
-from consumer.state.store import SIDES, ModelState, ShardWrite
+from consumer.state.store import ModelState, ShardWrite
 from unlearn_core import FactorModel, Interactions
 from unlearn_core.interactions import locate
-from unlearn_core.solve import gramian
 
 _ROWS_PER_WRITE = 5000  # rows per transaction while loading: bounded request size
 
@@ -50,45 +50,71 @@ def load(
     replace: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> None:
-    """Bootstrap a namespace: ids, factors, interactions both ways, partial Gramians."""
+    """Bootstrap a namespace, shard by shard: ids, factors, each user's row and each
+    item's slice of the shard's users, the interactions count and the shard's share of
+    the objective."""
     state.write_meta(model.params, shards, replace)
     for side, ids in (("user", model.user_ids), ("item", model.item_ids)):
         indices = state.allocate(side, ids.tolist())
         if not np.array_equal(indices, np.arange(len(ids))):
             raise RuntimeError("a fresh namespace must allocate indices in order")
     stamps = np.clip(np.asarray(timestamps, dtype=np.float64), 0, 2**32 - 1)
-    # Carry entry positions (never zero, so never dropped) through the transpose to find
-    # where each item-major entry sits in user-major order.
-    positions = sp.csr_array(
-        (np.arange(1, data.nnz + 1, dtype=np.int64), data.by_user.indices, data.by_user.indptr),
-        shape=data.shape,
-    ).T.tocsr()
-    positions.sort_indices()
-    if not np.array_equal(positions.indices, data.by_item.indices):
-        raise RuntimeError("item-major layouts disagree")
-    matrices = {
-        "user": (data.by_user, stamps),
-        "item": (data.by_item, stamps[positions.data - 1]),
-    }
+    by_user = data.by_user
     factors = {"user": model.user_factors, "item": model.item_factors}
+    shares = _shares(model, data, shards)
     for shard in range(shards):
-        for side in SIDES:
-            weights, stamps = matrices[side]
-            rows = rows_of_shard(shard, shards, len(factors[side]))
-            for start in range(0, max(len(rows), 1), _ROWS_PER_WRITE):
+        users = rows_of_shard(shard, shards, data.shape[0])
+        items = rows_of_shard(shard, shards, len(model.item_factors))
+        for start in range(0, max(len(users), len(items), 1), _ROWS_PER_WRITE):
+            write = ShardWrite()
+            for side, rows in (("user", users), ("item", items)):
                 chunk = rows[start : start + _ROWS_PER_WRITE]
-                write = ShardWrite()
                 write.factors[side] = {int(n): factors[side][n] for n in chunk}
-                write.rows[side] = {
-                    int(n): _row(weights, stamps, int(n)) for n in chunk if n < weights.shape[0]
-                }
-                if start == 0:
-                    write.gramians[side] = gramian(factors[side][rows])
-                state.write_shards({shard: write}, token=0)  # a fresh namespace
+            for n in users[start : start + _ROWS_PER_WRITE].tolist():
+                write.rows["user"][n] = _row(by_user, stamps, n)
+            state.commit({shard: write}, {shard: None})  # a fresh namespace: no owner yet
+        write = ShardWrite(interactions_delta=int(np.diff(by_user.indptr)[users].sum()))
+        write.rows["item"] = _slices(by_user, stamps, users)
+        write.status = {"consolidation": "sweeping", "loss": repr(shares[shard])}
+        state.commit({shard: write}, {shard: None})
         if progress is not None:
             progress(1)
     state.set_counts(len(model.user_ids), len(model.item_ids))
-    state.set_interactions(data.nnz)
+
+
+def _slices(by_user: sp.csr_array, stamps: np.ndarray, users: np.ndarray) -> dict[int, np.ndarray]:
+    """Each item's records with these users (one shard's), sorted by user."""
+    starts, stops = by_user.indptr[users], by_user.indptr[users + 1]
+    positions = np.concatenate([np.arange(a, b) for a, b in zip(starts, stops, strict=True)]
+                               or [np.empty(0, np.int64)])  # fmt: skip
+    owners = np.repeat(users, stops - starts)
+    items = by_user.indices[positions]
+    order = np.lexsort((owners, items))
+    records = np.empty(len(order), dtype=ROW_DTYPE)
+    records["other"] = owners[order]
+    records["weight"] = by_user.data[positions][order]
+    records["ts"] = stamps[positions][order]
+    sorted_items = items[order]
+    cuts = np.flatnonzero(np.diff(sorted_items)) + 1
+    return {
+        int(group[0]): piece
+        for group, piece in zip(np.split(sorted_items, cuts), np.split(records, cuts), strict=True)
+        if len(group)
+    }
+
+
+def _shares(model: FactorModel, data: Interactions, model_shards: int) -> list[float]:
+    """Each shard's share of the objective (as the engine accounts it, engine.py): its
+    users' pairs, the ALS-WR penalties of its users and items, the all-pairs term in
+    shard 0. Their sum is the objective (shards/ledger.py)."""
+    params, shards = model.params, model_shards
+    users = np.repeat(np.arange(data.shape[0]), np.diff(data.by_user.indptr))
+    xs, ys = model.user_factors, model.item_factors
+    out = pair_shares(users, data.by_user.indices, data.by_user.data, xs, ys, params, shards)
+    out += penalty_shares(np.diff(data.by_user.indptr), xs, params, shards)
+    out += penalty_shares(np.diff(data.by_item.indptr), ys, params, shards)
+    out[0] += all_pairs(xs, ys, params)
+    return out.tolist()
 
 
 def export(state: ModelState) -> tuple[FactorModel, Interactions]:

@@ -1,36 +1,45 @@
 """Redis key names. Every key lives under a model namespace and carries a hash tag.
 
-Rows are spread over `shards` by index (row n lives in shard n % shards). All keys of one
-shard share the hash tag {unlearn:NS:S}, so a shard's update is one MULTI/EXEC on one
-Redis Cluster slot; the id maps and metadata share {unlearn:NS}, so id allocation is one
-Lua script. The same code runs on a single Redis and on Redis Cluster.
+Rows are spread over `shards` by index (row n lives in shard n % shards). A shard is also
+the unit of ownership: one instance at a time applies its work (docs/scaling.md), so
+everything one owner writes for its rows shares the shard's hash tag {unlearn:NS:S} and is
+written by one script on one Redis Cluster slot. An interaction lives in its user's shard
+twice, in the user's row and in the item's slice of that shard: the pair has one owner,
+and an item's row is the union of its slices over the shards. The id maps, metadata and
+the input offsets share {unlearn:NS}. The same code runs on one Redis and on a Cluster.
 
 per shard S ({unlearn:NS:S}):
   :uf  HASH  user index -> user factor, k float32
   :if  HASH  item index -> item factor, k float32
   :ur  HASH  user index -> the user's interactions, ROW_DTYPE records sorted by item
-  :ir  HASH  item index -> the item's interactions, ROW_DTYPE records sorted by user
-  :ug  STRING  sum of x x' over the shard's users, k x k float64 (partial Gramian)
-  :ig  STRING  sum of y y' over the shard's items
-  :tomb     HASH  "p:USER:ITEM" / "u:USER" / "i:ITEM" (indices) -> deletion time T, the
-                  latest; an interaction of that scope with ts <= T is never learned
-  :receipts HASH  "topic:partition:offset" -> receipt JSON: the audit trail, and what a
-                  replayed deletion re-sends (marked "resent")
-  :epoch    STRING  the highest lease token that wrote the shard (fencing, see lease.py)
+  :ir  HASH  item index -> the item's interactions with this shard's users (its slice),
+             ROW_DTYPE records sorted by user
+  :tomb     HASH  "p:USER:ITEM" / "u:USER" (this shard's users) and "i:ITEM" (every item
+                  forgotten whole, copied to every shard) -> deletion time T, the latest;
+                  an interaction of that scope with ts <= T is never learned
+  :receipts HASH  "topic:partition:offset" -> receipt JSON, for the requests coordinated
+                  here (a pair's or a user's: the user's shard; an item's: the item's)
+  :pending  HASH  the same keys -> a request whose parts are not all durable (JSON)
+  :unsent   SET   receipts stored but not yet acknowledged by the broker
+  :inbox    STREAM  work for this shard's owner: events routed here, parts of requests
+                    coordinated elsewhere, and the news that parts are done
+  :fence    STRING  counter: each owner draws the next token; writes carry it
+  :owner    STRING  the instance that drew the current token
+  :cursor   STRING  the last inbox entry whose effect is in the shard
+  :seen     HASH  input partition key -> the last offset of it applied here
+  :gen      STRING  counter: the shard's commits
+  :head     STRING  the id of the shard's newest commit
+  :changes  STREAM  per commit, the rows whose factors it wrote (other instances refresh
+                    their replica from it), the commit's id and the one before it;
+                    bounded in bytes (:changes-bytes counts them)
+  :status   HASH  interactions (this shard's users' pairs), loss (the objective's share
+                  committed here), consolidation (settled | sweeping)
 global ({unlearn:NS}):
   :meta    HASH  kind, factors, regularization, alpha, shards, users, items, format
   :uid / :iid  HASH  id -> index;   :uix / :iix  HASH  index -> id
-  :applied HASH  "topic:partition" -> last offset whose effect is in the state
-  :intent  STRING  the batch being written (redo log), deleted with the offsets update
-  :status  HASH  interactions (count), last_batch (JSON), residual, updated_at
-  :lease   STRING  the instance holding the write lease (expires)
-  :fence   STRING  counter: each acquisition of the lease draws the next token
-  :generation  STRING  counter: committed batches and sweeps
-  :changes STREAM  per generation, the rows whose factors it wrote (instances refresh
-                   their in-memory replica from it), the commit's id and the one before
-                   it; bounded in bytes (:changes-bytes counts them)
-  :head    STRING  the id of the newest commit: a replica whose last commit is not the
-                   one the next names was left behind by a restore, and reloads
+  :applied HASH  "topic:partition" -> last offset taken into the state (routed to its
+                 shard's inbox, or dead-lettered)
+  :status  HASH  last_batch (JSON), residual, updated_at
   :marks   HASH  partition key -> fingerprints of the epoch's first message and of recent
                  batches' last ones ("first|newest,...": positions.Marks)
   :epochs  HASH  "topic:partition" -> {"epoch", "topic_id", "start"}: the partition's current life
@@ -48,8 +57,7 @@ import numpy as np
 # One interaction as stored: the other side's index, the weight, the event time (seconds).
 ROW_DTYPE = np.dtype([("other", "<u4"), ("weight", "<f4"), ("ts", "<u4")])
 FACTOR_DTYPE = np.dtype("<f4")
-GRAMIAN_DTYPE = np.dtype("<f8")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -69,36 +77,8 @@ class Layout:
         return f"{self._global}:applied"
 
     @property
-    def intent(self) -> str:
-        return f"{self._global}:intent"
-
-    @property
     def status(self) -> str:
         return f"{self._global}:status"
-
-    @property
-    def lease(self) -> str:
-        return f"{self._global}:lease"
-
-    @property
-    def fence(self) -> str:
-        return f"{self._global}:fence"
-
-    @property
-    def generation(self) -> str:
-        return f"{self._global}:generation"
-
-    @property
-    def changes(self) -> str:
-        return f"{self._global}:changes"
-
-    @property
-    def changes_bytes(self) -> str:
-        return f"{self._global}:changes-bytes"
-
-    @property
-    def head(self) -> str:
-        return f"{self._global}:head"
 
     @property
     def marks(self) -> str:
@@ -133,10 +113,8 @@ class ShardKeys:
         return f"{self.tag}:{side[0]}f"
 
     def rows(self, side: str) -> str:
+        """A user's row (`user`), or an item's slice of this shard (`item`)."""
         return f"{self.tag}:{side[0]}r"
-
-    def gramian(self, side: str) -> str:
-        return f"{self.tag}:{side[0]}g"
 
     @property
     def tombstones(self) -> str:
@@ -147,8 +125,52 @@ class ShardKeys:
         return f"{self.tag}:receipts"
 
     @property
-    def epoch(self) -> str:
-        return f"{self.tag}:epoch"
+    def pending(self) -> str:
+        return f"{self.tag}:pending"
+
+    @property
+    def unsent(self) -> str:
+        return f"{self.tag}:unsent"
+
+    @property
+    def inbox(self) -> str:
+        return f"{self.tag}:inbox"
+
+    @property
+    def fence(self) -> str:
+        return f"{self.tag}:fence"
+
+    @property
+    def owner(self) -> str:
+        return f"{self.tag}:owner"
+
+    @property
+    def cursor(self) -> str:
+        return f"{self.tag}:cursor"
+
+    @property
+    def seen(self) -> str:
+        return f"{self.tag}:seen"
+
+    @property
+    def gen(self) -> str:
+        return f"{self.tag}:gen"
+
+    @property
+    def head(self) -> str:
+        return f"{self.tag}:head"
+
+    @property
+    def changes(self) -> str:
+        return f"{self.tag}:changes"
+
+    @property
+    def changes_bytes(self) -> str:
+        return f"{self.tag}:changes-bytes"
+
+    @property
+    def status(self) -> str:
+        return f"{self.tag}:status"
 
 
 def shard_of(index: int | np.ndarray, shards: int) -> int | np.ndarray:
@@ -161,27 +183,15 @@ def rows_of_shard(shard: int, shards: int, rows: int) -> np.ndarray:
     return np.arange(shard, rows, shards)
 
 
-def shard_major(shards: int, rows: int) -> np.ndarray:
-    """All row indices, shard by shard: a consolidation slice is a run of this order, so
-    it writes the Gramians of one shard (or two), not of every shard."""
-    return np.concatenate([rows_of_shard(s, shards, rows) for s in range(shards)])
+def owned_shards(shards: int, partitions: int, assigned: set[int]) -> set[int]:
+    """The shards an instance owns when it holds these partitions of the deletions topic
+    (of `partitions`): shard S goes with partition S % partitions."""
+    return {s for s in range(shards) if s % max(partitions, 1) in assigned}
 
 
 def receipt_shard(source_key: str, shards: int) -> int:
-    """The shard whose :receipts hash holds the receipt of the request at `source_key`."""
+    """Where a format-1 namespace kept the receipt of the request at `source_key`."""
     return zlib.crc32(source_key.encode()) % shards
-
-
-def tombstone(user: int, item: int, shards: int) -> tuple[str, int]:
-    """A deletion scope's tombstone field and its shard (-1: the scope has no such side).
-
-    A pair's and a user's tombstones live with the user's row, an item's with its row.
-    """
-    if user >= 0 and item >= 0:
-        return pair_tombstone(user, item), user % shards
-    if user >= 0:
-        return user_tombstone(user), user % shards
-    return item_tombstone(item), item % shards
 
 
 def pair_tombstone(user: int, item: int) -> str:

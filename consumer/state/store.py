@@ -1,17 +1,14 @@
 """Reading and writing the model's state in Redis (see layout.py for the keys).
 
-A batch is made durable in three steps: (1) the whole batch, as absolute values, is stored
-as an intent (a redo log); (2) each shard is written in one MULTI/EXEC; (3) the offsets
-the batch applied are recorded and the intent deleted, in one MULTI/EXEC. A crash between
-(1) and (3) leaves the intent, and `recover` re-applies it before anything else happens:
-every write is a plain SET/HSET/HDEL of final values, so applying twice changes nothing.
-A batch is therefore in the state entirely or not at all, with its offsets.
+Everything an owner changes in one shard in one batch is written by one script on the
+shard's slot, and only while the shard's fence still holds the owner's token: a writer
+that lost the shard to another instance (a rebalance, a pause past its session) writes
+nothing. The script also moves the shard's inbox cursor, appends the rows whose factors
+changed to the shard's change log and counts the commit, so a shard's state, the work it
+has taken from its inbox and its change log always agree. Nothing spans two shards in one
+write: work for another shard goes to that shard's inbox, and is idempotent.
 
-Every write is fenced by the write lease's token (lease.py), so several instances can
-share a namespace: the shards are written by one script each (all pipelined in one round
-trip), which refuses a token older than the shard's; the intent and the final step are
-written only while the token is current. The final step also appends the rows whose
-factors changed to a capped change log, from which other instances refresh their replica.
+The bootstrap load writes unfenced (a fresh namespace has no owner yet).
 """
 
 from __future__ import annotations
@@ -19,10 +16,9 @@ from __future__ import annotations
 import functools
 import json
 import os
-import socket
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,25 +26,15 @@ import numpy as np
 import redis
 
 from consumer.pipeline.positions import MARKS_KEPT, Marks
-from consumer.state import intent
-from consumer.state.layout import (
-    FACTOR_DTYPE,
-    FORMAT_VERSION,
-    GRAMIAN_DTYPE,
-    ROW_DTYPE,
-    Layout,
-    ShardKeys,
-    shard_of,
-)
-from consumer.state.lease import LeaseLost, WriteLease
+from consumer.state.layout import FACTOR_DTYPE, FORMAT_VERSION, ROW_DTYPE, Layout, ShardKeys
 from unlearn_core.params import Hyperparameters
 
 SIDES = ("user", "item")
 _PIPELINE_CHUNK = 2000
 _SCRIPT_ARGS = 4000  # field/value arguments per command in a script (Lua's unpack limit)
-# The change log's size in bytes (about 4 bytes per changed row): an instance further
-# behind than that reloads everything.
-CHANGES_BYTES = 4 << 20
+# Each shard's change log, in bytes (about 4 bytes per changed row): an instance further
+# behind than that reloads the shard's factors.
+CHANGES_BYTES = 512 << 10
 
 # Allocates dense indices for new ids; existing ids keep theirs. One slot: atomic.
 _ALLOCATE = """
@@ -65,61 +51,82 @@ end
 return out
 """
 
-
-# One shard's writes, if no newer token wrote the shard: KEYS[1] is its epoch, ARGV[1]
-# the token, then commands as (name, key number, argument count, arguments...).
-_SHARD_WRITE = """
-local token = tonumber(ARGV[1])
-if tonumber(redis.call('GET', KEYS[1]) or '0') > token then
-  return 0
+# One shard's commit, if the fence still holds the token (ARGV[1]; '' = unfenced: the
+# bootstrap load). Then commands as (name, key number, argument count, arguments...); the
+# inbox cursor (ARGV[7]: the last entry taken, ARGV[8]: the first to keep); the commit
+# counted and its changed rows logged, bounded in bytes (ARGV[6]).
+# KEYS: fence, gen, head, changes, changes-bytes, inbox, cursor, then the commands' keys.
+# ARGV: token, commit id, users (u4 bytes), items (u4 bytes), all rows?, log cap, cursor,
+#       trim below, commands... Returns the shard's new generation, or -1.
+_SHARD_COMMIT = """
+if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return -1
 end
-redis.call('SET', KEYS[1], ARGV[1])
-local n = 2
+local n = 9
 while n <= #ARGV do
   local count = tonumber(ARGV[n + 2])
   redis.call(ARGV[n], KEYS[tonumber(ARGV[n + 1])], unpack(ARGV, n + 3, n + 2 + count))
   n = n + 3 + count
 end
-return 1
+if ARGV[7] ~= '' then
+  redis.call('SET', KEYS[7], ARGV[7])
+  redis.call('XTRIM', KEYS[6], 'MINID', ARGV[8])
+end
+local generation = redis.call('INCR', KEYS[2])
+local previous = redis.call('GET', KEYS[3]) or ''
+redis.call('XADD', KEYS[4], generation .. '-1',
+           'users', ARGV[3], 'items', ARGV[4], 'all', ARGV[5], 'id', ARGV[2], 'prev', previous)
+local total = redis.call('INCRBY', KEYS[5], string.len(ARGV[3]) + string.len(ARGV[4]) + 64)
+while total > tonumber(ARGV[6]) do
+  local oldest = redis.call('XRANGE', KEYS[4], '-', '+', 'COUNT', 1)
+  if #oldest == 0 then
+    redis.call('SET', KEYS[5], 0)
+    break
+  end
+  local size, entry = 64, oldest[1][2]
+  for j = 1, #entry, 2 do
+    if entry[j] == 'users' or entry[j] == 'items' then size = size + string.len(entry[j + 1]) end
+  end
+  redis.call('XDEL', KEYS[4], oldest[1][1])
+  total = redis.call('DECRBY', KEYS[5], size)
+end
+redis.call('SET', KEYS[3], ARGV[2])
+return generation
 """
 
-# Store the intent while the token is current (KEYS: fence, intent, lease).
-_WRITE_INTENT = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
-  return 0
-end
-redis.call('SET', KEYS[2], ARGV[2])
-redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4])
-return 1
+# A new owner takes a shard: the next token, its name, and where the shard stands.
+# KEYS: fence, owner, gen, head, cursor.
+_ACQUIRE = """
+local token = redis.call('INCR', KEYS[1])
+redis.call('SET', KEYS[2], ARGV[1])
+return {token, tonumber(redis.call('GET', KEYS[3]) or '0'), redis.call('GET', KEYS[4]) or '',
+        redis.call('GET', KEYS[5]) or ''}
 """
 
-# The final step while the token is current: offsets, status, interaction count, intent
-# removal, the next generation and its change-log entry (which names the commit before it,
-# so a replica can tell a continuation from a history Redis went back on). Returns the
-# generation, or -1.
-# Each partition's fingerprints (positions.Marks) get the batch's last message in front,
-# capped; a partition's first batch records its message as the epoch's first too.
-# KEYS: fence, lease, applied, status, intent, generation, changes, head, marks, log bytes.
-# ARGV: token, holder, ttl, log byte cap, users, items, all, delta, n, applied..., m, status...,
-#       j, marks..., marks kept, commit id (last).
-_FINISH = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
-  return -1
+# What a batch took into the state from its input partitions: offsets (never back: two
+# instances may record the same partition around a rebalance, and both recorded what is
+# in the inboxes), fingerprint marks, status. Each partition's marks get the batch's last
+# message in front, capped; a partition's first batch records it as the epoch's first too.
+# KEYS: applied, status, marks. ARGV: n, applied..., m, status..., j, marks..., kept.
+_INGESTED = """
+local n = 2
+local count = tonumber(ARGV[1])
+for m = 0, count - 1 do
+  local field, offset = ARGV[n + 2 * m], tonumber(ARGV[n + 2 * m + 1])
+  local current = tonumber(redis.call('HGET', KEYS[1], field) or '-1')
+  if offset > current then redis.call('HSET', KEYS[1], field, offset) end
 end
-local n = 10
-local count = tonumber(ARGV[9])
-if count > 0 then redis.call('HSET', KEYS[3], unpack(ARGV, n, n + 2 * count - 1)) end
 n = n + 2 * count
 count = tonumber(ARGV[n])
 n = n + 1
-if count > 0 then redis.call('HSET', KEYS[4], unpack(ARGV, n, n + 2 * count - 1)) end
+if count > 0 then redis.call('HSET', KEYS[2], unpack(ARGV, n, n + 2 * count - 1)) end
 n = n + 2 * count
 count = tonumber(ARGV[n])
 local marks_kept = tonumber(ARGV[n + 2 * count + 1])
 n = n + 1
 for m = 0, count - 1 do
   local field, mark = ARGV[n + 2 * m], ARGV[n + 2 * m + 1]
-  local current = redis.call('HGET', KEYS[9], field)
+  local current = redis.call('HGET', KEYS[3], field)
   local value
   if not current then
     value = mark .. '|' .. mark
@@ -132,35 +139,10 @@ for m = 0, count - 1 do
     end
     value = string.sub(current, 1, bar - 1) .. '|' .. table.concat(kept, ',')
   end
-  redis.call('HSET', KEYS[9], field, value)
+  redis.call('HSET', KEYS[3], field, value)
 end
-if tonumber(ARGV[8]) ~= 0 then redis.call('HINCRBY', KEYS[4], 'interactions', ARGV[8]) end
-redis.call('DEL', KEYS[5])
-local generation = redis.call('INCR', KEYS[6])
-local commit = ARGV[#ARGV]
-local previous = redis.call('GET', KEYS[8]) or ''
-redis.call('XADD', KEYS[7], generation .. '-1',
-           'users', ARGV[5], 'items', ARGV[6], 'all', ARGV[7], 'id', commit, 'prev', previous)
--- The log is bounded in bytes, not entries: a batch lists its rows, a slice its block.
-local total = redis.call('INCRBY', KEYS[10], string.len(ARGV[5]) + string.len(ARGV[6]) + 64)
-while total > tonumber(ARGV[4]) do
-  local oldest = redis.call('XRANGE', KEYS[7], '-', '+', 'COUNT', 1)
-  if #oldest == 0 then
-    redis.call('SET', KEYS[10], 0)
-    break
-  end
-  local size, entry = 64, oldest[1][2]
-  for j = 1, #entry, 2 do
-    if entry[j] == 'users' or entry[j] == 'items' then size = size + string.len(entry[j + 1]) end
-  end
-  redis.call('XDEL', KEYS[7], oldest[1][1])
-  total = redis.call('DECRBY', KEYS[10], size)
-end
-redis.call('SET', KEYS[8], commit)
-redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-return generation
+return 1
 """
-
 
 # A partition's life (KEYS[1] :epochs, ARGV[1] "topic:partition"). ARGV[2] = 'advance':
 # move it to epoch ARGV[3] + 1 with topic id ARGV[4], beginning at offset ARGV[5], if it is
@@ -188,6 +170,15 @@ class StateError(RuntimeError):
     """The namespace is missing, or holds something this version cannot read."""
 
 
+class ShardLost(RuntimeError):
+    """Another instance took these shards since this one did: nothing of the batch was
+    written to them. The work stays in their inboxes for the new owner."""
+
+    def __init__(self, shards: set[int]) -> None:
+        super().__init__(f"shards {sorted(shards)} were taken over by another instance")
+        self.shards = shards
+
+
 @dataclass(frozen=True)
 class Meta:
     params: Hyperparameters
@@ -199,19 +190,44 @@ class Meta:
         return self.users if side == "user" else self.items
 
 
+@dataclass(frozen=True)
+class Acquired:
+    """A shard as its new owner finds it."""
+
+    token: int
+    generation: int
+    head: str | None
+    cursor: str | None
+
+
 @dataclass
 class ShardWrite:
-    """Everything one batch changes in one shard, written in one transaction."""
+    """Everything one batch changes in one shard, written by one script."""
 
     factors: dict[str, dict[int, np.ndarray]] = field(
         default_factory=lambda: {side: {} for side in SIDES}
     )
+    # A user's row (`user`) or an item's slice of the shard (`item`); empty: deleted.
     rows: dict[str, dict[int, np.ndarray]] = field(
         default_factory=lambda: {side: {} for side in SIDES}
     )
-    gramians: dict[str, np.ndarray] = field(default_factory=dict)
     tombstones: dict[str, float] = field(default_factory=dict)
-    receipts: dict[str, str] = field(default_factory=dict)  # "topic:partition:offset" -> JSON
+    receipts: dict[str, str] = field(default_factory=dict)  # source -> receipt JSON
+    pending: dict[str, str | None] = field(default_factory=dict)  # source -> JSON (None: done)
+    unsent: list[str] = field(default_factory=list)  # receipts stored, to be published
+    seen: dict[str, int] = field(default_factory=dict)  # input partition key -> offset
+    cursor: str | None = None  # the last inbox entry this write takes
+    interactions_delta: int = 0
+    loss_delta: float = 0.0
+    status: dict[str, str] = field(default_factory=dict)
+    all_rows: bool = False  # every factor of the shard changed (a reload for readers)
+
+    def empty(self) -> bool:
+        return not (
+            any(self.factors.values()) or any(self.rows.values()) or self.tombstones
+            or self.receipts or self.pending or self.unsent or self.seen or self.cursor
+            or self.interactions_delta or self.loss_delta or self.status
+        )  # fmt: skip
 
 
 Observer = Callable[[str, float, bool], None]  # operation, seconds, failed
@@ -250,19 +266,14 @@ class ModelState:
         client: redis.Redis | redis.RedisCluster,
         namespace: str,
         observer: Observer | None = None,
-        holder: str | None = None,
-        lease_ttl_ms: int = 10_000,
-        lease_wait_s: float = 60.0,
     ) -> None:
         self.client = client
         self.layout = Layout(namespace)
         self.observer = observer
-        self.lease = WriteLease(
-            client, self.layout, holder or socket.gethostname(), lease_ttl_ms, lease_wait_s
-        )
         self._allocate = client.register_script(_ALLOCATE)
-        self._write_intent = client.register_script(_WRITE_INTENT)
-        self._finish = client.register_script(_FINISH)
+        self._commit = client.register_script(_SHARD_COMMIT)
+        self._acquire = client.register_script(_ACQUIRE)
+        self._ingested = client.register_script(_INGESTED)
         self._epoch = client.register_script(_EPOCH)
 
     # ----- metadata and ids -------------------------------------------------------------
@@ -283,6 +294,12 @@ class ModelState:
             raise StateError(
                 f"namespace {self.layout.namespace!r} is incomplete (no {', '.join(incomplete)}"
                 "): load the model again with `unlearn load --replace`"
+            )
+        if int(raw.get("format", 0)) < FORMAT_VERSION:
+            raise StateError(
+                f"namespace {self.layout.namespace!r} was written by an earlier version "
+                f"(format {raw.get('format', 0)}): export it with that version and load it "
+                "again (docs/deploy.md, upgrading)"
             )
         params = Hyperparameters(
             kind=raw["kind"],  # type: ignore[arg-type]
@@ -338,43 +355,89 @@ class ModelState:
             v.decode() if v is not None else f"#{n}" for v, n in zip(values, indices, strict=True)
         ]
 
-    # ----- reading ----------------------------------------------------------------------
+    # ----- reading rows and factors -----------------------------------------------------
 
     @_timed("read_rows")
     def read_rows(self, side: str, indices: np.ndarray, shards: int) -> list[np.ndarray]:
-        """The stored interactions of each row (empty where it has none)."""
-        values = self._hmget_by_shard(side, indices, shards, ShardKeys.rows)
-        return [np.frombuffer(v, dtype=ROW_DTYPE) if v else _EMPTY_ROW for v in values]
+        """Each row's stored interactions (empty where it has none). An item's row is its
+        slices of every shard, merged (sorted by user)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if side == "user":
+            values = self._hmget_by_shard(indices, shards, lambda k: k.rows("user"))
+            return [_records(v) for v in values]
+        slices = self.read_slices({s: indices.tolist() for s in range(shards)})
+        return [merge_slices([slices.get((s, int(i))) for s in range(shards)]) for i in indices]
+
+    def read_slices(self, wanted: Mapping[int, list[int]]) -> dict[tuple[int, int], np.ndarray]:
+        """(shard, item) -> the item's slice in that shard, for the listed items of each
+        shard (absent: the item has no interaction with the shard's users)."""
+        return {
+            key: np.frombuffer(value, dtype=ROW_DTYPE)
+            for key, value in self.read_slice_bytes(wanted).items()
+        }
+
+    @_timed("read_slices")
+    def read_slice_bytes(self, wanted: Mapping[int, list[int]]) -> dict[tuple[int, int], bytes]:
+        """The same, as stored (ROW_DTYPE records): slices are joined as bytes, cheaper
+        than concatenating record arrays."""
+        pipe = self.client.pipeline(transaction=False)
+        order = [(s, items) for s, items in wanted.items() if items]
+        for shard, items in order:
+            pipe.hmget(self.layout.shard(shard).rows("item"), items)
+        out: dict[tuple[int, int], bytes] = {}
+        for (shard, items), values in zip(order, pipe.execute(), strict=True):
+            for item, value in zip(items, values, strict=True):
+                if value:
+                    out[(shard, int(item))] = value
+        return out
 
     def read_factors(self, side: str, indices: np.ndarray, shards: int, k: int) -> np.ndarray:
-        values = self._hmget_by_shard(side, indices, shards, ShardKeys.factors)
+        values = self._hmget_by_shard(indices, shards, lambda keys: keys.factors(side))
         out = np.zeros((len(indices), k), dtype=np.float32)
         for n, value in enumerate(values):
             if value:
                 out[n] = np.frombuffer(value, dtype=FACTOR_DTYPE)
         return out
 
+    def read_shard_factors(self, side: str, shard: int) -> dict[int, np.ndarray]:
+        return {
+            int(index): np.frombuffer(value, dtype=FACTOR_DTYPE)
+            for index, value in self.client.hgetall(self.layout.shard(shard).factors(side)).items()
+        }
+
     def read_all_factors(self, side: str, meta: Meta) -> np.ndarray:
         out = np.zeros((meta.count(side), meta.params.factors), dtype=np.float32)
         for shard in range(meta.shards):
-            for index, value in self.client.hgetall(self.layout.shard(shard).factors(side)).items():
-                row = int(index)
+            for row, value in self.read_shard_factors(side, shard).items():
                 if row >= len(out):
                     out = _grow(out, row + 1)
-                out[row] = np.frombuffer(value, dtype=FACTOR_DTYPE)
+                out[row] = value
         return out
+
+    def read_shard_rows(self, side: str, shard: int) -> dict[int, np.ndarray]:
+        """A shard's user rows (`user`) or its item slices (`item`)."""
+        key = self.layout.shard(shard).rows(side)
+        return {int(i): _records(v) for i, v in self.client.hgetall(key).items()}
 
     @_timed("read_all_rows")
     def read_all_rows(self, side: str, meta: Meta) -> dict[int, np.ndarray]:
-        rows: dict[int, np.ndarray] = {}
+        """Every row of one side (an item's: its slices merged)."""
+        if side == "user":
+            rows: dict[int, np.ndarray] = {}
+            for shard in range(meta.shards):
+                rows.update(self.read_shard_rows("user", shard))
+            return rows
+        parts: dict[int, list[np.ndarray]] = defaultdict(list)
         for shard in range(meta.shards):
-            for index, value in self.client.hgetall(self.layout.shard(shard).rows(side)).items():
-                rows[int(index)] = np.frombuffer(value, dtype=ROW_DTYPE)
-        return rows
+            for item, records in self.read_shard_rows("item", shard).items():
+                parts[item].append(records)
+        return {item: merge_slices(p) for item, p in parts.items()}
+
+    # ----- reading the bookkeeping ------------------------------------------------------
 
     @_timed("read_applied")
     def read_applied(self) -> dict[str, int]:
-        """ "topic:partition" -> the last offset whose effect is in the state."""
+        """ "topic:partition" -> the last offset taken into the state."""
         return {k.decode(): int(v) for k, v in self.client.hgetall(self.layout.applied).items()}
 
     def read_marks(self, keys: list[str]) -> dict[str, Marks]:
@@ -409,16 +472,19 @@ class ModelState:
         return json.loads(self._epoch(keys=[self.layout.epochs], args=args))
 
     @_timed("read_tombstones")
-    def read_tombstones(self, fields_by_shard: dict[int, list[str]]) -> dict[str, float]:
+    def read_tombstones(
+        self, fields_by_shard: Mapping[int, list[str]]
+    ) -> dict[int, dict[str, float]]:
+        """shard -> the listed tombstones it holds (field -> T)."""
         pipe = self.client.pipeline(transaction=False)
-        order = []
-        for shard, names in fields_by_shard.items():
-            if names:
-                pipe.hmget(self.layout.shard(shard).tombstones, names)
-                order.append(names)
-        found: dict[str, float] = {}
-        for names, values in zip(order, pipe.execute(), strict=True):
-            found.update({n: float(v) for n, v in zip(names, values, strict=True) if v is not None})
+        order = [(s, names) for s, names in fields_by_shard.items() if names]
+        for shard, names in order:
+            pipe.hmget(self.layout.shard(shard).tombstones, names)
+        found: dict[int, dict[str, float]] = defaultdict(dict)
+        for (shard, names), values in zip(order, pipe.execute(), strict=True):
+            found[shard].update(
+                {n: float(v) for n, v in zip(names, values, strict=True) if v is not None}
+            )
         return found
 
     def read_receipt(self, shard: int, key: str) -> str | None:
@@ -432,6 +498,107 @@ class ModelState:
             for value in self.client.hgetall(self.layout.shard(shard).receipts).values():
                 receipts.append(json.loads(value))
         return sorted(receipts, key=lambda r: (r.get("applied_at", 0.0), r.get("source", "")))
+
+    def read_pending(self, shard: int) -> dict[str, str]:
+        """Requests coordinated in the shard whose parts are not all durable yet."""
+        raw = self.client.hgetall(self.layout.shard(shard).pending)
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    def read_unsent(self, shard: int) -> list[str]:
+        """Receipts stored in the shard that the broker may never have acknowledged."""
+        keys = self.layout.shard(shard)
+        sources = sorted(s.decode() for s in self.client.smembers(keys.unsent))
+        if not sources:
+            return []
+        values = self.client.hmget(keys.receipts, sources)
+        return [v.decode() for v in values if v is not None]
+
+    def read_seen(self, shard: int) -> dict[str, int]:
+        raw = self.client.hgetall(self.layout.shard(shard).seen)
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+    def read_generations(self, shards: Iterable[int]) -> dict[int, tuple[int, str | None]]:
+        """shard -> (commits so far, the id of the newest): what a replica compares."""
+        shards = list(shards)
+        pipe = self.client.pipeline(transaction=False)
+        for shard in shards:
+            keys = self.layout.shard(shard)
+            pipe.get(keys.gen)
+            pipe.get(keys.head)
+        values = pipe.execute()
+        return {
+            s: (int(values[2 * n] or 0), _text(values[2 * n + 1])) for n, s in enumerate(shards)
+        }
+
+    def read_changes(
+        self, shard: int, after: int, head: str | None
+    ) -> tuple[set[int], set[int]] | None:
+        """Users and items whose factors changed in the shard's commits after `after`,
+        whose commit was `head`. None when the log no longer reaches back that far, when a
+        commit changed every row, or when the commit after `after` does not follow `head`
+        (Redis went back to an older state and moved on from there): reload the shard."""
+        key = self.layout.shard(shard).changes
+        entries = self.client.xrange(key, min=f"{after + 1}-1")
+        if not entries or entries[0][0].decode() != f"{after + 1}-1":
+            return None
+        if (entries[0][1].get(b"prev", b"").decode() or None) != head:
+            return None
+        users: set[int] = set()
+        items: set[int] = set()
+        for _, body in entries:
+            if body[b"all"] == b"1":
+                return None
+            users.update(np.frombuffer(body[b"users"], dtype="<u4").tolist())
+            items.update(np.frombuffer(body[b"items"], dtype="<u4").tolist())
+        return users, items
+
+    def read_shard_status(self, shards: Iterable[int]) -> dict[int, dict[str, str]]:
+        shards = list(shards)
+        pipe = self.client.pipeline(transaction=False)
+        for shard in shards:
+            pipe.hgetall(self.layout.shard(shard).status)
+        return {
+            s: {k.decode(): v.decode() for k, v in raw.items()}
+            for s, raw in zip(shards, pipe.execute(), strict=True)
+        }
+
+    def read_owners(self, shards: int) -> dict[int, str | None]:
+        pipe = self.client.pipeline(transaction=False)
+        for shard in range(shards):
+            pipe.get(self.layout.shard(shard).owner)
+        return {s: _text(v) for s, v in enumerate(pipe.execute())}
+
+    @_timed("read_inbox")
+    def read_inboxes(
+        self, cursors: Mapping[int, str | None], count: int
+    ) -> dict[int, list[tuple[str, bytes]]]:
+        """shard -> up to `count` inbox entries after its cursor: (entry id, payload)."""
+        pipe = self.client.pipeline(transaction=False)
+        order = list(cursors.items())
+        for shard, cursor in order:
+            start = f"({cursor}" if cursor else "-"
+            pipe.xrange(self.layout.shard(shard).inbox, min=start, count=count)
+        out = {}
+        for (shard, _), entries in zip(order, pipe.execute(), strict=True):
+            out[shard] = [(entry_id.decode(), body[b"m"]) for entry_id, body in entries]
+        return out
+
+    def inbox_lengths(self, shards: Iterable[int]) -> dict[int, int]:
+        shards = list(shards)
+        pipe = self.client.pipeline(transaction=False)
+        for shard in shards:
+            pipe.xlen(self.layout.shard(shard).inbox)
+        return dict(zip(shards, pipe.execute(), strict=True))
+
+    def read_status(self) -> dict[str, str]:
+        """The namespace's status: the last batch's figures, and the interactions and the
+        objective summed over the shards."""
+        out = {k.decode(): v.decode() for k, v in self.client.hgetall(self.layout.status).items()}
+        shards = self.read_shard_status(range(int(self.meta().shards)))
+        out["interactions"] = str(sum(int(s.get("interactions", 0)) for s in shards.values()))
+        if all("loss" in s for s in shards.values()):
+            out["loss"] = repr(sum(float(s["loss"]) for s in shards.values()))
+        return out
 
     # ----- writing ----------------------------------------------------------------------
 
@@ -462,131 +629,104 @@ class ModelState:
         for key in self.client.scan_iter(match=self.layout.scan_pattern(), count=1000):
             self.client.delete(key)
 
-    def write_shards(self, writes: dict[int, ShardWrite], token: int) -> None:
-        """Each shard's writes in one script, all shards in one round trip.
-
-        A shard a newer token has written is left alone: its rows are newer than these.
-        """
+    def acquire(self, shards: Iterable[int], holder: str) -> dict[int, Acquired]:
+        """Take these shards: each draws its next token (an earlier owner's writes are
+        refused from now on). One round trip."""
+        shards = sorted(shards)
         pipe = self.client.pipeline(transaction=False)
-        for shard, write in sorted(writes.items()):
-            keys, args = _shard_commands(self.layout.shard(shard), write)
-            # EVAL by name: Redis Cluster's pipeline routes it by its keys (one slot).
-            pipe.execute_command("EVAL", _SHARD_WRITE, len(keys), *keys, token, *args)
-        pipe.execute()
+        for shard in shards:
+            keys = self.layout.shard(shard)
+            pipe.execute_command(
+                "EVAL", _ACQUIRE, 5, keys.fence, keys.owner, keys.gen, keys.head, keys.cursor,
+                holder,
+            )  # fmt: skip
+        out = {}
+        for shard, (token, generation, head, cursor) in zip(shards, pipe.execute(), strict=True):
+            out[shard] = Acquired(int(token), int(generation), _text(head), _text(cursor))
+        return out
 
     @_timed("commit")
-    def commit_batch(
+    def commit(
         self,
-        writes: dict[int, ShardWrite],
-        applied: dict[str, int],
-        status: dict[str, str] | None = None,
-        interactions_delta: int = 0,
-        all_rows: bool = False,
-        marks: dict[str, str] | None = None,
-    ) -> tuple[int, str]:
-        """Make a batch durable: intent, shards, then offsets with the intent's removal.
+        writes: Mapping[int, ShardWrite],
+        tokens: Mapping[int, int | None],
+        messages: Mapping[int, list[bytes]] | None = None,
+    ) -> tuple[dict[int, tuple[int, str]], dict[int, list[str]]]:
+        """Each shard's write by one script, fenced by its token (None: unfenced), and the
+        messages for other shards' inboxes, all in one round trip. Returns the shards
+        written (-> their generation and commit id; those a newer owner holds are absent)
+        and the inbox entry ids of the messages."""
+        pipe = self.client.pipeline(transaction=False)
+        order: list[tuple[str, int, str]] = []
+        for shard, payloads in (messages or {}).items():
+            for payload in payloads:
+                pipe.xadd(self.layout.shard(shard).inbox, {"m": payload})
+                order.append(("message", shard, ""))
+        now = repr(time.time())
+        for shard, write in sorted(writes.items()):
+            token = tokens.get(shard)
+            commit_id = os.urandom(8).hex()
+            write.status.setdefault("updated_at", now)
+            keys, args = _shard_commands(self.layout.shard(shard), write)
+            head_args = [
+                "" if token is None else token,
+                commit_id,
+                *_changed(write),
+                CHANGES_BYTES,
+                write.cursor or "",
+                _successor(write.cursor) if write.cursor else "",
+            ]
+            # EVAL by name: Redis Cluster's pipeline routes it by its keys (one slot).
+            pipe.execute_command("EVAL", _SHARD_COMMIT, len(keys), *keys, *head_args, *args)
+            order.append(("shard", shard, commit_id))
+        written: dict[int, tuple[int, str]] = {}
+        ids: dict[int, list[str]] = defaultdict(list)
+        for (kind, shard, commit_id), result in zip(order, pipe.execute(), strict=True):
+            if kind == "message":
+                ids[shard].append(_text(result) or "")
+            elif int(result) >= 0:
+                written[shard] = (int(result), commit_id)
+        return written, dict(ids)
 
-        Needs the write lease. `status` and `interactions_delta` are recorded with the
-        offsets (same transaction), so `unlearn status` always describes the state as
-        committed. `all_rows`: every factor changed (a sweep). `marks`: partition key ->
-        the fingerprint mark ("offset:digest") of the batch's last message there. Returns
-        the new generation and the commit's id; LeaseLost when another instance took the
-        lease first (nothing was written then).
-        """
-        token = self.lease.token
-        blob = intent.encode(writes, applied, token)
-        keys = [self.layout.fence, self.layout.intent, self.layout.lease]
-        args = [token, blob, self.lease.holder, self.lease.ttl_ms]
-        if not self._write_intent(keys=keys, args=args):
-            raise LeaseLost("the write lease was taken over before the batch was written")
-        return self._apply(
-            writes, applied, token, status or {}, interactions_delta, all_rows, marks or {}
-        )
+    @_timed("route")
+    def send(self, messages: Mapping[int, list[bytes]]) -> dict[int, list[str]]:
+        """Append messages to shards' inboxes; their entry ids."""
+        pipe = self.client.pipeline(transaction=False)
+        order = []
+        for shard, payloads in messages.items():
+            for payload in payloads:
+                pipe.xadd(self.layout.shard(shard).inbox, {"m": payload})
+                order.append(shard)
+        ids: dict[int, list[str]] = defaultdict(list)
+        for shard, result in zip(order, pipe.execute(), strict=True):
+            ids[shard].append(_text(result) or "")
+        return dict(ids)
 
-    def recover(self) -> bool:
-        """Finish a batch a crash interrupted (needs the write lease). True when there was one."""
-        blob = self.client.get(self.layout.intent)
-        if blob is None:
-            return False
-        writes, applied, token = intent.decode(blob, ShardWrite)
-        # The interrupted batch's status line is lost, and so is its interaction count
-        # delta; `unlearn status` recounts from the rows after a recovery.
-        self._apply(writes, applied, token, {"recovered_at": repr(time.time())}, 0, False, {})
-        self.client.hset(self.layout.status, "interactions", self.count_interactions())
-        return True
-
-    def read_changes(self, after: int, head: str | None = None) -> tuple[set[int], set[int]] | None:
-        """Users and items whose factors changed in the generations after `after`, whose
-        commit was `head`.
-
-        None when the log no longer reaches back that far, when a sweep changed every row,
-        or when the commit after `after` does not follow `head` (Redis went back to an
-        older state and moved on from there): the caller reloads everything then.
-        """
-        entries = self.client.xrange(self.layout.changes, min=f"{after + 1}-1")
-        if not entries or entries[0][0].decode() != f"{after + 1}-1":
-            return None
-        previous = entries[0][1].get(b"prev", b"").decode() or None
-        if previous != head:
-            return None
-        users: set[int] = set()
-        items: set[int] = set()
-        for _, body in entries:
-            if body[b"all"] == b"1":
-                return None
-            users.update(np.frombuffer(body[b"users"], dtype="<u4").tolist())
-            items.update(np.frombuffer(body[b"items"], dtype="<u4").tolist())
-        return users, items
-
-    def _apply(
+    @_timed("ingested")
+    def record_ingested(
         self,
-        writes: dict[int, ShardWrite],
-        applied: dict[str, int],
-        token: int,
-        status: dict[str, str],
-        interactions_delta: int,
-        all_rows: bool,
-        marks: dict[str, str],
-    ) -> tuple[int, str]:
-        self.write_shards(writes, token)
-        changed = {
-            side: sorted({n for w in writes.values() for n in w.factors[side]}) for side in SIDES
-        }
-        keys = [
-            self.layout.fence,
-            self.layout.lease,
-            self.layout.applied,
-            self.layout.status,
-            self.layout.intent,
-            self.layout.generation,
-            self.layout.changes,
-            self.layout.head,
-            self.layout.marks,
-            self.layout.changes_bytes,
-        ]
-        commit = os.urandom(8).hex()
+        applied: Mapping[str, int],
+        marks: Mapping[str, str] | None = None,
+        status: Mapping[str, str] | None = None,
+    ) -> None:
+        """What a batch took into the state (its events are in their shards' inboxes):
+        per partition the last offset (never back), its fingerprint mark, the status."""
+        marks, status = marks or {}, status or {}
         args: list[Any] = [
-            self.lease.token,
-            self.lease.holder,
-            self.lease.ttl_ms,
-            CHANGES_BYTES,
-            np.asarray(changed["user"], dtype="<u4").tobytes(),
-            np.asarray(changed["item"], dtype="<u4").tobytes(),
-            int(all_rows),
-            interactions_delta,
-            len(applied),
-            *[x for pair in applied.items() for x in pair],
-            len(status),
-            *[x for pair in status.items() for x in pair],
-            len(marks),
-            *[x for pair in marks.items() for x in pair],
+            len(applied), *[x for pair in applied.items() for x in pair],
+            len(status), *[x for pair in status.items() for x in pair],
+            len(marks), *[x for pair in marks.items() for x in pair],
             MARKS_KEPT,
-            commit,
-        ]
-        generation = int(self._finish(keys=keys, args=args))
-        if generation < 0:
-            raise LeaseLost("the write lease was taken over before the batch was finished")
-        return generation, commit
+        ]  # fmt: skip
+        self._ingested(keys=[self.layout.applied, self.layout.status, self.layout.marks], args=args)
+
+    def sent(self, by_shard: Mapping[int, list[str]]) -> None:
+        """Receipts the broker acknowledged: no longer to be published again."""
+        pipe = self.client.pipeline(transaction=False)
+        for shard, sources in by_shard.items():
+            if sources:
+                pipe.srem(self.layout.shard(shard).unsent, *sources)
+        pipe.execute()
 
     def server_memory(self) -> int:
         """Bytes the Redis server uses; on a cluster, summed over the primaries."""
@@ -613,50 +753,28 @@ class ModelState:
         return total
 
     def generation(self) -> int:
-        """Committed batches and sweeps so far (see the change log)."""
-        return int(self.client.get(self.layout.generation) or 0)
-
-    def head(self) -> tuple[int, str | None]:
-        """The generation and the id of the newest commit (None before the first)."""
-        pipe = self.client.pipeline(transaction=False)
-        pipe.get(self.layout.generation)
-        pipe.get(self.layout.head)
-        generation, head = pipe.execute()
-        return int(generation or 0), head.decode() if head is not None else None
-
-    def read_status(self) -> dict[str, str]:
-        return {k.decode(): v.decode() for k, v in self.client.hgetall(self.layout.status).items()}
-
-    def consolidation_settled(self) -> bool:
-        """Whether the namespace's consolidation last met its stopping rule (and no
-        instance began a sweep since)."""
-        return self.client.hget(self.layout.status, "consolidation") == b"settled"
-
-    def set_consolidation(self, settled: bool) -> None:
-        self.client.hset(self.layout.status, "consolidation", "settled" if settled else "sweeping")
-
-    def set_interactions(self, count: int) -> None:
-        self.client.hset(self.layout.status, "interactions", count)
+        """Commits so far, summed over the shards."""
+        gens = self.read_generations(range(self.meta().shards))
+        return sum(g for g, _ in gens.values())
 
     def set_counts(self, users: int, items: int) -> None:
         self.client.hset(self.layout.meta, mapping={"users": users, "items": items})
 
     def _hmget_by_shard(
         self,
-        side: str,
         indices: np.ndarray,
         shards: int,
-        key: Callable[[ShardKeys, str], str],
+        key: Callable[[ShardKeys], str],
     ) -> list[bytes | None]:
         """HMGET of many rows, one command per shard, all in one round trip."""
         indices = np.asarray(indices, dtype=np.int64)
         by_shard: dict[int, list[int]] = defaultdict(list)
         for position, index in enumerate(indices.tolist()):
-            by_shard[shard_of(index, shards)].append(position)
+            by_shard[index % shards].append(position)
         pipe = self.client.pipeline(transaction=False)
         order = list(by_shard.items())
         for shard, positions in order:
-            pipe.hmget(key(self.layout.shard(shard), side), [int(indices[p]) for p in positions])
+            pipe.hmget(key(self.layout.shard(shard)), [int(indices[p]) for p in positions])
         out: list[bytes | None] = [None] * len(indices)
         for (_, positions), values in zip(order, pipe.execute(), strict=True):
             for position, value in zip(positions, values, strict=True):
@@ -664,12 +782,54 @@ class ModelState:
         return out
 
 
-_EMPTY_ROW = np.empty(0, dtype=ROW_DTYPE)
+EMPTY_ROW = np.empty(0, dtype=ROW_DTYPE)
+
+
+def merge_slices(slices: Iterable[np.ndarray | None]) -> np.ndarray:
+    """An item's row from its slices (each sorted by user, the users disjoint)."""
+    parts = [s for s in slices if s is not None and len(s)]
+    if not parts:
+        return EMPTY_ROW
+    if len(parts) == 1:
+        return parts[0]
+    row = np.concatenate(parts)
+    return row[np.argsort(row["other"], kind="stable")]
+
+
+def _records(value: bytes | None) -> np.ndarray:
+    return np.frombuffer(value, dtype=ROW_DTYPE) if value else EMPTY_ROW
+
+
+def _text(value: bytes | str | None) -> str | None:
+    if value is None:
+        return None
+    text = value.decode() if isinstance(value, bytes) else str(value)
+    return text or None
+
+
+def _successor(entry_id: str) -> str:
+    """The stream id right after `entry_id`: XTRIM MINID keeps it and what follows."""
+    ms, seq = entry_id.split("-")
+    return f"{ms}-{int(seq) + 1}"
+
+
+def _changed(write: ShardWrite) -> list[Any]:
+    return [
+        np.asarray(sorted(write.factors["user"]), dtype="<u4").tobytes(),
+        np.asarray(sorted(write.factors["item"]), dtype="<u4").tobytes(),
+        int(write.all_rows),
+    ]
+
+
+# The keys every commit script names first, in the order _SHARD_COMMIT reads them.
+def _fixed_keys(keys: ShardKeys) -> list[str]:
+    return [keys.fence, keys.gen, keys.head, keys.changes, keys.changes_bytes, keys.inbox,
+            keys.cursor]  # fmt: skip
 
 
 def _shard_commands(keys: ShardKeys, write: ShardWrite) -> tuple[list[str], list[Any]]:
-    """The shard's keys (its epoch first) and the commands for the _SHARD_WRITE script."""
-    names = [keys.epoch]
+    """The shard's keys and the commands for the _SHARD_COMMIT script."""
+    names = _fixed_keys(keys)
     args: list[Any] = []
 
     def command(name: str, key: str, values: list[Any], per: int) -> None:
@@ -685,17 +845,28 @@ def _shard_commands(keys: ShardKeys, write: ShardWrite) -> tuple[list[str], list
 
     for side in SIDES:
         factors = write.factors[side]
-        pairs = [x for n, v in factors.items() for x in (n, _f32(v))]
-        command("HSET", keys.factors(side), pairs, 2)
+        command(
+            "HSET", keys.factors(side), [x for n, v in factors.items() for x in (n, _f32(v))], 2
+        )
         rows = write.rows[side]
         full = [x for n, r in rows.items() if len(r) for x in (n, r.tobytes())]
         command("HSET", keys.rows(side), full, 2)
         command("HDEL", keys.rows(side), [n for n, r in rows.items() if not len(r)], 1)
-    for side, gramian in write.gramians.items():
-        command("SET", keys.gramian(side), [np.asarray(gramian, dtype=GRAMIAN_DTYPE).tobytes()], 1)
-    tombstones = [x for k, v in write.tombstones.items() for x in (k, repr(v))]
-    command("HSET", keys.tombstones, tombstones, 2)
+    command(
+        "HSET", keys.tombstones, [x for k, v in write.tombstones.items() for x in (k, repr(v))], 2
+    )
     command("HSET", keys.receipts, [x for pair in write.receipts.items() for x in pair], 2)
+    done = [k for k, v in write.pending.items() if v is None]
+    command("HSET", keys.pending, [x for k, v in write.pending.items() if v is not None
+                                   for x in (k, v)], 2)  # fmt: skip
+    command("HDEL", keys.pending, done, 1)
+    command("SADD", keys.unsent, list(write.unsent), 1)
+    command("HSET", keys.seen, [x for pair in write.seen.items() for x in pair], 2)
+    if write.interactions_delta:
+        command("HINCRBY", keys.status, ["interactions", write.interactions_delta], 2)
+    if write.loss_delta:
+        command("HINCRBYFLOAT", keys.status, ["loss", repr(write.loss_delta)], 2)
+    command("HSET", keys.status, [x for pair in write.status.items() for x in pair], 2)
     return names, args
 
 

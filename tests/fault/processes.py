@@ -118,6 +118,6 @@ class Broker(Restartable):
 
 
 def consumer(name: str, env: dict[str, str], log: Path) -> Restartable:
-    """`unlearn run` as its own process, named `name` in the write lease."""
+    """`unlearn run` as its own process, named `name` (the owner of its shards)."""
     args = [sys.executable, "-c", "from consumer.cli import main; raise SystemExit(main(['run']))"]
     return Restartable(name, args, log, {**os.environ, **env, "UNLEARN_INSTANCE_ID": name})

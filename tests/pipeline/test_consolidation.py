@@ -117,3 +117,10 @@ def test_taking_over_begins_an_unfinished_sweep_again():
     cycle.owned = False
     cycle.take_over(settled=False)
     assert cycle.next_slice(sizes)[:2] == ("user", 0)
+
+
+def test_nothing_to_sweep_is_a_slice_of_no_rows():
+    """An instance that owns no rows (its shards went in a rebalance) gets an empty slice
+    at once, not a search for a row that is not there."""
+    consolidation = Consolidation(ConsolidationPolicy())
+    assert consolidation.next_slice({"user": 0, "item": 0})[2] == 0

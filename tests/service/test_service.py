@@ -116,31 +116,41 @@ def test_a_surge_of_invalid_messages_pauses_input_instead_of_dead_lettering_it_a
         thread.join(timeout=30)
 
 
-def test_one_instance_of_a_group_consolidates_and_a_settled_namespace_stays_settled(setup):
+def test_each_instance_consolidates_its_shards_and_a_settled_namespace_stays_settled(setup):
     # A loose stopping rule: the test is about who sweeps, not about how far.
     s = setup.settings.model_copy(update={"consolidate_tolerance": 1e-2})
 
     def service() -> Application:
         return Application(s, Engine(setup.state))
 
+    def settled() -> bool:
+        status = setup.state.read_shard_status(range(4))
+        return all(v.get("consolidation") == "settled" for v in status.values())
+
     first, second = service(), service()
     with service_running(first), service_running(second):
         eventually(lambda: first.health.assigned and second.health.assigned, what="both assigned")
-        eventually(setup.state.consolidation_settled, what="consolidation settled")
-        owners = [a for a in (first, second) if a.source.owns(s.topic_deletions, 0)]
-        assert len(owners) == 1
-        owner, other = owners[0], second if owners[0] is first else first
-        swept, idle = owner.stats.slices, other.stats.slices
+        eventually(lambda: first.engine.owned and second.engine.owned, what="both own shards")
+        assert not set(first.engine.owned) & set(second.engine.owned)
+        assert set(first.engine.owned) | set(second.engine.owned) == set(range(4))
+        eventually(settled, what="consolidation settled")
+        assert first.stats.slices and second.stats.slices  # each swept its own shards
+        swept = {a: a.stats.slices for a in (first, second)}
         users = [f"u{n}" for n in range(40)]
         produce(setup.bootstrap, s.topic_interactions,
                 [(u, event(user=u, item="i3", ts=2e9)) for u in users])  # fmt: skip
-        eventually(lambda: owner.stats.slices > swept, what="a new cycle after the events")
-        eventually(setup.state.consolidation_settled, what="settled again")
-        time.sleep(1.5)  # the other instance saw events too, and went quiet as long
-        assert other.stats.slices == idle
-    # A new owner (on a group of its own: no wait for the old members' departure).
+        eventually(
+            lambda: all(a.stats.slices > n for a, n in swept.items()),
+            what="a new cycle after the events, on both",
+        )
+        eventually(settled, what="settled again")
+        time.sleep(1.5)
+        quiet = {a: a.stats.slices for a in (first, second)}
+        time.sleep(1.5)  # settled: nothing more is swept
+        assert {a: a.stats.slices for a in (first, second)} == quiet
+    # A new owner of every shard (a group of its own: no wait for the old members).
     later = s.model_copy(update={"group_id": unique("group")})
     with service_running(Application(later, Engine(setup.state))) as third:
-        eventually(lambda: third.source.owns(s.topic_deletions, 0), what="the new owner")
+        eventually(lambda: len(third.engine.owned) == 4, what="the new owner")
         time.sleep(2.0)  # idle: a settled namespace is not swept again by its new owner
         assert third.stats.slices == 0

@@ -82,10 +82,11 @@ def test_a_deletion_stamped_ahead_never_suppresses_what_comes_after_it(setup, ru
     for receipt in receipts:
         assert receipt["event_ts"] <= receipt["received_at"] < receipt["applied_at"]
         assert receipt["latency_seconds"] > 0  # measured, not clamped
-    tombstones = setup.state.read_tombstones(
+    by_shard = setup.state.read_tombstones(
         {shard: [f"u:{n}" for n in range(50)] for shard in range(4)}
     )
-    assert tombstones and max(tombstones.values()) <= time.time()
+    tombstones = [t for found in by_shard.values() for t in found.values()]
+    assert tombstones and max(tombstones) <= time.time()
     later = time.time()
     produce(
         setup.bootstrap,
@@ -134,10 +135,10 @@ def test_a_message_that_fails_only_in_processing_is_found_and_dead_lettered_alon
 ):
     """Whatever fails in a batch because of one message (here: the solve of one item,
     as a solve that overflows would) is isolated by splitting the batch."""
-    import consumer.engine as engine_module
+    import consumer.shards.batch as batch_module
     from unlearn_core.solve import SingularSystemError
 
-    real = engine_module.solve_rows
+    real = batch_module.solve_rows
     poisoned = int(setup.state.allocate("item", ["poisoned"])[0])
 
     def solve(matrix, rows, other, params, gramian, num_threads=1):
@@ -146,7 +147,7 @@ def test_a_message_that_fails_only_in_processing_is_found_and_dead_lettered_alon
             raise SingularSystemError("the normal equations are not positive definite")
         return real(matrix, rows, other, params, gramian, num_threads=num_threads)
 
-    monkeypatch.setattr(engine_module, "solve_rows", solve)
+    monkeypatch.setattr(batch_module, "solve_rows", solve)
     s = setup.settings
     events = [(f"v{n}", event(user=f"v{n}", item="i1", weight=1.0)) for n in range(9)]
     events.insert(5, ("bad", event(user="bad", item="poisoned", weight=7.0)))

@@ -1,4 +1,4 @@
-"""A process killed in the middle of a commit, for the engine tests."""
+"""A process killed in the middle of a batch's writes, for the engine tests."""
 
 from __future__ import annotations
 
@@ -10,16 +10,19 @@ from consumer.state.store import ModelState
 
 
 def process_killed_mid_commit(process: Callable[[], object]) -> None:
-    """Run `process` so that its commit writes one shard and then dies, leaving the intent
-    (the redo log) behind, as a kill -9 between shard writes would."""
-    real_write = ModelState.write_shards
+    """Run `process` so that the first write of several shards writes only the first of
+    them (and none of the messages for other shards) and then dies, as a kill -9 between
+    shard scripts would."""
+    real_commit = ModelState.commit
 
-    def write_one_shard_then_die(self, writes, token):
+    def write_one_shard_then_die(self, writes, tokens, messages=None):
+        if len(writes) < 2:
+            return real_commit(self, writes, tokens, messages)
         shard = min(writes)
-        real_write(self, {shard: writes[shard]}, token)
+        real_commit(self, {shard: writes[shard]}, tokens)
         raise ConnectionError("killed")
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(ModelState, "write_shards", write_one_shard_then_die)
+        patch.setattr(ModelState, "commit", write_one_shard_then_die)
         with pytest.raises(ConnectionError):
             process()

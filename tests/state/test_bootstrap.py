@@ -8,7 +8,7 @@ import pytest
 from consumer.state.bootstrap import export, load, pair_timestamps
 from consumer.state.store import ModelState, StateError
 from tests.conftest import params_for
-from unlearn_core import Interactions, train
+from unlearn_core import Interactions, loss, train
 
 
 @pytest.fixture
@@ -51,19 +51,35 @@ def test_both_directions_and_timestamps_are_stored(redis_client, model_and_data)
     assert sorted(by_pair.values()) == stamps.astype(int).tolist()
 
 
-def test_ids_and_partial_gramians(redis_client, model_and_data):
+def test_ids_counts_and_the_objective_per_shard(redis_client, model_and_data):
     model, data = model_and_data
     state = ModelState(redis_client, "ids")
     load(state, model, data, np.zeros(data.nnz), shards=4)
     assert state.lookup("user", ["user 3", "nobody"]).tolist() == [3, -1]
     assert state.allocate("user", ["user 3", "newcomer"]).tolist() == [3, 45]
     assert state.ids_of("user", [45]) == ["newcomer"]
-    total = sum(
-        np.frombuffer(redis_client.get(state.layout.shard(s).gramian("item")), dtype="<f8")
-        for s in range(4)
-    ).reshape(6, 6)
-    items = model.item_factors.astype(np.float64)
-    np.testing.assert_allclose(total, items.T @ items, rtol=1e-5)
+    shards = state.read_shard_status(range(4))
+    # Each shard counts its users' pairs; the shares of the objective sum to it.
+    assert [int(shards[s]["interactions"]) for s in range(4)] == [
+        int(data.row_counts()[s::4].sum()) for s in range(4)
+    ]
+    expected = loss(data, model.user_factors, model.item_factors, model.params)
+    assert float(state.read_status()["loss"]) == pytest.approx(expected, rel=1e-6)
+
+
+def test_an_item_lives_in_slices_of_its_users_shards(redis_client, model_and_data):
+    model, data = model_and_data
+    state = ModelState(redis_client, "slices")
+    load(state, model, data, np.zeros(data.nnz), shards=3)
+    dense = data.by_user.toarray()
+    seen = 0
+    for shard in range(3):
+        for item, piece in state.read_shard_rows("item", shard).items():
+            users = piece["other"].astype(int)
+            assert (np.diff(users) > 0).all()
+            assert users.tolist() == [u for u in np.flatnonzero(dense[:, item]) if u % 3 == shard]
+            seen += len(users)
+    assert seen == data.nnz
 
 
 def test_a_second_load_needs_replace(redis_client, model_and_data):

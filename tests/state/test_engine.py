@@ -8,10 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from consumer.engine import Engine, source_key
+from consumer.engine import Engine
 from consumer.events import Deletion, Interaction, Source
 from consumer.state.bootstrap import export, load
-from consumer.state.layout import receipt_shard
 from consumer.state.store import ModelState
 from tests.conftest import all_keys, params_for
 from tests.state.crash import process_killed_mid_commit
@@ -80,8 +79,15 @@ def test_whole_user_and_whole_item_deletions(loaded):
     engine, stream = Engine(state), Stream()
     user_items = data.by_user.indices[data.by_user.indptr[3] : data.by_user.indptr[4]]
     out = engine.process([], [stream.delete(user="u3"), stream.delete(item="i7")])
-    assert out.receipts[0].removed == len(user_items)
-    assert out.receipts[1].scope == "item"
+    receipts = {r.scope: r for r in out.receipts}
+    assert receipts["user"].removed == len(user_items)
+    assert receipts["item"].removed == data.column_counts()[7]
+    # Every part of each request is named, with the time it became durable: the item's
+    # interactions purged in every shard, then the item itself.
+    assert {p for p, _ in receipts["item"].parts} == {f"purge@{s}" for s in range(4)} | {
+        f"item@{7 % 4}"
+    }
+    assert {p for p, _ in receipts["user"].parts} >= {f"user@{3 % 4}"}
     exported, exported_data = export(state)
     assert exported_data.row_counts()[3] == 0 and exported_data.column_counts()[7] == 0
     assert not exported.user_factors[3].any() and not exported.item_factors[7].any()
@@ -142,12 +148,16 @@ def test_a_replayed_batch_changes_nothing_and_resends_receipts(loaded, redis_cli
     u, i = first_pair(data)
     stream = Stream()
     events = ([stream.interact("x", "i0", 1.0)], [stream.delete(f"u{u}", f"i{i}", request_id="r")])
-    Engine(state).process(*events)
+    first = Engine(state)
+    first.sent(first.process(*events).receipts)  # published: not to be sent again
 
     def snapshot() -> dict[bytes, bytes]:
-        # Every key but the lease's token counter, which each acquisition advances.
-        skip = state.layout.fence.encode()
-        return {k: redis_client.dump(k) for k in all_keys(redis_client) if k != skip}
+        # Every key but the shards' owners and tokens, which each engine takes anew.
+        return {
+            k: redis_client.dump(k)
+            for k in all_keys(redis_client)
+            if not k.endswith((b":fence", b":owner"))
+        }
 
     before = snapshot()
     again = Engine(state).process(*events)
@@ -156,22 +166,26 @@ def test_a_replayed_batch_changes_nothing_and_resends_receipts(loaded, redis_cli
     assert snapshot() == before
 
 
-def test_a_crash_in_the_middle_of_a_commit_is_finished_on_restart(loaded):
+def test_a_crash_between_shard_writes_is_finished_on_restart(loaded):
     state, _, data = loaded
     u, _ = first_pair(data)
     stream = Stream()
     deletion = stream.delete(user=f"u{u}", request_id="crash")
     process_killed_mid_commit(lambda: Engine(state).process([], [deletion]))
-    assert state.client.exists(state.layout.intent)
-    engine = Engine(state)  # recovers the interrupted batch
-    assert not state.client.exists(state.layout.intent)
+    assert not state.read_receipts(4)  # not answered: not every part is durable
+    engine = Engine(state)  # takes every shard over: asks again for what is missing
+    recovered = engine.drain()
+    assert [r.request_id for r in recovered.receipts] == ["crash"]
+    assert recovered.receipts[0].removed == data.row_counts()[u]
     assert int(state.read_status()["interactions"]) == data.nnz - data.row_counts()[u]
+    assert int(state.read_status()["interactions"]) == state.count_interactions()
     _, exported_data = export(state)
-    assert exported_data.row_counts()[u] == 0 and exported_data.by_item[:, [u]].nnz == 0
+    assert exported_data.row_counts()[u] == 0
+    assert all(u not in row["other"] for row in state.read_all_rows("item", state.meta()).values())
     replay = engine.process([], [deletion])
-    assert replay.events_replayed == 1 and replay.removed == 0
+    assert replay.events_replayed == 1 and replay.removed == 0 and not replay.receipts
     assert replay.resent[0].request_id == "crash"
-    stored = json.loads(state.read_receipt(*_receipt_location(state, deletion)))
+    stored = json.loads(state.read_receipt(u % 4, deletion.source.key))
     assert stored["removed"] == data.row_counts()[u]
 
 
@@ -192,11 +206,6 @@ def test_the_batch_loss_is_the_objective_on_the_new_data(redis_client, random_da
     expected = loss(exported_data, exported.user_factors, exported.item_factors, params)
     assert out.loss == pytest.approx(expected, rel=1e-5)
     assert float(state.read_status()["loss"]) == pytest.approx(expected, rel=1e-5)
-
-
-def _receipt_location(state, deletion):
-    key = source_key(deletion.source)
-    return receipt_shard(key, state.meta().shards), key
 
 
 def test_consolidation_lowers_the_loss_toward_retraining(loaded):
@@ -241,7 +250,8 @@ def test_solving_on_several_threads_gives_the_same_model(redis_client, random_da
         state = ModelState(redis_client, f"threads-{threads}")
         load(state, model, data, np.full(data.nnz, 1_000_000_000.0), shards=4)
         engines.append(Engine(state, solve_threads=threads))
-    deletions = [Stream().delete(f"u{u}") for u in range(0, 200, 3)]  # every item touched
+    stream = Stream()
+    deletions = [stream.delete(f"u{u}") for u in range(0, 200, 3)]  # every item touched
     for engine in engines:
         split_into.clear()
         engine.process([], deletions)
@@ -251,16 +261,18 @@ def test_solving_on_several_threads_gives_the_same_model(redis_client, random_da
     assert np.array_equal(one.factors["item"], two.factors["item"])
 
 
-def test_the_change_log_is_bounded_in_bytes(loaded, monkeypatch):
+def test_each_shards_change_log_is_bounded_in_bytes(loaded, monkeypatch):
     import consumer.state.store as store
 
     state, _, _ = loaded
-    monkeypatch.setattr(store, "CHANGES_BYTES", 2000)
+    monkeypatch.setattr(store, "CHANGES_BYTES", 600)
     engine, stream = Engine(state), Stream()
     for n in range(40):
         engine.process([stream.interact(f"u{n % 40}", f"i{n % 25}")], [])
     engine.consolidate(rows_per_slice=64)  # a slice lists its block: 4 bytes a row
-    entries = state.client.xrange(state.layout.changes)
-    size = sum(len(body[b"users"]) + len(body[b"items"]) + 64 for _, body in entries)
-    assert size <= 2000 and int(state.client.get(state.layout.changes_bytes)) == size
-    assert len(entries) < 41  # the oldest went
+    for shard in range(4):
+        keys = state.layout.shard(shard)
+        entries = state.client.xrange(keys.changes)
+        size = sum(len(body[b"users"]) + len(body[b"items"]) + 64 for _, body in entries)
+        assert size <= 600 and int(state.client.get(keys.changes_bytes)) == size
+        assert int(entries[0][0].split(b"-")[0]) > 1  # the oldest went

@@ -1,4 +1,6 @@
-"""Several engines (instances) on one namespace: the write lease, fencing, replica refresh."""
+"""Several engines (instances) on one namespace, each owning some shards: they work in
+parallel, a request whose parts land on several owners is answered once every part is
+durable, a writer that lost its shards writes nothing, and replicas follow each other."""
 
 from __future__ import annotations
 
@@ -8,12 +10,12 @@ import time
 import numpy as np
 import pytest
 
-from consumer import engine as engine_module
 from consumer.engine import Engine
 from consumer.events import Deletion, Interaction, Source
+from consumer.shards import batch as batch_module
 from consumer.state.bootstrap import export, load
-from consumer.state.lease import LeaseLost
-from consumer.state.store import ModelState, ShardWrite
+from consumer.state.layout import owned_shards
+from consumer.state.store import ModelState
 from tests.conftest import all_keys, params_for
 from tests.state.crash import process_killed_mid_commit
 from unlearn_core import Interactions, train
@@ -22,6 +24,7 @@ from unlearn_core.model import pair_scores
 
 NOW = 2_000_000_000.0
 N_USERS, N_ITEMS = 60, 30
+SHARDS = 4
 
 
 @pytest.fixture
@@ -42,17 +45,18 @@ def popular():
     return model, data
 
 
-def _load(redis_client, namespace: str, popular, holder: str) -> ModelState:
+def _load(redis_client, namespace: str, popular) -> ModelState:
     model, data = popular
-    state = ModelState(redis_client, namespace, holder=holder)
-    load(state, model, data, np.full(data.nnz, 1_000_000_000.0), shards=4)
+    state = ModelState(redis_client, namespace)
+    load(state, model, data, np.full(data.nnz, 1_000_000_000.0), shards=SHARDS)
     return state
 
 
 def _events(partition: int, partitions: int) -> list[tuple[list[Interaction], list[Deletion]]]:
-    """The batches of one of `partitions` partitions: its users forget item 0 and learn
-    item 1, three a batch; then a deletion whose effect spans every instance's rows: the
-    first partition forgets one of its users whole, the second forgets item 2 for everyone."""
+    """The batches of one of `partitions` input partitions: its users forget item 0 (owned
+    by shard 0: most of these requests have a part on another owner) and learn item 1,
+    three a batch; then requests whose effect spans every owner: the first partition
+    forgets one of its users whole, the second forgets item 2 for everyone."""
     offsets = {"interactions": -1, "deletions": -1}
 
     def source(topic: str) -> Source:
@@ -89,38 +93,17 @@ def _settle(engine: Engine, sweeps: int = 60) -> None:
             return
 
 
-@pytest.mark.parametrize("instances", [2, 4])
-def test_instances_forgetting_one_popular_item_at_once_match_one_instance(
-    redis_client, popular, monkeypatch, instances
-):
-    solo_state = _load(redis_client, f"solo{instances}", popular, holder="solo")
-    solo = Engine(solo_state)
-    solo_receipts = []
-    for partition in range(instances):
-        for batch in _events(partition, instances):
-            solo_receipts += solo.process(*batch).receipts
-
-    # A slow solve widens the window in which the instances hold item 0's row in memory:
-    # without the lease, one's write would bring back the pairs another removed.
-    solve = engine_module._Batch.solve
-
-    def slow_solve(batch) -> None:
-        solve(batch)
-        time.sleep(0.02)
-
-    monkeypatch.setattr(engine_module._Batch, "solve", slow_solve)
-    namespace = f"group{instances}"
-    group_state = _load(redis_client, namespace, popular, holder="0")
-    engines = [Engine(group_state)] + [
-        Engine(ModelState(redis_client, namespace, holder=str(n))) for n in range(1, instances)
-    ]
-    receipts: list[list] = [[] for _ in range(instances)]
+def _run_group(engines: list[Engine], instances: int) -> list[list]:
+    """Each engine ingests its partition's batches and applies its shards' inboxes, all
+    at once; then every engine steps until no inbox holds work and no request waits."""
+    receipts: list[list] = [[] for _ in engines]
     failures: list[BaseException] = []
 
     def run(n: int) -> None:
         try:
             for batch in _events(n, instances):
-                receipts[n] += engines[n].process(*batch).receipts
+                engines[n].ingest(*batch)
+                receipts[n] += engines[n].step().receipts
         except BaseException as exc:  # surfaced by the assertion below
             failures.append(exc)
 
@@ -129,10 +112,48 @@ def test_instances_forgetting_one_popular_item_at_once_match_one_instance(
         thread.start()
     for thread in threads:
         thread.join()
-    assert not failures
+    assert not failures, failures
+    for _ in range(100):
+        outcomes = [e.step() for e in engines]
+        for n, outcome in enumerate(outcomes):
+            receipts[n] += outcome.receipts
+        idle = not any(o.events or o.receipts or o.phases for o in outcomes)
+        if idle and not any(o.pending for e in engines for o in e.owned.values()):
+            break
+    return receipts
 
-    # The data: exactly the same, both ways, and every request applied once, with the
-    # same effect (a whole user, a whole item: their pairs live in every instance's rows).
+
+@pytest.mark.parametrize("instances", [2, 4])
+def test_instances_forgetting_one_popular_item_at_once_match_one_instance(
+    redis_client, popular, monkeypatch, instances
+):
+    solo_state = _load(redis_client, f"solo{instances}", popular)
+    solo = Engine(solo_state)
+    solo_receipts = []
+    for partition in range(instances):
+        for batch in _events(partition, instances):
+            solo_receipts += solo.process(*batch).receipts
+
+    # A slow solve widens the window in which the instances hold rows in memory: a
+    # writer without ownership would bring back the pairs another removed.
+    solve = batch_module.Batch.solve
+
+    def slow_solve(batch) -> None:
+        solve(batch)
+        time.sleep(0.02)
+
+    monkeypatch.setattr(batch_module.Batch, "solve", slow_solve)
+    namespace = f"group{instances}"
+    group_state = _load(redis_client, namespace, popular)
+    engines = [
+        Engine(ModelState(redis_client, namespace), holder=str(n),
+               owned=owned_shards(SHARDS, instances, {n}))
+        for n in range(instances)
+    ]  # fmt: skip
+    receipts = _run_group(engines, instances)
+
+    # The data: exactly the same, both ways, and every request answered once, with the
+    # same effect (a whole user, a whole item: their pairs live in every owner's shards).
     _, solo_data = export(solo_state)
     _, group_data = export(group_state)
     assert (solo_data.by_user != group_data.by_user).nnz == 0
@@ -145,10 +166,22 @@ def test_instances_forgetting_one_popular_item_at_once_match_one_instance(
     assert all(answered[f"r-{u}"] == 1 for u in range(N_USERS))
     assert answered["whole-user"] > 0 and answered["whole-item"] > 0
     assert group_state.read_applied() == solo_state.read_applied()
+    # A request is answered by its coordinator once every part is durable, and says
+    # which: the whole item's purges by every owner, then the item itself.
+    by_id = {r.request_id: r for rs in receipts for r in rs}
+    assert {p for p, _ in by_id["whole-item"].parts} == {
+        *(f"purge@{s}" for s in range(SHARDS)),
+        f"item@{2 % SHARDS}",
+    }
+    assert by_id["whole-item"].applied_at == max(at for _, at in by_id["whole-item"].parts)
+    cross = [r for r in by_id.values() if r.scope == "pair" and int(r.user[1:]) % SHARDS != 0]
+    assert cross and all({p for p, _ in r.parts} == {f"user@{int(r.user[1:]) % SHARDS}",
+                                                      "items@0"} for r in cross)  # fmt: skip
+    assert not any(group_state.read_pending(s) for s in range(SHARDS))
 
     # The model: once converged, the same objective and the same scores.
     _settle(solo)
-    group = Engine(ModelState(redis_client, namespace, holder="0"))
+    group = Engine(ModelState(redis_client, namespace))
     _settle(group)
     assert group.loss == pytest.approx(solo.loss, rel=1e-4)
     rng = np.random.default_rng(0)
@@ -159,80 +192,85 @@ def test_instances_forgetting_one_popular_item_at_once_match_one_instance(
 
 
 def test_an_instance_brings_its_replica_up_to_date_before_a_batch(redis_client, popular):
-    state_a = _load(redis_client, "refresh", popular, holder="a")
-    a, b = Engine(state_a), Engine(ModelState(redis_client, "refresh", holder="b"))
+    state = _load(redis_client, "refresh", popular)
+    a = Engine(state, holder="a", owned={0, 2})
+    b = Engine(ModelState(redis_client, "refresh"), holder="b", owned={1, 3})
     for batch in _events(0, 2)[:2]:
-        a.process(*batch)
-    assert not np.array_equal(a.factors["item"], b.factors["item"])
-    b.process([], [])  # nothing to do, but the lease refreshes the replica
+        a.ingest(*batch)
+        b.ingest(*batch)
+    for _ in range(5):
+        a.step()
+        b.step()
+    a.refresh()
+    b.refresh()  # what a step does before a batch
     for side in ("user", "item"):
         assert np.array_equal(a.factors[side], b.factors[side])
-    assert b.loss == a.loss and b.interactions == a.interactions
+    assert a.loss == pytest.approx(b.loss) and a.interactions == b.interactions
 
-    # Further behind than the change log reaches: a full reload gives the same.
-    a.process(*_events(0, 2)[2])
-    redis_client.xtrim(state_a.layout.changes, maxlen=0)
-    b.process([], [])
+    # Further behind than a shard's change log reaches: that shard is read whole. (These
+    # requests have every part in a's shards: their users and item 0.)
+    for _, deletions in _events(0, 2)[2:4]:
+        a.ingest([], deletions)
+    assert a.drain().receipts
+    for shard in (0, 2):
+        state.client.xtrim(state.layout.shard(shard).changes, maxlen=0)
+    b.refresh()
     for side in ("user", "item"):
         assert np.array_equal(a.factors[side], b.factors[side])
 
 
-def test_a_writer_whose_lease_was_taken_over_writes_nothing(redis_client, popular):
-    state_a = _load(redis_client, "fenced", popular, holder="a")
-    state_b = ModelState(redis_client, "fenced", holder="b")
-    state_a.lease.acquire()
-    redis_client.delete(state_a.layout.lease)  # a's lease lapses (a paused too long) ...
-    state_b.lease.acquire()  # ... and b takes it
-    before = {k: redis_client.dump(k) for k in all_keys(redis_client, "{unlearn:fenced:*")}
-    write = ShardWrite()
-    write.factors["user"][0] = np.ones(6, dtype=np.float32)
-    with pytest.raises(LeaseLost):
-        state_a.commit_batch({0: write}, {"deletions:0": 99})
-    assert {k: redis_client.dump(k) for k in all_keys(redis_client, "{unlearn:fenced:*")} == before
-    assert state_a.read_applied() == {} and not redis_client.exists(state_a.layout.intent)
-
-    # b writes shard 0; a's late shard write (older token) is refused there.
-    newer = ShardWrite()
-    newer.factors["user"][0] = np.full(6, 2.0, dtype=np.float32)
-    state_b.commit_batch({0: newer}, {})
-    state_a.write_shards({0: write}, state_a.lease.token)
-    stored = state_a.read_factors("user", np.array([0]), 4, 6)[0]
-    assert stored.tolist() == [2.0] * 6
-
-
-def test_a_lease_that_lapsed_untaken_still_commits(redis_client, popular):
-    """A long sweep may outlive the lease's expiry; nobody else took it, so it commits."""
-    state = _load(redis_client, "lapsed", popular, holder="a")
-    state.lease.acquire()
-    redis_client.delete(state.layout.lease)
-    write = ShardWrite()
-    write.factors["item"][1] = np.full(6, 3.0, dtype=np.float32)
-    generation, _ = state.commit_batch({1: write}, {"deletions:0": 7})
-    assert generation == state.generation() and state.read_applied() == {"deletions:0": 7}
-    assert state.read_factors("item", np.array([1]), 4, 6)[0].tolist() == [3.0] * 6
+def test_a_writer_whose_shard_was_taken_over_writes_nothing(redis_client, popular):
+    state = _load(redis_client, "fenced", popular)
+    a = Engine(state, holder="a")  # every shard
+    a.ingest(*_events(0, 2)[0])
+    b = Engine(ModelState(redis_client, "fenced"), holder="b", owned={0})  # takes shard 0
+    before = {k: redis_client.dump(k) for k in all_keys(redis_client, "{unlearn:fenced:0}*")}
+    out = a.step()  # a still believes it owns shard 0: its write there is refused
+    assert 0 in out.lost and 0 not in a.owned
+    after = {k: redis_client.dump(k) for k in all_keys(redis_client, "{unlearn:fenced:0}*")}
+    changed = {k for k in after if before.get(k) != after[k]}
+    assert changed <= {b"{unlearn:fenced:0}:inbox"}  # only work for its owner arrived
+    # What a could not write is still in shard 0's inbox: b applies it.
+    b.drain()
+    a.drain()
+    solo_state = _load(redis_client, "fenced-solo", popular)
+    Engine(solo_state).process(*_events(0, 2)[0])
+    assert _item_rows(state) == _item_rows(solo_state)
+    _, data = export(state)
+    _, solo_data = export(solo_state)
+    assert (data.by_user != solo_data.by_user).nnz == 0
 
 
-def test_an_instance_finishes_the_batch_another_left_half_written(redis_client, popular):
-    """A dies between shard writes; B, already running, takes the lease next: it must
-    finish A's batch from the redo log before its own, or A's replay would count twice."""
-    state_a = _load(redis_client, "half", popular, holder="a")
-    a, b = Engine(state_a), Engine(ModelState(redis_client, "half", holder="b"))
-    first, second = _events(0, 2)[0], _events(1, 2)[0]
-    process_killed_mid_commit(lambda: a.process(*first))
-    redis_client.delete(state_a.layout.lease)  # a is gone; its lease lapses
-
-    b.process(*second)  # finishes a's batch, then its own
+def test_an_owner_that_died_mid_write_is_finished_by_the_next(redis_client, popular):
+    """A dies between two shards' writes; B takes its shards over: B reads what A left in
+    the inboxes and asks again for the parts of A's requests, and the state ends as one
+    instance would leave it, every request answered once."""
+    state = _load(redis_client, "half", popular)
+    a = Engine(state, holder="a")
+    first, second = _events(0, 2)[0], _events(1, 2)[-1]  # pairs, then a whole item
+    a.ingest(*first)
+    a.ingest(*second)
+    process_killed_mid_commit(a.step)
+    b = Engine(ModelState(redis_client, "half"), holder="b")  # takes every shard
+    drained = b.drain()
+    # Answered once each: stored by a before it died (sent again by b, `resent`: a may
+    # have sent them), or completed by b.
+    answered = [*drained.receipts, *drained.resent]
+    assert sorted(r.request_id for r in answered) == sorted(
+        d.request_id for d in (*first[1], *second[1])
+    )
+    assert all(r.resent for r in drained.resent) and drained.receipts
     replay = b.process(*first)  # a's partition moved to b: the batch comes again
     assert replay.events_replayed == len(first[0]) + len(first[1])
     assert sorted(r.request_id for r in replay.resent) == sorted(d.request_id for d in first[1])
 
-    solo_state = _load(redis_client, "half-solo", popular, holder="solo")
+    solo_state = _load(redis_client, "half-solo", popular)
     solo = Engine(solo_state)
     solo.process(*first)
     solo.process(*second)
-    assert _item_rows(state_a) == _item_rows(solo_state)
-    _, data = export(state_a)
+    assert _item_rows(state) == _item_rows(solo_state)
+    _, data = export(state)
     _, solo_data = export(solo_state)
     assert (data.by_user != solo_data.by_user).nnz == 0
-    assert int(state_a.read_status()["interactions"]) == solo_data.nnz
+    assert int(state.read_status()["interactions"]) == solo_data.nnz
     assert b.loss == pytest.approx(solo.loss, rel=1e-3)

@@ -1,0 +1,559 @@
+"""One batch of an owner's work: its shards' inboxes in, edited rows and exact solves out.
+
+Per owned shard: the events routed to it (deduplicated by source offset), and the parts
+of requests it was asked to do. The batch edits the shard's users' rows and item slices
+(deletions and purges first, then interactions, under the time rule), re-solves every
+touched user, then every item it owns whose data changed or that it was asked to solve,
+against the replica's current factors; items owned elsewhere become `Solve` messages to
+their shard. What it computes is written by the engine (engine.py), shard by shard.
+
+Until the commit, its only effect outside itself is on the replica's factors (the
+solves); `undo` puts them back.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+from consumer.events import Deletion, Interaction, Source
+from consumer.shards.messages import Done, Message, Purge, Routed, Solve, Waiter
+from consumer.shards.requests import Request, item_part, items_part, purge_part, user_part
+from consumer.state.layout import ROW_DTYPE, item_tombstone, pair_tombstone, user_tombstone
+from consumer.state.store import EMPTY_ROW, SIDES
+from unlearn_core.objective import all_pairs_term, observed_terms
+from unlearn_core.rows import merge_events
+from unlearn_core.solve import solve_rows
+
+# The largest value a float32 holds: stored weights and the confidences built from them.
+F32_MAX = float(np.finfo(np.float32).max)
+
+
+class Unprocessable(Exception):
+    """Events the state cannot take (a pair's weights sum beyond float32, a solve that
+    gives factors no float32 holds): named, so the service dead-letters exactly them and
+    applies the rest of the batch."""
+
+    def __init__(self, sources: list[Source], detail: str) -> None:
+        super().__init__(detail)
+        self.sources = sources
+        self.detail = detail
+
+
+@dataclass
+class ShardWork:
+    """What one owned shard has to do in a batch, read from its inbox (or handed to it by
+    another shard of the same owner in the same batch)."""
+
+    shard: int
+    last_entry: str | None = None  # the last inbox entry read (None: nothing read)
+    events: list[Routed] = field(default_factory=list)  # fresh: never applied here
+    solves: list[Solve] = field(default_factory=list)
+    purges: list[Purge] = field(default_factory=list)
+    dones: list[Done] = field(default_factory=list)
+    seen: dict[str, int] = field(default_factory=dict)  # partition key -> last offset taken
+
+    def empty(self) -> bool:
+        return not (self.events or self.solves or self.purges or self.dones or self.seen)
+
+
+@dataclass(frozen=True)
+class LocalPart:
+    """A part of a request done in this batch, durable with shard `shard`'s write."""
+
+    waiter: Waiter
+    shard: int
+    removed: int = 0
+    kept: int = 0
+
+
+@dataclass
+class Figures:
+    interactions_applied: int = 0
+    interactions_new: int = 0  # pairs not stored before (the count grows)
+    interactions_late: int = 0  # covered by a deletion processed in an earlier batch
+    interactions_suppressed: int = 0  # covered by a deletion of this batch
+    removed: int = 0  # stored interactions removed
+    learned_ts: list[float] = field(default_factory=list)
+
+
+class Batch:
+    def __init__(self, engine, work: dict[int, ShardWork]) -> None:  # engine: Engine
+        self.engine = engine
+        self.state = engine.state
+        self.shards = engine.shards
+        self.params = engine.params
+        self.kind = engine.params.kind
+        self.owned: set[int] = set(engine.owned)
+        self.work = work
+        self.now = engine.clock()
+        self.user_rows: dict[int, np.ndarray] = {}
+        self.original_users: dict[int, np.ndarray] = {}
+        self.slices: dict[tuple[int, int], np.ndarray] = {}
+        self.original_slices: dict[tuple[int, int], np.ndarray] = {}
+        self.touched_users: set[int] = set()
+        self.changed_slices: set[tuple[int, int]] = set()
+        self.tombstones: dict[int, dict[str, float]] = defaultdict(dict)
+        self.stored_tombstones: dict[int, dict[str, float]] = {}
+        self.requests: dict[str, Request] = {}  # created in this batch, by coordinator key
+        self.parts: list[LocalPart] = []
+        self.messages: dict[int, list[Message]] = defaultdict(list)
+        self.items: dict[int, np.ndarray] = {}  # items solved here -> their row (after)
+        self.items_before: dict[int, np.ndarray] = {}
+        self.figures = Figures()
+        self.replaced: list[tuple[str, np.ndarray, np.ndarray]] = []
+        self.loss_delta: dict[int, float] = defaultdict(float)  # shard -> objective change
+        # Per purge (by its waiter): pairs removed, stored or arriving with it.
+        self._purged: dict[Waiter, set[tuple[int, int]]] = defaultdict(set)
+        # Per pair or user request (by source): the pairs it removed.
+        self._removed_by: dict[str, set[tuple[int, int]]] = {}
+        self.to_solve: set[int] = set()
+
+    # ----- planning -------------------------------------------------------------------
+
+    def plan_item_requests(self) -> None:
+        """An item forgotten whole: its coordinator (the item's shard) asks every shard to
+        purge the item's interactions with its users; this owner's shards do it now."""
+        for shard, work in list(self.work.items()):
+            for routed in work.events:
+                event = routed.event
+                if not isinstance(event, Deletion) or event.scope != "item":
+                    continue
+                request = self._request(shard, routed)
+                request.parts = {purge_part(t): None for t in range(self.shards)}
+                request.parts[item_part(shard)] = None
+                for target in range(self.shards):
+                    purge = Purge(routed.item, event.ts, Waiter(shard, request.source,
+                                                                 purge_part(target)))  # fmt: skip
+                    if target in self.owned:
+                        self.work.setdefault(target, ShardWork(target)).purges.append(purge)
+                    else:
+                        self.messages[target].append(purge)
+
+    def _request(self, shard: int, routed: Routed) -> Request:
+        event = routed.event
+        assert isinstance(event, Deletion)
+        request = Request(event, shard, routed.user, routed.item, {}, reapplied=routed.reapplied)
+        self.requests[request.source] = request
+        return request
+
+    # ----- reading --------------------------------------------------------------------
+
+    def read(self) -> None:
+        fields: dict[int, set[str]] = defaultdict(set)
+        users: dict[int, set[int]] = defaultdict(set)
+        items: dict[int, set[int]] = defaultdict(set)
+        for shard, work in self.work.items():
+            for routed in work.events:
+                u, i, event = routed.user, routed.item, routed.event
+                if isinstance(event, Interaction):
+                    fields[shard] |= {pair_tombstone(u, i), user_tombstone(u), item_tombstone(i)}
+                    users[shard].add(u)
+                    items[shard].add(i)
+                elif event.scope == "pair":
+                    fields[shard].add(pair_tombstone(u, i))
+                    users[shard].add(u)
+                    items[shard].add(i)
+                elif event.scope == "user":
+                    fields[shard].add(user_tombstone(u))
+                    users[shard].add(u)
+            for purge in work.purges:
+                fields[shard].add(item_tombstone(purge.item))
+                items[shard].add(purge.item)
+        self.stored_tombstones = self.state.read_tombstones(
+            {s: sorted(f) for s, f in fields.items()}
+        )
+        self._load(users, items)
+        # Whole-user deletions reach the items of the user's row; purges the users of the
+        # item's slice.
+        more_items: dict[int, set[int]] = defaultdict(set)
+        more_users: dict[int, set[int]] = defaultdict(set)
+        for shard, work in self.work.items():
+            for routed in work.events:
+                event = routed.event
+                if isinstance(event, Deletion) and event.scope == "user":
+                    row = self.user_rows[routed.user]
+                    more_items[shard] |= set(row["other"][row["ts"] <= event.ts].tolist())
+            for purge in work.purges:
+                piece = self.slices[(shard, purge.item)]
+                more_users[shard] |= set(piece["other"][piece["ts"] <= purge.ts].tolist())
+        self._load(more_users, more_items)
+
+    def _load(self, users: dict[int, set[int]], items: dict[int, set[int]]) -> None:
+        wanted_users = np.array(
+            sorted({u for us in users.values() for u in us} - self.user_rows.keys()), np.int64
+        )
+        wanted_slices = {
+            s: sorted(i for i in its if (s, i) not in self.slices) for s, its in items.items()
+        }
+        if len(wanted_users):
+            rows = self.state.read_rows("user", wanted_users, self.shards)
+            for u, row in zip(wanted_users.tolist(), rows, strict=True):
+                self.user_rows[u] = self.original_users[u] = row
+        found = self.state.read_slices(wanted_slices)
+        for shard, its in wanted_slices.items():
+            for i in its:
+                piece = found.get((shard, i), EMPTY_ROW)
+                self.slices[(shard, i)] = self.original_slices[(shard, i)] = piece
+
+    # ----- editing ----------------------------------------------------------------------
+
+    def edit(self) -> None:
+        """Each shard's deletions and purges, then its interactions (time rule)."""
+        for shard, work in self.work.items():
+            self._edit_shard(shard, work)
+
+    def _edit_shard(self, shard: int, work: ShardWork) -> None:
+        stored = self.stored_tombstones.get(shard, {})
+        # (user or -1, item or -1, T, removed pairs) per deletion of this shard, in order
+        covering: list[tuple[int, int, float, set[tuple[int, int]]]] = []
+        for routed in work.events:
+            event = routed.event
+            if not isinstance(event, Deletion) or event.scope == "item":
+                continue
+            u, i, t = routed.user, routed.item, event.ts
+            request = self._request(shard, routed)
+            removed: set[tuple[int, int]] = set()
+            if event.scope == "pair":
+                if self._drop_user_pairs(u, {i}, t):
+                    removed.add((u, i))
+                self._drop_slice_users(shard, i, {u}, t)
+                self._tombstone(shard, pair_tombstone(u, i), t, stored)
+            else:
+                for j in self._take_user_row(u, t):
+                    removed.add((u, j))
+                    self._drop_slice_users(shard, j, {u}, t)
+                self._tombstone(shard, user_tombstone(u), t, stored)
+            request.parts[user_part(shard)] = None
+            covering.append((u, i if event.scope == "pair" else -1, t, removed))
+            self._removed_by[request.source] = removed
+        for purge in work.purges:
+            victims = self._take_slice(shard, purge.item, purge.ts)
+            purged = self._purged[purge.waiter]
+            for v in victims:
+                self._drop_user_pairs(v, {purge.item}, purge.ts)
+                purged.add((v, purge.item))
+            self._tombstone(shard, item_tombstone(purge.item), purge.ts, stored)
+            covering.append((-1, purge.item, purge.ts, purged))
+        self._learn(shard, work, stored, covering)
+
+    def _learn(
+        self,
+        shard: int,
+        work: ShardWork,
+        stored: dict[str, float],
+        covering: list[tuple[int, int, float, set[tuple[int, int]]]],
+    ) -> None:
+        additions: dict[int, list[tuple[int, float, float]]] = defaultdict(list)
+        sources: dict[tuple[int, int], list[Source]] = defaultdict(list)
+        figures = self.figures
+        for routed in work.events:
+            event = routed.event
+            if not isinstance(event, Interaction):
+                continue
+            u, i = routed.user, routed.item
+            limit = max(
+                stored.get(pair_tombstone(u, i), -np.inf),
+                stored.get(user_tombstone(u), -np.inf),
+                stored.get(item_tombstone(i), -np.inf),
+            )
+            if event.ts <= limit:
+                figures.interactions_late += 1  # an earlier batch's deletion covers it
+                continue
+            cover = next(
+                (c for c in covering if event.ts <= c[2] and c[0] in (u, -1) and c[1] in (i, -1)),
+                None,
+            )
+            if cover is not None:  # this batch's deletion covers it: never learned
+                cover[3].add((u, i))
+                figures.interactions_suppressed += 1
+                continue
+            additions[u].append((i, event.weight, event.ts))
+            sources[(u, i)].append(event.source)
+            figures.interactions_applied += 1
+            figures.learned_ts.append(event.ts)
+        by_item: dict[int, list[tuple[int, float, float]]] = defaultdict(list)
+        for u, events in additions.items():
+            before = len(self.user_rows[u])
+            merged = _merge(self.user_rows[u], events, self.kind)
+            _check_weights(u, merged, sources, self.params.alpha)
+            self.user_rows[u] = merged
+            self.touched_users.add(u)
+            figures.interactions_new += len(merged) - before
+            for i, w, t in events:
+                by_item[i].append((u, w, t))
+        for i, events in by_item.items():
+            self.slices[(shard, i)] = _merge(self.slices[(shard, i)], events, self.kind)
+            self.changed_slices.add((shard, i))
+
+    def _tombstone(self, shard: int, name: str, t: float, stored: dict[str, float]) -> None:
+        if t > max(stored.get(name, -np.inf), self.tombstones[shard].get(name, -np.inf)):
+            self.tombstones[shard][name] = t
+
+    def _drop_user_pairs(self, user: int, items: set[int], t: float) -> int:
+        row = self.user_rows[user]
+        drop = _matches(row["other"], items) & (row["ts"] <= t)
+        if drop.any():
+            self.user_rows[user] = row[~drop]
+            self.touched_users.add(user)
+            self.figures.removed += int(drop.sum())
+        return int(drop.sum())
+
+    def _take_user_row(self, user: int, t: float) -> list[int]:
+        row = self.user_rows[user]
+        drop = row["ts"] <= t
+        if drop.any():
+            self.user_rows[user] = row[~drop]
+            self.touched_users.add(user)
+            self.figures.removed += int(drop.sum())
+        return row["other"][drop].astype(np.int64).tolist()
+
+    def _drop_slice_users(self, shard: int, item: int, users: set[int], t: float) -> None:
+        piece = self.slices[(shard, item)]
+        drop = _matches(piece["other"], users) & (piece["ts"] <= t)
+        if drop.any():
+            self.slices[(shard, item)] = piece[~drop]
+            self.changed_slices.add((shard, item))
+
+    def _take_slice(self, shard: int, item: int, t: float) -> list[int]:
+        piece = self.slices[(shard, item)]
+        drop = piece["ts"] <= t
+        if drop.any():
+            self.slices[(shard, item)] = piece[~drop]
+            self.changed_slices.add((shard, item))
+        return piece["other"][drop].astype(np.int64).tolist()
+
+    # ----- the parts of requests ---------------------------------------------------------
+
+    def plan_parts(self) -> None:
+        """Which items this owner solves now, and the parts it completes or asks for."""
+        owned = self.owned
+        changed_items: dict[int, set[int]] = defaultdict(set)  # item's shard -> items
+        for _, i in self.changed_slices:
+            changed_items[i % self.shards].add(i)
+        to_solve: set[int] = {i for s, its in changed_items.items() if s in owned for i in its}
+        solved_for: list[tuple[Solve, int]] = []
+        for shard, work in self.work.items():
+            for solve in work.solves:
+                to_solve.update(solve.items)
+                solved_for.append((solve, shard))
+        # Pairs and users: the coordinator's own part, and the items whose slices changed.
+        asked: dict[int, set[int]] = defaultdict(set)  # remote shard -> items with a waiter
+        for request in self.requests.values():
+            if request.scope == "item":
+                continue
+            removed = self._removed_by[request.source]
+            request.removed = len(removed)
+            request.kept = self._kept(request)
+            self.parts.append(LocalPart(Waiter(request.coordinator, request.source,
+                                               user_part(request.coordinator)),
+                                        request.coordinator))  # fmt: skip
+            by_shard: dict[int, list[int]] = defaultdict(list)
+            for _, j in sorted(removed):
+                by_shard[j % self.shards].append(j)
+            for target, items in by_shard.items():
+                part = items_part(target)
+                request.parts[part] = None
+                request.items[target] = items
+                waiter = Waiter(request.coordinator, request.source, part)
+                if target in owned:
+                    self.parts.append(LocalPart(waiter, target))
+                else:
+                    self.messages[target].append(Solve(tuple(items), waiter))
+                    asked[target].update(items)
+        # Interactions' items owned elsewhere: solved there, nobody waits.
+        for target, items in changed_items.items():
+            rest = sorted(items - asked[target])
+            if target not in owned and rest:
+                self.messages[target].append(Solve(tuple(rest), None))
+        for solve, shard in solved_for:
+            if solve.waiter is not None:
+                self.parts.append(LocalPart(solve.waiter, shard))
+        for shard, work in self.work.items():
+            for purge in work.purges:
+                kept = len(self.slices[(shard, purge.item)])
+                self.parts.append(
+                    LocalPart(purge.waiter, shard, len(self._purged[purge.waiter]), kept)
+                )
+        self.to_solve = to_solve
+
+    def _kept(self, request: Request) -> int:
+        """The scope's pairs still stored after the batch (each newer than the deletion)."""
+        row = self.user_rows[request.user]
+        if request.scope == "pair":
+            return int(np.isin(request.item, row["other"]))
+        return len(row)
+
+    def add_final_items(self, items: dict[int, Waiter]) -> None:
+        """Items forgotten whole whose every purge is durable: their coordinator (this
+        owner) re-solves them now, the request's last part."""
+        for item, waiter in items.items():
+            self.to_solve.add(item)
+            self.parts.append(LocalPart(waiter, waiter.shard))
+
+    # ----- solving ----------------------------------------------------------------------
+
+    def load_items(self) -> None:
+        """The full rows of the items to solve: slices edited here, the rest from Redis."""
+        if not self.to_solve:
+            return
+        items = sorted(self.to_solve)
+        wanted = {s: [i for i in items if (s, i) not in self.slices] for s in range(self.shards)}
+        found = self.state.read_slice_bytes(wanted)
+        for i in items:
+            after, before = [], []
+            for s in range(self.shards):
+                piece = self.slices.get((s, i))
+                if piece is not None:
+                    after.append(piece.tobytes())
+                    before.append(self.original_slices[(s, i)].tobytes())
+                else:
+                    raw = found.get((s, i))
+                    if raw is not None:
+                        after.append(raw)
+                        before.append(raw)
+            # Unsorted: a solve and the objective need the pairs, not their order.
+            self.items[i] = np.frombuffer(b"".join(after), dtype=ROW_DTYPE)
+            self.items_before[i] = np.frombuffer(b"".join(before), dtype=ROW_DTYPE)
+
+    def solve(self) -> None:
+        """Every touched user, then every item to solve, exactly; the objective's change."""
+        engine = self.engine
+        replica = engine.replica
+        users = np.array(sorted(self.touched_users), dtype=np.int64)
+        items = np.array(sorted(self.items), dtype=np.int64)
+        replica.grow("item", int(items.max(initial=-1)) + 1)
+        for _, i in self.changed_slices:
+            replica.grow("item", i + 1)
+        before = self._terms(self.original_users, self.items_before, users, items)
+        gramians_before = {side: replica.gramians.full(side) for side in SIDES}
+        if len(users):
+            self._solve_side("user", users, [self.user_rows[int(u)] for u in users])
+        if len(items):
+            self._solve_side("item", items, [self.items[int(i)] for i in items])
+        after = self._terms(self.user_rows, self.items, users, items)
+        for shard in set(before) | set(after):
+            self.loss_delta[shard] += after.get(shard, 0.0) - before.get(shard, 0.0)
+        global_change = all_pairs_term(
+            replica.gramians.full("user"), replica.gramians.full("item"), self.params
+        ) - all_pairs_term(gramians_before["user"], gramians_before["item"], self.params)
+        if global_change:
+            written = sorted({*self.work, *self.loss_delta})
+            self.loss_delta[written[0]] += global_change
+
+    def _solve_side(self, side: str, rows: np.ndarray, records: list[np.ndarray]) -> None:
+        engine, replica = self.engine, self.engine.replica
+        other = "item" if side == "user" else "user"
+        matrix = _csr(records, len(replica.factors[other]))
+        solved = solve_rows(
+            matrix, np.arange(len(rows)), replica.factors[other], self.params,
+            replica.gramians.full(other), num_threads=engine.solve_threads,
+        )  # fmt: skip
+        bad = ~np.isfinite(solved).all(axis=1) | (np.abs(solved).max(axis=1) > F32_MAX)
+        if bad.any():
+            culprits = self._sources_of(side, rows[bad])
+            if culprits:
+                raise Unprocessable(culprits, f"a {side} solve gave factors no float32 holds")
+            solved[bad] = 0.0  # nothing of this batch caused it: the row carries nothing
+        self.replaced.append((side, rows, replica.factors[side][rows].copy()))
+        replica.set_rows(side, rows, solved)
+
+    def _sources_of(self, side: str, rows: np.ndarray) -> list[Source]:
+        """The batch's events that touched these rows."""
+        wanted = set(rows.tolist())
+        out = []
+        for work in self.work.values():
+            for routed in work.events:
+                index = routed.user if side == "user" else routed.item
+                if index in wanted:
+                    out.append(routed.event.source)
+        return out
+
+    def undo(self) -> None:
+        """Put back the factors the solves replaced, newest first."""
+        while self.replaced:
+            side, rows, old = self.replaced.pop()
+            self.engine.replica.set_rows(side, rows, old)
+
+    def _terms(
+        self,
+        user_rows: dict[int, np.ndarray],
+        item_rows: dict[int, np.ndarray],
+        users: np.ndarray,
+        items: np.ndarray,
+    ) -> dict[int, float]:
+        """Per shard, the objective's terms the batch changes: the observed pairs of the
+        touched users and of the solved items (each pair once: an item's pairs with a
+        touched user are the user's) and, for ALS-WR, their penalties. Before and after the
+        batch only these and the all-pairs term differ. One gather per row."""
+        replica, params = self.engine.replica, self.params
+        xs, ys = replica.factors["user"], replica.factors["item"]
+        touched = np.zeros(len(xs), dtype=bool)
+        touched[users] = True
+        explicit = params.kind != "implicit"
+        out: dict[int, float] = defaultdict(float)
+        for u in users.tolist():
+            row = user_rows[u]
+            value = observed_terms(ys[row["other"]] @ xs[u], row["weight"], params)
+            if explicit:
+                value += params.regularization * len(row) * float(xs[u].astype(np.float64) @ xs[u])
+            out[u % self.shards] += value
+        for i in items.tolist():
+            row = item_rows[i]
+            others = row["other"]
+            keep = ~touched[others]
+            value = observed_terms(xs[others[keep]] @ ys[i], row["weight"][keep], params)
+            if explicit:
+                value += params.regularization * len(row) * float(ys[i].astype(np.float64) @ ys[i])
+            out[i % self.shards] += value
+        return out
+
+
+def _matches(others: np.ndarray, wanted: set[int]) -> np.ndarray:
+    """Which entries of a row name one of `wanted` (usually one: a comparison, no sort)."""
+    if len(wanted) == 1:
+        return others == next(iter(wanted))
+    return np.isin(others, list(wanted))
+
+
+def _merge(row: np.ndarray, events: list[tuple[int, float, float]], kind: str) -> np.ndarray:
+    """Events (other index, weight, time) into a stored row (unlearn_core.rows)."""
+    other = np.fromiter((e[0] for e in events), np.int64, len(events))
+    weight = np.fromiter((e[1] for e in events), np.float64, len(events))
+    ts = np.clip(np.fromiter((e[2] for e in events), np.float64, len(events)), 0, 2**32 - 1)
+    keys, merged_weight, merged_ts = merge_events(
+        row["other"], row["weight"], row["ts"], other, weight, ts.astype(np.int64),
+        kind,  # type: ignore[arg-type]
+    )  # fmt: skip
+    out = np.empty(len(keys), dtype=ROW_DTYPE)
+    with np.errstate(over="ignore"):  # a sum beyond float32 is refused by the caller
+        out["other"], out["weight"], out["ts"] = keys, merged_weight, merged_ts
+    return out
+
+
+def _check_weights(
+    user: int, row: np.ndarray, sources: dict[tuple[int, int], list[Source]], alpha: float
+) -> None:
+    """A pair's weights may each be valid and still sum beyond float32, or make a
+    confidence (1 + alpha w) no float32 solve can hold: those events are refused."""
+    weight = row["weight"].astype(np.float64)
+    confidence = 1.0 + alpha * np.abs(weight)
+    bad = ~np.isfinite(weight) | (np.abs(weight) > F32_MAX) | (confidence > F32_MAX)
+    if bad.any():
+        culprits = [src for j in row["other"][bad].tolist() for src in sources[(user, int(j))]]
+        if culprits:
+            raise Unprocessable(culprits, "the pair's weights sum beyond float32")
+
+
+def _csr(rows: list[np.ndarray], n_columns: int) -> sp.csr_array:
+    lengths = np.array([len(r) for r in rows], dtype=np.int64)
+    indptr = np.concatenate([[0], np.cumsum(lengths)])
+    if len(rows) and indptr[-1]:
+        records = np.concatenate(rows)
+        indices, data = records["other"].astype(np.int32), records["weight"].astype(np.float64)
+    else:
+        indices, data = np.empty(0, np.int32), np.empty(0, np.float64)
+    return sp.csr_array((data, indices, indptr), shape=(len(rows), n_columns))

@@ -1,0 +1,53 @@
+"""The objective, accounted per shard.
+
+A shard's share: the observed terms of its users' pairs, the ALS-WR penalties of its
+users and of its items, and in shard 0 the implicit model's all-pairs term (it depends on
+every factor, through the Gramians). The shares sum to the objective. `unlearn load`
+writes them exactly; every commit then adds the exact change it made (its re-solved rows'
+terms, the all-pairs term's change), so the sum follows the objective. With several owners
+committing at once, a change is computed against the factors its owner had read: the sum
+can drift from the objective by what concurrent commits did to each other's terms, and an
+engine that owns every shard recounts it exactly (Engine.reset_objective).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from unlearn_core.objective import all_pairs_term, observed_term_values, row_penalty_values
+from unlearn_core.params import Hyperparameters
+
+
+def pair_shares(
+    users: np.ndarray,
+    items: np.ndarray,
+    weights: np.ndarray,
+    user_factors: np.ndarray,
+    item_factors: np.ndarray,
+    params: Hyperparameters,
+    shards: int,
+) -> np.ndarray:
+    """The observed terms of these pairs, summed per user's shard."""
+    users = np.asarray(users, dtype=np.int64)
+    scores = np.einsum(
+        "nk,nk->n", user_factors[users], item_factors[np.asarray(items, np.int64)],
+        dtype=np.float64,
+    )  # fmt: skip
+    values = observed_term_values(scores, weights, params)
+    return np.bincount(users % shards, weights=values, minlength=shards)
+
+
+def penalty_shares(
+    counts: np.ndarray, factors: np.ndarray, params: Hyperparameters, shards: int
+) -> np.ndarray:
+    """ALS-WR's penalties of every row of one side (`counts`: each row's pairs), per shard."""
+    norms = np.sum(np.asarray(factors, dtype=np.float64) ** 2, axis=1)
+    values = row_penalty_values(np.asarray(counts)[: len(norms)], norms, params)
+    return np.bincount(np.arange(len(values)) % shards, weights=values, minlength=shards)
+
+
+def all_pairs(user_factors: np.ndarray, item_factors: np.ndarray, params: Hyperparameters) -> float:
+    """The implicit model's all-pairs term, from float64 Gramians (as the replica keeps
+    them, unlearn_core/gramians.py)."""
+    xs, ys = (np.asarray(f, dtype=np.float64) for f in (user_factors, item_factors))
+    return all_pairs_term(xs.T @ xs, ys.T @ ys, params)
