@@ -228,6 +228,7 @@ def _run(
             i.quota.throttled_s() - t for i, t in zip(instances, throttled, strict=True)
         ]
         figures["peak_rss_bytes"] = [_peak_rss_bytes(i.process.pid) for i in instances]
+        figures["time_s"] = [_time_spent(i.port) for i in instances]
     finally:
         for instance in instances:
             instance.stop()
@@ -319,6 +320,23 @@ def _rebalance(args, tag, bootstrap, redis_url, data, user_ids, item_ids, pairs)
         "join_longest_gap_s": longest_gap(joined, joined + seconds / 3),
         "leave_longest_gap_s": longest_gap(left, left + seconds / 3),
     }
+
+
+# What an instance's own metrics say its time went to: the write path's phases (read,
+# solve, write) and the loop's stages (parse, ingest, apply, acknowledge...).
+SPENT = ("unlearn_batch_phase_seconds_sum", "unlearn_stage_seconds_sum")
+
+
+def _time_spent(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    spent: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name.startswith(SPENT):
+            label = name[name.index("{") + 1 : -1].split("=")[1].strip('"')
+            spent[label] = round(spent.get(label, 0.0) + float(value), 3)
+    return dict(sorted(spent.items()))
 
 
 def _ready(port: int) -> bool:

@@ -56,6 +56,13 @@ IDLE_WAIT_S = 0.1  # how long a read waits for input when there is nothing else 
 # routed here by another instance waits at most this long.
 OWNER_WAIT_S = 0.01
 ACK_WAIT_S = 0.002  # how long the loop waits for acknowledgements between reads
+# The receipts read back on assignment serve the shards taken over in the same rebalance
+# (the previous owners finished before it): within this long, it is not read again.
+READ_BACK_REUSE_S = 10.0
+# Other instances' work reaches this one's inboxes without a message read here: while
+# they share the namespace, a consolidation slice waits until a step found nothing for
+# this long, so routed work does not queue behind slices during a burst.
+SHARED_QUIET_MS = 50.0
 
 
 class FatalError(RuntimeError):
@@ -127,6 +134,7 @@ class Application:
         self._pending: list[tuple[Message, float]] = []
         self._batch_opened = 0.0
         self._last_event = time.monotonic()
+        self._last_work = self._last_event  # the last step that found work
         self._state_checked = time.monotonic()
         self._topics_checked = time.monotonic()
 
@@ -171,7 +179,7 @@ class Application:
         self._check_topics()
         self._own_consolidation()
         worked = self._work()
-        consolidating = self.consolidation.due(self._since_last_event_ms(), False)
+        consolidating = self._consolidation_due(False)
         idle = OWNER_WAIT_S if self.engine.owned else IDLE_WAIT_S
         wait = 0.0 if self._pending or consolidating or worked else idle
         if wait and self.checkpoint.in_flight:
@@ -185,11 +193,7 @@ class Application:
         if self.batching.closes(len(self._pending), age_ms, read.more_waiting):
             self._flush()
             self._work()
-        elif (
-            not self._pending
-            and not worked
-            and self.consolidation.due(self._since_last_event_ms(), read.more_waiting)
-        ):
+        elif not self._pending and not worked and self._consolidation_due(read.more_waiting):
             self._consolidate()
 
     def _take(self, read: Read) -> None:
@@ -203,6 +207,12 @@ class Application:
 
     def _since_last_event_ms(self) -> float:
         return (time.monotonic() - self._last_event) * 1000
+
+    def _consolidation_due(self, input_waiting: bool) -> bool:
+        shared = len(self.engine.owned) < self.engine.shards
+        if shared and (time.monotonic() - self._last_work) * 1000 < SHARED_QUIET_MS:
+            return False
+        return self.consolidation.due(self._since_last_event_ms(), input_waiting)
 
     def _flush(self) -> None:
         """Take the open batch into the state (each event into its shard's inbox) and hand
@@ -256,6 +266,7 @@ class Application:
         if not (outcome.events or receipts or outcome.phases):
             return False
         self.observer.stage("apply", time.perf_counter() - started)
+        self._last_work = time.monotonic()
         self.observer.outcome(outcome)
         if outcome.events:
             self.observer.model(self.engine)
@@ -310,7 +321,9 @@ class Application:
         if not shards:
             return
         since = self.engine.last_commit_time(shards)
-        found = read_answered(self.settings.kafka_common(), self.settings.topic_receipts, since)
+        found = self.source.assignments.last_read  # this rebalance's read, if it reaches
+        if found is None or not found.covers(since, READ_BACK_REUSE_S):
+            found = read_answered(self.settings.kafka_common(), self.settings.topic_receipts, since)
         self.engine.answered(found.sources)
 
     def _revoking(self, partitions: list[Partition]) -> None:

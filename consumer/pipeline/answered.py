@@ -39,6 +39,9 @@ log = logging.getLogger("unlearn.answered")
 # instance's. Instances' clocks may differ by this much (NTP keeps them far closer).
 CLOCK_SKEW_S = 30.0
 READ_BUDGET_S = 30.0
+# A read from a few seconds later than asked still holds what the asked one would, but for
+# receipts whose clock was more than CLOCK_SKEW_S - REUSE_SLACK_S behind.
+REUSE_SLACK_S = 5.0
 
 
 @dataclass
@@ -47,6 +50,19 @@ class Answered:
 
     through: dict[str, int] = field(default_factory=dict)  # partition key -> last offset
     sources: set[str] = field(default_factory=set)  # every "topic:partition:offset"
+    since: float | None = None  # the read covered receipts published from here (None: all)
+    read_at: float = field(default_factory=time.monotonic)
+
+    def through_of(self, partition_keys: set[str]) -> dict[str, int]:
+        return {k: v for k, v in self.through.items() if k in partition_keys}
+
+    def covers(self, since: float | None, max_age_s: float) -> bool:
+        """Whether this read, done less than `max_age_s` ago, holds every receipt a read
+        from `since` would, give or take REUSE_SLACK_S of the clock skew allowed (one read
+        serves a rebalance's partitions and shards alike)."""
+        if time.monotonic() - self.read_at >= max_age_s:
+            return False
+        return self.since is None or (since is not None and self.since <= since + REUSE_SLACK_S)
 
 
 def answered_through(
@@ -62,7 +78,7 @@ def answered_through(
     if not partition_keys:
         return {}
     found = read_answered(kafka_config, topic, since, budget_s, skew_s)
-    return {k: v for k, v in found.through.items() if k in partition_keys}
+    return found.through_of(partition_keys)
 
 
 def read_answered(
@@ -88,11 +104,13 @@ def read_answered(
     )
     try:
         start = since - skew_s if since is not None else None
-        return _read(reader, topic, start, budget_s)
+        found = _read(reader, topic, start, budget_s)
+        found.since = since
+        return found
     except KafkaException as exc:
         log.warning("the receipts topic could not be read back (%s): counting on the "
                     "group's offsets alone", exc)  # fmt: skip
-        return Answered()
+        return Answered(since=since)
     finally:
         reader.close()
 

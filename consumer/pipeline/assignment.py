@@ -23,7 +23,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicCollectio
 from confluent_kafka.admin import AdminClient
 
 from consumer.events import Partition, partition_key
-from consumer.pipeline.answered import answered_through
+from consumer.pipeline.answered import Answered, read_answered
 from consumer.pipeline.positions import (
     CommitNote,
     Marks,
@@ -86,6 +86,7 @@ class Assignments:
         self._topic_ids_seen: dict[str, str] = {}  # topic -> its id when last resolved
         self._checker = ThreadPoolExecutor(1, thread_name_prefix="unlearn-topic-check")
         self._check: Future[list[Partition]] | None = None
+        self.last_read: Answered | None = None  # the receipts topic, as last read back
 
     # ----- what the rest of the service asks ------------------------------------------
 
@@ -386,7 +387,8 @@ class Assignments:
             return {}
         updated = self.state.read_status().get("updated_at")
         since = float(updated) if updated is not None else None
-        return answered_through(self.kafka_config, self.receipts_topic, keys, since)
+        self.last_read = read_answered(self.kafka_config, self.receipts_topic, since)
+        return self.last_read.through_of(keys)
 
     def _committed(
         self, partitions: list[Partition]

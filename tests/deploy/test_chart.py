@@ -171,7 +171,7 @@ def test_threads_follow_the_cpu_limit_and_shutdown_fits_the_grace_period():
     assert env["UNLEARN_SOLVE_THREADS"] == "3"
     (config,) = by_kind(docs, "ConfigMap")
     assert pod["terminationGracePeriodSeconds"] > float(config["data"]["UNLEARN_REVOKE_BUDGET_S"])
-    # Rolling: a new pod joins before the old one leaves (the write lease keeps them safe).
+    # Rolling: a new pod joins before the old one leaves (each shard's fence keeps them safe).
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     ids = {e["name"]: e.get("valueFrom") for e in pod["containers"][0]["env"]}
     assert ids["UNLEARN_INSTANCE_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}

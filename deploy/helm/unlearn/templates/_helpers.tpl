@@ -58,7 +58,7 @@ app.kubernetes.io/component: consumer
   value: "1"
 - name: UNLEARN_SOLVE_THREADS  # a batch's row solves over the pod's CPUs
   value: {{ include "unlearn.threads" . | quote }}
-- name: UNLEARN_INSTANCE_ID  # the pod's name in the namespace's write lease
+- name: UNLEARN_INSTANCE_ID  # the pod's name as the owner of its shards
   valueFrom:
     fieldRef:
       fieldPath: metadata.name
