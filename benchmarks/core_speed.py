@@ -30,7 +30,7 @@ from unlearn_core import Change, Hyperparameters, SweepContext, SweepPolicy, for
 
 PARAMS = Hyperparameters("implicit", factors=64, regularization=1.0, alpha=1.0)
 RETRAIN_ITERATIONS = 15
-THREE_SWEEPS = SweepPolicy(max_sweeps=3, tolerance=0.0, track_loss=False)
+THREE_SWEEPS = SweepPolicy(max_sweeps=3, tolerance=0.0, rank_tolerance=None, track_loss=False)
 
 
 def main() -> None:
@@ -81,9 +81,7 @@ def main() -> None:
             keys = data.entry_keys[rng.choice(data.nnz, 100, replace=False)]
             change = Change.deletions(keys // data.shape[1], keys % data.shape[1])
             started = time.perf_counter()
-            _, _, report = forget(
-                model, data, change, SweepPolicy(max_sweeps=3, tolerance=0, track_loss=False)
-            )
+            _, _, report = forget(model, data, change, THREE_SWEEPS)
             results["forget100_max3_seconds"].append(time.perf_counter() - started)
             results["forget100_touched_seconds"].append(report.touched_seconds)
             results["forget100_apply_seconds"].append(report.apply_seconds)

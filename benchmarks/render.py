@@ -353,6 +353,38 @@ def scaling(data: dict[str, Any]) -> str:
     return text + _rebalance(data) + "\n\n" + _machine(data)
 
 
+def offline_forget(data: dict[str, Any]) -> str:
+    rows = []
+    for case in data["cases"]:
+        m, summary = case["summary"]["medians_s"], case["summary"]
+        retrained = case["retrained"]
+        scores = [c["deleted_mean_score"] for c in retrained]
+
+        def verdict(checks: dict[str, bool]) -> str:
+            failed = [k for k, v in checks.items() if not v]
+            return "pass" if not failed else "**fail**: " + ", ".join(failed)
+
+        rows.append((
+            case["data"], f"{case['fraction']:.1%} ({case['removed']:,} pairs)",
+            f"{m['forget']:.2f} / {m['forget_no_loss']:.2f} / {m['forget_lists']:.2f}",
+            f"{m['implicit_retrain']:.2f}",
+            f"**{summary['forget_over_implicit']:.2f}x** / "
+            f"{summary['forget_no_loss_over_implicit']:.2f}x / "
+            f"{summary['forget_lists_over_implicit']:.2f}x",
+            f"{case['sweeps'][-1]} / {case['lists_sweeps']}",
+            f"{case['unlearned']['deleted_mean_score']:.4f} / "
+            f"{case['lists_deleted_mean_score']:.4f} ({min(scores):.4f} to {max(scores):.4f})",
+            f"{verdict(case['checks'])} / {verdict(case['lists_checks'])}",
+        ))  # fmt: skip
+    table = _table(
+        ("data", "deleted", "forget s: defaults / no loss / list rule", "implicit 15 it s",
+         "forget / implicit", "sweeps: defaults / list rule",
+         "deleted pairs' mean score (retrains)", "retraining checks: defaults / list rule"),
+        rows,
+    )  # fmt: skip
+    return table + "\n\n" + _machine(data)
+
+
 def _rebalance(data: dict[str, Any]) -> str:
     rebalance = data.get("rebalance")
     if not rebalance:
@@ -403,6 +435,7 @@ SECTIONS: dict[str, tuple[Path, Callable[[dict[str, Any]], str]]] = {
     "scaling": (DOC, scaling),
     "scaling_rebalance_noida": (DOC, scaling),
     "scaling_20m": (DOC, scaling),
+    "offline_forget": (DOC, offline_forget),
     "fault_campaign": (RELIABILITY, fault_campaign),
     "fault_campaign_soak": (RELIABILITY, fault_campaign),
 }

@@ -12,7 +12,7 @@ Lines are split in bulk and checked with numpy, so a million lines take about a 
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,3 +180,18 @@ def _no_gc() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+def write_interactions(path: str | Path, rows: Iterable[tuple[str, str, float, int]]) -> int:
+    """user<TAB>item<TAB>weight<TAB>timestamp lines (the format read_interactions reads),
+    written to a temporary file and renamed: a reader never sees half a file. Returns
+    the number of lines."""
+    target = Path(path)
+    temporary = target.with_name(target.name + ".tmp")
+    count = 0
+    with temporary.open("w", encoding="utf-8") as out:
+        for user, item, weight, ts in rows:
+            out.write(f"{user}\t{item}\t{weight!r}\t{ts}\n")
+            count += 1
+    temporary.replace(target)
+    return count

@@ -19,6 +19,8 @@ class SweepRecord:
     seconds: float  # wall time of the solves (loss evaluation excluded)
     users_solved: int
     items_solved: int
+    # Fraction of the sampled users' top-N slots this sweep changed (None: not tracked).
+    top_n_change: float | None = None
 
 
 @dataclass
@@ -33,6 +35,7 @@ class UpdateReport:
     touched_users: int = 0
     touched_items: int = 0
     tolerance: float = 0.0
+    rank_tolerance: float | None = None
     max_sweeps: int = 0
     apply_seconds: float = 0.0  # updating the interaction data (before any solve)
     converged: bool = False

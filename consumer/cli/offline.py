@@ -15,11 +15,12 @@ from consumer.errors import InputError
 from consumer.model_file import load_model, save_model, write_text_atomically
 from consumer.tsv import DeletionRows, InteractionRows, read_deletions, read_interactions
 from unlearn_core import Change, Hyperparameters, Interactions, SweepPolicy, forget
+from unlearn_core.convergence import DEFAULT_TOP_N
 from unlearn_core.ids import IdIndex
 from unlearn_core.params import KINDS
 from unlearn_core.sweep import SOLVERS
 from unlearn_core.train import train
-from unlearn_core.unlearn import DEFAULT_MAX_SWEEPS, DEFAULT_TOLERANCE
+from unlearn_core.unlearn import DEFAULT_MAX_SWEEPS, DEFAULT_RANK_TOLERANCE, DEFAULT_TOLERANCE
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -65,6 +66,16 @@ def register(commands: argparse._SubParsersAction) -> None:
         metavar="T",
         help="stop once a sweep changes sampled scores by less than this (relative)",
     )
+    forget_cmd.add_argument(
+        "--rank-tolerance",
+        type=float,
+        default=0.0,
+        metavar="R",
+        help="also stop once a sweep changes fewer than this fraction of sampled users' "
+        f"top-N slots, or no fewer than the sweep before (e.g. {DEFAULT_RANK_TOLERANCE}); "
+        "0 (the default): off",
+    )
+    forget_cmd.add_argument("--top-n", type=int, default=DEFAULT_TOP_N, metavar="N")
     forget_cmd.add_argument("--max-sweeps", type=int, default=DEFAULT_MAX_SWEEPS, metavar="N")
     forget_cmd.add_argument("--report", metavar="REPORT.json")
     _add_solver_flags(forget_cmd)
@@ -140,8 +151,12 @@ def run_forget(args: argparse.Namespace) -> int:
         )
         model = model.with_ids(users.ids[model.shape[0] :], items.ids[model.shape[1] :])
     change, unknown = _deletion_change(deletions, users, items)
+    if not 0 <= args.rank_tolerance <= 1 or args.top_n < 1:
+        raise InputError("command line", "--rank-tolerance must be in [0, 1], --top-n >= 1")
     policy = SweepPolicy(
         tolerance=args.tolerance,
+        rank_tolerance=args.rank_tolerance or None,
+        top_n=args.top_n,
         max_sweeps=args.max_sweeps,
         solver=args.solver,
         num_threads=args.threads,

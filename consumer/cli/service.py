@@ -7,6 +7,8 @@ import json
 import logging
 import sys
 import time
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -19,15 +21,17 @@ from consumer.engine import Engine
 from consumer.errors import InputError
 from consumer.http import Health, MetricsServer
 from consumer.metrics import Metrics
-from consumer.model_file import load_model, save_model
+from consumer.model_file import load_model, save_model, write_text_atomically
 from consumer.pipeline.applying import TRANSIENT
 from consumer.preflight import check_kafka, no_broker
 from consumer.recommend import recommend
 from consumer.retry import TRANSIENT_REDIS, RetriesExhausted, retry
 from consumer.settings import Settings, load_settings, mask_url
 from consumer.state.bootstrap import export, load, pair_timestamps
+from consumer.state.history import DeletionHistory, drop_forgotten, read_history, write_history
+from consumer.state.inspection import stored_interactions, subject_record
 from consumer.state.store import ModelState, StateError
-from consumer.tsv import read_interactions
+from consumer.tsv import read_interactions, write_interactions
 from unlearn_core.ids import IdIndex
 
 DEFAULT_SHARDS = 16
@@ -39,7 +43,31 @@ def register(commands: argparse._SubParsersAction) -> None:
     load_cmd.add_argument("--model", required=True, metavar="MODEL.npz")
     load_cmd.add_argument("--interactions", required=True, metavar="FILE")
     load_cmd.add_argument("--shards", type=int, default=DEFAULT_SHARDS)
-    load_cmd.add_argument("--replace", action="store_true", help="overwrite the namespace")
+    load_cmd.add_argument(
+        "--replace",
+        action="store_true",
+        help="replace the namespace's model; its deletion history (tombstones, receipts) is "
+        "kept and every interaction of the new data it covers is dropped",
+    )
+    load_cmd.add_argument(
+        "--trained-at",
+        metavar="T",
+        help="when the new model's data snapshot was taken (seconds or ISO-8601, UTC without "
+        "an offset): no interaction of it is taken as newer",
+    )
+    load_cmd.add_argument(
+        "--history",
+        metavar="FILE",
+        help="where the deletion history is saved before --replace deletes anything "
+        "(default: unlearn-history-NAMESPACE.json); if it exists, it is read from there "
+        "instead (a replace that failed half-way is run again with it)",
+    )
+    load_cmd.add_argument(
+        "--drop-history",
+        action="store_true",
+        help="with --replace: also delete the deletion history (a test namespace only; a "
+        "deleted pair in the new data is then learned again)",
+    )
     load_cmd.add_argument(
         "--if-absent",
         action="store_true",
@@ -51,6 +79,12 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     export_cmd = commands.add_parser("export", help="write the model in Redis to a file")
     export_cmd.add_argument("--out", required=True, metavar="MODEL.npz")
+    export_cmd.add_argument(
+        "--interactions",
+        metavar="FILE",
+        help="also write every stored interaction (user, item, weight, time) as TSV: "
+        "exactly what the model is fitted to",
+    )
     settings_flags(export_cmd)
     export_cmd.set_defaults(handler=run_export)
 
@@ -70,6 +104,16 @@ def register(commands: argparse._SubParsersAction) -> None:
     recommend_cmd.add_argument("-n", type=int, default=10)
     settings_flags(recommend_cmd)
     recommend_cmd.set_defaults(handler=run_recommend)
+
+    inspect_cmd = commands.add_parser(
+        "inspect",
+        help="JSON: one user's or item's stored history, tombstones and receipts",
+    )
+    subject = inspect_cmd.add_mutually_exclusive_group(required=True)
+    subject.add_argument("--user")
+    subject.add_argument("--item")
+    settings_flags(inspect_cmd)
+    inspect_cmd.set_defaults(handler=run_inspect)
 
     audit_cmd = commands.add_parser("audit", help="the receipts of every deletion, as JSON lines")
     audit_cmd.add_argument("--request-id", default=None)
@@ -153,6 +197,8 @@ def run_load(args: argparse.Namespace) -> int:
         raise InputError("command line", "--shards must be >= 1")
     if args.replace and args.if_absent:
         raise InputError("command line", "--replace and --if-absent exclude each other")
+    if args.drop_history and not args.replace:
+        raise InputError("command line", "--drop-history goes with --replace")
     state = connect(settings) if args.if_absent else None
     if state is not None and state.exists():
         print(json.dumps({"namespace": settings.namespace, "loaded": False,
@@ -165,18 +211,37 @@ def run_load(args: argparse.Namespace) -> int:
     if len(users) > model.shape[0] or len(items) > model.shape[1]:
         model = model.with_ids(users.ids[model.shape[0] :], items.ids[model.shape[1] :])
     stamps = pair_timestamps(data, u, i, rows.timestamps, model.params.kind)
+    trained_at = _time_of(args.trained_at) if args.trained_at is not None else None
     state = state or connect(settings)
     started = time.perf_counter()
+    history = DeletionHistory()
+    saved = None
+    if args.replace and not args.drop_history:
+        saved = Path(args.history or f"unlearn-history-{settings.namespace}.json")
+        if saved.exists():  # a replace that stopped half-way: its history is here
+            history = DeletionHistory.from_json(saved.read_text(encoding="utf-8"))
+        else:
+            history = read_history(state)
+            write_text_atomically(saved, history.to_json())
+    cleaned = drop_forgotten(model, data, stamps, history, trained_at)
     with tqdm(total=args.shards, desc="load", unit="shard", disable=None) as bar:
-        load(state, model, data, stamps, args.shards, args.replace, bar.update)
+        load(state, cleaned.model, cleaned.data, cleaned.stamps, args.shards, args.replace,
+             bar.update)  # fmt: skip
+    write_history(state, history)
+    if saved is not None:
+        saved.unlink()  # the history is in the namespace again
     print(
         json.dumps(
             {
                 "namespace": settings.namespace,
-                "users": model.shape[0],
-                "items": model.shape[1],
-                "interactions": data.nnz,
+                "users": cleaned.model.shape[0],
+                "items": cleaned.model.shape[1],
+                "interactions": cleaned.data.nnz,
                 "shards": args.shards,
+                "dropped_as_forgotten": cleaned.dropped,
+                "rows_resolved": cleaned.users_resolved + cleaned.items_resolved,
+                "tombstones_kept": len(history),
+                "receipts_kept": len(history.receipts),
                 "seconds": round(time.perf_counter() - started, 3),
             }
         )
@@ -184,20 +249,40 @@ def run_load(args: argparse.Namespace) -> int:
     return 0
 
 
+def _time_of(text: str) -> float:
+    """Seconds since the epoch, from a number or an ISO-8601 time (UTC without offset)."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise InputError("command line", f"--trained-at {text!r}: not seconds or ISO-8601") from exc
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
 def run_export(args: argparse.Namespace) -> int:
     state = connect(settings_from(args))
     model, data = export(state)
     save_model(model, args.out)
-    print(
-        json.dumps(
-            {
-                "out": args.out,
-                "users": model.shape[0],
-                "items": model.shape[1],
-                "interactions": data.nnz,
-            }
+    written = {"out": args.out, "users": model.shape[0], "items": model.shape[1],
+               "interactions": data.nnz}  # fmt: skip
+    if args.interactions:
+        written["interactions_file"] = args.interactions
+        written["interactions_written"] = write_interactions(
+            args.interactions, stored_interactions(state)
         )
-    )
+    print(json.dumps(written))
+    return 0
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    state = connect(settings_from(args))
+    side, subject = ("user", args.user) if args.user is not None else ("item", args.item)
+    print(json.dumps(subject_record(state, side, subject), indent=2))
     return 0
 
 

@@ -19,11 +19,13 @@ from unlearn_core import (
     train,
     update,
 )
+from unlearn_core.convergence import TopNSample, top_n_change
 from unlearn_core.interactions import Interactions
 from unlearn_core.unlearn import reseed_collapsed_directions
 
 # Sweep to the float32 floor: residuals settle near 1e-6 on these tiny problems.
-EXACT = SweepPolicy(solver="cholesky", tolerance=0.0, max_sweeps=300)
+EXACT = SweepPolicy(solver="cholesky", tolerance=0.0, rank_tolerance=None, max_sweeps=300)
+FOUR_SWEEPS = SweepPolicy(max_sweeps=4, tolerance=0, rank_tolerance=None)
 
 
 def trained(random_data, kind="implicit", seed=0, **kw):
@@ -82,9 +84,7 @@ def test_deleting_nothing_changes_nothing(random_data):
 
 def test_report_records_each_step(random_data):
     model, data = trained(random_data, seed=1)
-    _, _, report = forget(
-        model, data, Change.deletions(users=[0, 1]), SweepPolicy(max_sweeps=4, tolerance=0)
-    )
+    _, _, report = forget(model, data, Change.deletions(users=[0, 1]), FOUR_SWEEPS)
     phases = [(r.phase, r.index) for r in report.records]
     assert phases == [("touched", 0), ("sweep", 1), ("sweep", 2), ("sweep", 3), ("sweep", 4)]
     assert report.records[0].users_solved == 2
@@ -92,7 +92,8 @@ def test_report_records_each_step(random_data):
     losses = [report.initial_loss] + [r.loss for r in report.records]
     assert all(b <= a * (1 + 1e-6) for a, b in itertools.pairwise(losses))
     assert not report.converged
-    _, _, loose = forget(model, data, Change.deletions(users=[0, 1]), SweepPolicy(tolerance=1e-2))
+    by_scores = SweepPolicy(tolerance=1e-2, rank_tolerance=None)
+    _, _, loose = forget(model, data, Change.deletions(users=[0, 1]), by_scores)
     assert loose.converged and loose.final_residual <= 1e-2
 
 
@@ -176,3 +177,36 @@ def test_forgetting_everything_leaves_a_zero_model(random_data):
     assert remaining.nnz == 0 and report.removed == data.nnz
     assert not forgotten.user_factors.any()
     assert np.abs(forgotten.scores(np.arange(5), np.arange(5))).max() < 1e-5
+
+
+def test_the_list_rule_stops_once_what_users_see_has_settled(random_data):
+    model, data = trained(random_data, seed=2)
+    lists = SweepPolicy(max_sweeps=50, rank_tolerance=0.01)
+    _, _, report = forget(model, data, Change.deletions(users=[0, 1]), lists)
+    sweeps = [r for r in report.records if r.phase == "sweep"]
+    changes = [r.top_n_change for r in sweeps]
+    assert all(c is not None and 0 <= c <= 1 for c in changes)
+    assert report.converged and len(sweeps) < 50
+    # It stopped at the first sweep that changed few enough slots, or no fewer than the
+    # one before; not earlier.
+    last = changes[-1]
+    assert last <= report.rank_tolerance or (len(changes) > 1 and last >= changes[-2])
+    for before, now in itertools.pairwise(changes[:-1]):
+        assert now > report.rank_tolerance and now < before
+
+
+def test_top_n_lists_leave_out_known_items_and_count_changed_slots(random_data):
+    _, data = random_data(n_users=30, n_items=40, density=0.2, seed=5)
+    sample = TopNSample.draw(data, size=10, n=5, first=np.array([3, 4]))
+    assert {3, 4} <= set(sample.users.tolist()) and len(sample.users) == 10
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(30, 4)), rng.normal(size=(40, 4))
+    top = sample.top(x, y)
+    assert top.shape == (10, 5)
+    for row, user in enumerate(sample.users.tolist()):
+        known = data.by_user.indices[data.by_user.indptr[user] : data.by_user.indptr[user + 1]]
+        assert not set(top[row].tolist()) & set(known.tolist())
+    assert top_n_change(top, top) == 0.0
+    other = top.copy()
+    other[0] = top[1]  # user 0's list replaced by another's: at most 5 of 50 slots
+    assert 0 < top_n_change(top, other) <= 5 / 50

@@ -1,0 +1,185 @@
+"""The deletion history of a namespace, kept across a reload.
+
+A model retrained from a warehouse snapshot taken before a deletion reached it still holds
+the deleted pairs. Reloading it must not bring them back, and must not lose the audit
+trail of earlier erasures. So `unlearn load --replace` reads the history first (every
+tombstone, by id, and every receipt), drops each interaction of the new data that a
+tombstone covers (its time at or before the deletion's), re-solves the rows that lost
+interactions exactly (Unlearn-ALS's touched step), loads, and writes the history back
+under the new model's indices. Ids a tombstone names that the new model lacks are kept as
+rows without data, so their tombstones still stop a late interaction.
+
+An interaction's time is its file's timestamp, capped at `--trained-at` (a snapshot holds
+nothing newer than the moment it was taken); an interaction without a time is taken as
+old as can be: every tombstone of its scope covers it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from consumer.state.layout import item_tombstone, pair_tombstone, shard_of, user_tombstone
+from consumer.state.store import ModelState, ShardWrite
+from unlearn_core import FactorModel, Interactions
+from unlearn_core.interactions import Change, locate
+from unlearn_core.unlearn import SweepPolicy, forget
+
+
+@dataclass
+class DeletionHistory:
+    """Tombstones by id (latest deletion time of each scope) and the receipts, as stored."""
+
+    pairs: dict[tuple[str, str], float] = field(default_factory=dict)
+    users: dict[str, float] = field(default_factory=dict)
+    items: dict[str, float] = field(default_factory=dict)
+    receipts: dict[str, str] = field(default_factory=dict)  # source -> receipt JSON
+
+    def __len__(self) -> int:
+        return len(self.pairs) + len(self.users) + len(self.items)
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "pairs": [[u, i, t] for (u, i), t in self.pairs.items()],
+            "users": self.users, "items": self.items, "receipts": self.receipts,
+        })  # fmt: skip
+
+    @classmethod
+    def from_json(cls, text: str) -> DeletionHistory:
+        raw = json.loads(text)
+        pairs = {(u, i): float(t) for u, i, t in raw["pairs"]}
+        return cls(pairs, raw["users"], raw["items"], raw["receipts"])
+
+    def ids(self) -> tuple[set[str], set[str]]:
+        users = set(self.users) | {u for u, _ in self.pairs}
+        items = set(self.items) | {i for _, i in self.pairs}
+        return users, items
+
+
+def read_history(state: ModelState) -> DeletionHistory:
+    """Everything the namespace remembers of its deletions (empty if it holds no model).
+
+    Read from the keys every layout format keeps alike (the shard count in the metadata,
+    the id maps, each shard's tombstones and receipts), so it also carries the history of
+    a namespace an earlier version wrote, or a load that did not finish, into a reload."""
+    out = DeletionHistory()
+    shards = int(state.client.hget(state.layout.meta, "shards") or 0)
+    raw: dict[str, float] = {}
+    for shard in range(shards):
+        keys = state.layout.shard(shard)
+        for name, at in state.client.hgetall(keys.tombstones).items():
+            text = name.decode()
+            raw[text] = max(raw.get(text, float("-inf")), float(at))
+        for source, receipt in state.client.hgetall(keys.receipts).items():
+            out.receipts[source.decode()] = receipt.decode()
+    pairs = [(k, t) for k, t in raw.items() if k.startswith("p:")]
+    users = [(k, t) for k, t in raw.items() if k.startswith("u:")]
+    items = [(k, t) for k, t in raw.items() if k.startswith("i:")]
+    pair_users = state.ids_of("user", [int(k.split(":")[1]) for k, _ in pairs])
+    pair_items = state.ids_of("item", [int(k.split(":")[2]) for k, _ in pairs])
+    for u, i, (_, t) in zip(pair_users, pair_items, pairs, strict=True):
+        out.pairs[(u, i)] = t
+    for u, (_, t) in zip(state.ids_of("user", [int(k[2:]) for k, _ in users]), users, strict=True):
+        out.users[u] = t
+    for i, (_, t) in zip(state.ids_of("item", [int(k[2:]) for k, _ in items]), items, strict=True):
+        out.items[i] = t
+    return out
+
+
+@dataclass(frozen=True)
+class Cleaned:
+    model: FactorModel
+    data: Interactions
+    stamps: np.ndarray  # aligned with data.by_user.data
+    dropped: int  # interactions the history had forgotten
+    users_resolved: int
+    items_resolved: int
+
+
+def drop_forgotten(
+    model: FactorModel,
+    data: Interactions,
+    stamps: np.ndarray,
+    history: DeletionHistory,
+    trained_at: float | None = None,
+) -> Cleaned:
+    """The new model and data with every interaction a tombstone covers removed and the
+    rows that lost one re-solved exactly; ids the history names are added if missing."""
+    users_named, items_named = history.ids()
+    user_index = {u: n for n, u in enumerate(model.user_ids.tolist())}
+    item_index = {i: n for n, i in enumerate(model.item_ids.tolist())}
+    new_users = sorted(users_named - user_index.keys())
+    new_items = sorted(items_named - item_index.keys())
+    if new_users or new_items:
+        model = model.with_ids(new_users, new_items)
+        user_index.update((u, len(user_index) + n) for n, u in enumerate(new_users))
+        item_index.update((i, len(item_index) + n) for n, i in enumerate(new_items))
+    data = data.resized(model.shape)
+    times = np.asarray(stamps, dtype=np.float64)
+    if trained_at is not None:
+        times = np.minimum(times, trained_at)
+    users = np.repeat(np.arange(data.shape[0]), np.diff(data.by_user.indptr))
+    items = data.by_user.indices.astype(np.int64)
+    # The latest deletion time that reaches each entry: its user's, its item's, its pair's.
+    user_t = np.full(data.shape[0], -np.inf)
+    for u, t in history.users.items():
+        user_t[user_index[u]] = t
+    item_t = np.full(data.shape[1], -np.inf)
+    for i, t in history.items.items():
+        item_t[item_index[i]] = t
+    reach = np.maximum(user_t[users], item_t[items])
+    if history.pairs:
+        keys = np.array(
+            [user_index[u] * data.shape[1] + item_index[i] for u, i in history.pairs],
+            dtype=np.int64,
+        )
+        pos, found = locate(data.entry_keys, keys)
+        pair_t = np.fromiter(history.pairs.values(), dtype=np.float64, count=len(keys))
+        np.maximum.at(reach, pos[found], pair_t[found])
+    covered = times <= reach
+    dropped = int(covered.sum())
+    if not dropped:
+        return Cleaned(model, data, times, 0, 0, 0)
+    change = Change(remove_pair_users=users[covered], remove_pair_items=items[covered])
+    touched_only = SweepPolicy(max_sweeps=0, rank_tolerance=None, track_loss=False)
+    model, remaining, report = forget(model, data, change, touched_only)
+    pos, _ = locate(data.entry_keys, remaining.entry_keys)
+    return Cleaned(model, remaining, times[pos], dropped, report.touched_users,
+                   report.touched_items)  # fmt: skip
+
+
+def write_history(state: ModelState, history: DeletionHistory) -> None:
+    """The history under the freshly loaded model's indices: each tombstone where the
+    engine looks for it, each receipt with its request's coordinator shard."""
+    meta = state.meta()
+    shards = meta.shards
+    writes: dict[int, ShardWrite] = {}
+
+    def write(shard: int) -> ShardWrite:
+        return writes.setdefault(int(shard), ShardWrite())
+
+    def index(side: str, ids: list[str]) -> list[int]:
+        found = state.lookup(side, ids)
+        if (found < 0).any():
+            raise RuntimeError(f"{side} ids of the deletion history are missing after the load")
+        return found.tolist()
+
+    pair_users = index("user", [u for u, _ in history.pairs])
+    pair_items = index("item", [i for _, i in history.pairs])
+    for u, i, t in zip(pair_users, pair_items, history.pairs.values(), strict=True):
+        write(shard_of(u, shards)).tombstones[pair_tombstone(u, i)] = t
+    for u, t in zip(index("user", list(history.users)), history.users.values(), strict=True):
+        write(shard_of(u, shards)).tombstones[user_tombstone(u)] = t
+    for i, t in zip(index("item", list(history.items)), history.items.values(), strict=True):
+        for shard in range(shards):  # copied to every shard, as the engine writes them
+            write(shard).tombstones[item_tombstone(i)] = t
+    for source, text in history.receipts.items():
+        receipt = json.loads(text)
+        user, item = receipt.get("user"), receipt.get("item")
+        side, subject = ("user", user) if user is not None else ("item", item)
+        (n,) = state.lookup(side, [subject]) if subject is not None else (0,)
+        write(shard_of(max(int(n), 0), shards)).receipts[source] = text
+    for shard, one in writes.items():
+        state.commit({shard: one}, {shard: None})

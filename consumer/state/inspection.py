@@ -1,0 +1,80 @@
+"""What the namespace holds about one subject, and everything it is fitted to: the answer
+to an access request (GDPR art. 15) and the way to check an erasure by hand.
+
+`subject_record` gathers one user's or item's stored interactions (with their times), the
+tombstones of its scope and the receipts that name it; `stored_interactions` walks every
+stored pair, shard by shard, for `unlearn export --interactions`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from consumer.state.layout import item_tombstone, shard_of, user_tombstone
+from consumer.state.store import ModelState
+
+
+def subject_record(state: ModelState, side: str, subject: str) -> dict[str, Any]:
+    """JSON-ready: the subject's stored history, tombstones and receipts."""
+    meta = state.meta()
+    index = int(state.lookup(side, [subject])[0])
+    other = "item" if side == "user" else "user"
+    out: dict[str, Any] = {side: subject, "known": index >= 0, "interactions": []}
+    if index >= 0:
+        (row,) = state.read_rows(side, np.array([index]), meta.shards)
+        ids = state.ids_of(other, row["other"].tolist())
+        out["interactions"] = [
+            {other: i, "weight": float(w), "ts": int(t) or None}
+            for i, w, t in zip(ids, row["weight"].tolist(), row["ts"].tolist(), strict=True)
+        ]
+    out["tombstones"] = _tombstones(state, side, index, meta.shards)
+    out["receipts"] = [r for r in state.read_receipts(meta.shards) if r.get(side) == subject]
+    return out
+
+
+def _tombstones(state: ModelState, side: str, index: int, shards: int) -> list[dict[str, Any]]:
+    """The deletions of this subject's scope the state remembers: its whole-history one
+    and its pairs' (a user's live in its shard; an item's pairs in its users' shards)."""
+    if index < 0:
+        return []
+    whole = user_tombstone(index) if side == "user" else item_tombstone(index)
+    found: list[dict[str, Any]] = []
+    whole_found = False  # an item's is copied to every shard: listed once
+    where = [int(shard_of(index, shards))] if side == "user" else list(range(shards))
+    for shard in where:
+        for field, at in state.client.hgetall(state.layout.shard(shard).tombstones).items():
+            name = field.decode()
+            kind, _, rest = name.partition(":")
+            if name == whole:
+                if not whole_found:
+                    found.append({"scope": side, "ts": float(at)})
+                whole_found = True
+            elif kind == "p":
+                user, item = (int(n) for n in rest.split(":"))
+                if (user if side == "user" else item) == index:
+                    other_side, other = ("item", item) if side == "user" else ("user", user)
+                    (other_id,) = state.ids_of(other_side, [other])
+                    found.append({"scope": "pair", other_side: other_id, "ts": float(at)})
+    return found
+
+
+def stored_interactions(state: ModelState) -> Iterator[tuple[str, str, float, int]]:
+    """Every stored pair: user id, item id, weight, time (seconds; 0: none), by user."""
+    meta = state.meta()
+    for shard in range(meta.shards):
+        rows = state.read_shard_rows("user", shard)
+        if not rows:
+            continue
+        users = sorted(rows)
+        user_ids = state.ids_of("user", users)
+        items = np.unique(np.concatenate([rows[u]["other"] for u in users]))
+        item_ids = dict(zip(items.tolist(), state.ids_of("item", items), strict=True))
+        for user, user_id in zip(users, user_ids, strict=True):
+            row = rows[user]
+            for item, weight, ts in zip(
+                row["other"].tolist(), row["weight"].tolist(), row["ts"].tolist(), strict=True
+            ):
+                yield user_id, item_ids[item], weight, ts
