@@ -20,6 +20,7 @@ text, as they appear in the interactions files; anything else its str().
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -110,12 +111,14 @@ def from_matrices(
     item_factors: str | Path,
     user_ids: str | Path | None,
     item_ids: str | Path | None,
-    params: Hyperparameters,
+    objective: Callable[[int], Hyperparameters],
 ) -> FactorModel:
+    """The matrices with their ids; `objective` gives the hyperparameters for their rank."""
     users, items = read_matrix(user_factors), read_matrix(item_factors)
-    if users.shape[1] != items.shape[1] or users.shape[1] != params.factors:
-        raise InputError(user_factors, f"factor widths {users.shape[1]} and {items.shape[1]} "
-                         f"do not match --factors {params.factors}")  # fmt: skip
+    if users.shape[1] != items.shape[1]:
+        raise InputError(item_factors, f"{items.shape[1]} columns where the user factors "
+                         f"have {users.shape[1]}")  # fmt: skip
+    params = objective(users.shape[1])
     return FactorModel.create(
         read_ids(user_ids, len(users), "user"), read_ids(item_ids, len(items), "item"),
         users, items, params,

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from consumer.errors import InputError
-from consumer.importers import from_implicit, from_matrices, read_matrix
+from consumer.importers import from_implicit, from_matrices
 from consumer.model_file import save_model
 from unlearn_core.params import KINDS, Hyperparameters
 
@@ -40,13 +40,15 @@ def run_import(args: argparse.Namespace) -> int:
     else:
         if args.item_factors is None:
             raise InputError("command line", "--from npy needs --item-factors")
-        k = read_matrix(args.source).shape[1]
-        try:
-            params = Hyperparameters.for_kind(args.kind, k, args.regularization, args.alpha)
-        except ValueError as exc:
-            raise InputError("command line", str(exc)) from exc
+
+        def objective(k: int) -> Hyperparameters:
+            try:
+                return Hyperparameters.for_kind(args.kind, k, args.regularization, args.alpha)
+            except ValueError as exc:
+                raise InputError("command line", str(exc)) from exc
+
         model = from_matrices(args.source, args.item_factors, args.user_ids, args.item_ids,
-                              params)  # fmt: skip
+                              objective)  # fmt: skip
     save_model(model, args.out)
     print(json.dumps({"out": args.out, "users": model.shape[0], "items": model.shape[1],
                       "params": vars(model.params)}))  # fmt: skip

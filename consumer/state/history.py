@@ -175,11 +175,17 @@ def write_history(state: ModelState, history: DeletionHistory) -> None:
     for i, t in zip(index("item", list(history.items)), history.items.values(), strict=True):
         for shard in range(shards):  # copied to every shard, as the engine writes them
             write(shard).tombstones[item_tombstone(i)] = t
+    # Each receipt goes to its request's coordinator: the user's shard (a pair's or a
+    # user's request), the item's (an item's). The subjects are looked up in one call a side.
+    subjects: dict[str, list[tuple[str, str, str]]] = {"user": [], "item": []}
     for source, text in history.receipts.items():
         receipt = json.loads(text)
         user, item = receipt.get("user"), receipt.get("item")
         side, subject = ("user", user) if user is not None else ("item", item)
-        (n,) = state.lookup(side, [subject]) if subject is not None else (0,)
-        write(shard_of(max(int(n), 0), shards)).receipts[source] = text
+        subjects[side].append((source, text, subject if subject is not None else ""))
+    for side, entries in subjects.items():
+        found = state.lookup(side, [subject for _, _, subject in entries]).tolist()
+        for (source, text, _), n in zip(entries, found, strict=True):
+            write(shard_of(max(n, 0), shards)).receipts[source] = text
     for shard, one in writes.items():
         state.commit({shard: one}, {shard: None})

@@ -41,23 +41,25 @@ def _tombstones(state: ModelState, side: str, index: int, shards: int) -> list[d
     if index < 0:
         return []
     whole = user_tombstone(index) if side == "user" else item_tombstone(index)
-    found: list[dict[str, Any]] = []
-    whole_found = False  # an item's is copied to every shard: listed once
+    whole_at: float | None = None  # an item's is copied to every shard: listed once
+    pairs: list[tuple[int, float]] = []  # the other side's index, the deletion time
+    other_side = "item" if side == "user" else "user"
     where = [int(shard_of(index, shards))] if side == "user" else list(range(shards))
     for shard in where:
         for field, at in state.client.hgetall(state.layout.shard(shard).tombstones).items():
             name = field.decode()
             kind, _, rest = name.partition(":")
             if name == whole:
-                if not whole_found:
-                    found.append({"scope": side, "ts": float(at)})
-                whole_found = True
+                whole_at = float(at)
             elif kind == "p":
                 user, item = (int(n) for n in rest.split(":"))
-                if (user if side == "user" else item) == index:
-                    other_side, other = ("item", item) if side == "user" else ("user", user)
-                    (other_id,) = state.ids_of(other_side, [other])
-                    found.append({"scope": "pair", other_side: other_id, "ts": float(at)})
+                mine, other = (user, item) if side == "user" else (item, user)
+                if mine == index:
+                    pairs.append((other, float(at)))
+    found: list[dict[str, Any]] = [] if whole_at is None else [{"scope": side, "ts": whole_at}]
+    names = state.ids_of(other_side, [other for other, _ in pairs])  # one call for all
+    found += [{"scope": "pair", other_side: name, "ts": at}
+              for name, (_, at) in zip(names, pairs, strict=True)]  # fmt: skip
     return found
 
 
