@@ -182,7 +182,7 @@ class Instance:
 
 
 def _topics(bootstrap: str, tag: str) -> dict[str, str]:
-    topics = {k: f"{k}-{tag}" for k in ("interactions", "deletions", "receipts", "dlq")}
+    topics = {k: f"{k}-{tag}" for k in ("interactions", "deletions", "receipts", "dlq", "factors")}
     admin = AdminClient({"bootstrap.servers": bootstrap})
     for future in admin.create_topics(
         [NewTopic(t, num_partitions=PARTITIONS) for t in topics.values()]

@@ -3,22 +3,26 @@
     source ─► batching ─► parsing ─► ingest ──────► checkpoint ─► (offsets)
     (Kafka)   (policy)    (events)   (each event    (dead letters, then the commit)
                                       to its shard's inbox)
-    owned shards' inboxes ─► step (Redis: rows, exact solves) ─► checkpoint (receipts)
+    owned shards' inboxes ─► step (Redis: rows, exact solves) ─► publishing ─► checkpoint
+                             (factors topic: the commits' rows)   (receipts)
                   between batches: consolidation slices; throughout: observation
 
 Each step has one job (consumer/pipeline/); the order in which a batch becomes final is
 the checkpoint's alone: its effect durable in Redis (an event in its shard's inbox, a
-request's every part in its shard), then receipts and dead letters acknowledged by the
-broker, then offsets committed. Batches overlap: while the broker acknowledges batch N,
-batch N+1 is read and applied. This instance applies the shards that go with the
-deletions topic's partitions it holds; on revoke the open batch is finished and every
-batch in flight acknowledged and committed before the partitions (and their shards) go.
+request's every part in its shard), then the factors it changed acknowledged on the
+factors topic (publishing holds a receipt until then), then receipts and dead letters
+acknowledged by the broker, then offsets committed. Batches overlap: while the broker
+acknowledges batch N, batch N+1 is read and applied. This instance applies the shards
+that go with the deletions topic's partitions it holds; on revoke the open batch is
+finished and every batch in flight acknowledged and committed before the partitions (and
+their shards) go.
 SIGTERM and SIGINT only set a flag; the loop finishes its batch, drains the checkpoint
 and closes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import time
@@ -40,6 +44,7 @@ from consumer.pipeline.consolidation import Consolidation, ConsolidationPolicy
 from consumer.pipeline.dead_letters import REDRIVEN_HEADER, dead_letter_headers
 from consumer.pipeline.observation import Observer
 from consumer.pipeline.parsing import Parsed, Parser
+from consumer.pipeline.publishing import FactorPublisher, PublishFailed
 from consumer.pipeline.source import InputFailed, Read, Source
 from consumer.receipts import Receipt
 from consumer.redaction import scope_name
@@ -118,6 +123,12 @@ class Application:
             self.producer, self.source.commit, self.source.assignments.commit_note,
             on_acknowledged=lambda seconds: self.observer.stage("acknowledge", seconds),
         )  # fmt: skip
+        self.publisher = (
+            FactorPublisher(self.producer, settings.topic_factors, engine.state)
+            if settings.topic_factors
+            else None
+        )
+        self._held: list[Receipt] = []  # receipts waiting for their factors to be published
         self.consolidation = Consolidation(
             ConsolidationPolicy(
                 tolerance=settings.consolidate_tolerance,
@@ -159,9 +170,10 @@ class Application:
                 self._step()
             self._flush()
             self._work()
+            self._finish_publishing()
             if not self.checkpoint.drain(self.settings.revoke_budget_s):
                 log.warning("shutting down with receipts not yet acknowledged: they are replayed")
-        except (Unavailable, InputFailed, AcknowledgementFailed) as exc:
+        except (Unavailable, InputFailed, AcknowledgementFailed, PublishFailed) as exc:
             raise FatalError(str(exc)) from exc
         finally:
             self.source.close()
@@ -172,6 +184,7 @@ class Application:
     def _step(self) -> None:
         self.health.tick()
         self.checkpoint.poll()
+        self._release()
         self.observer.redis_memory(self.engine.state)
         self.source.resume_surged()
         self.source.recheck_gaps()
@@ -182,7 +195,7 @@ class Application:
         consolidating = self._consolidation_due(False)
         idle = OWNER_WAIT_S if self.engine.owned else IDLE_WAIT_S
         wait = 0.0 if self._pending or consolidating or worked else idle
-        if wait and self.checkpoint.in_flight:
+        if wait and (self.checkpoint.in_flight or self._held):
             # Receipts on their way: wait on the broker's acknowledgements (a short wait
             # that ends at the first), not on input, so offsets follow within a ms.
             self.checkpoint.poll(ACK_WAIT_S)
@@ -270,10 +283,13 @@ class Application:
         self.observer.outcome(outcome)
         if outcome.events:
             self.observer.model(self.engine)
-        self.stats.receipts_sent += len(receipts)
         self.stats.last_residual = outcome.residual
-        records = [(self.settings.topic_receipts, r.key, r.to_json(), None) for r in receipts]
-        self.checkpoint.submit({}, records, lambda: self._acknowledged(outcome, receipts))
+        self._publish()
+        ready = self._ready(receipts)
+        self.stats.receipts_sent += len(ready)
+        records = [(self.settings.topic_receipts, r.key, r.to_json(), None) for r in ready]
+        released = dataclasses.replace(outcome, receipts=[r for r in ready if not r.resent])
+        self.checkpoint.submit({}, records, lambda: self._acknowledged(released, ready))
         if self.on_batch is not None:
             self.on_batch(outcome)
         return True
@@ -284,6 +300,51 @@ class Application:
             self.engine.sent(receipts)
         except TRANSIENT as exc:  # they stay marked unsent: a later owner sends them again
             log.info("could not mark receipts sent: %s", type(exc).__name__)
+
+    # ----- publishing -------------------------------------------------------------------
+
+    def _publish(self) -> None:
+        """The owned shards' commits not on the factors topic yet: to the producer."""
+        if self.publisher is None:
+            return
+        started = time.perf_counter()
+        produced = self.publisher.publish(self.engine.commits())
+        if produced:
+            self.observer.factors_published(produced, time.perf_counter() - started)
+
+    def _ready(self, receipts: list[Receipt]) -> list[Receipt]:
+        """Of these receipts (and those held before), the ones whose factors the factors
+        topic has; the others are held."""
+        if self.publisher is None:
+            return receipts
+        self.publisher.poll()
+        waiting = [*self._held, *receipts]
+        ready = [r for r in waiting if self.publisher.covers(r)]
+        self._held = [r for r in waiting if not self.publisher.covers(r)] if ready else waiting
+        self.observer.receipts_held(len(self._held))
+        return ready
+
+    def _release(self) -> None:
+        """Held receipts whose factors are published now: to the checkpoint."""
+        if self.publisher is None or not (self._held or self.publisher.pending()):
+            return
+        ready = self._ready([])
+        if ready:
+            self.stats.receipts_sent += len(ready)
+            records = [(self.settings.topic_receipts, r.key, r.to_json(), None) for r in ready]
+            released = BatchOutcome(receipts=[r for r in ready if not r.resent])
+            self.checkpoint.submit({}, records, lambda: self._acknowledged(released, ready))
+
+    def _finish_publishing(self) -> None:
+        """Before the shards go (a revoke, a shutdown): what is handed over acknowledged,
+        and the receipts it held released. What stays held is still in its shard's unsent
+        set: the next owner sends it."""
+        if self.publisher is None:
+            return
+        self._publish()
+        if not self.publisher.drain(self.settings.revoke_budget_s):
+            log.warning("factors not yet acknowledged: the next owner publishes them again")
+        self._release()
 
     def _after_batch(self, messages: list[Message], parsed: Parsed) -> None:
         total: Counter[Partition] = Counter()
@@ -331,6 +392,7 @@ class Application:
         batch in flight while they are still ours; then the shards go with them."""
         self._flush()
         self._work()
+        self._finish_publishing()
         if not self.checkpoint.drain(self.settings.revoke_budget_s):
             log.warning("revoked with receipts not yet acknowledged: the next owner replays them")
         for topic, number in partitions:  # another instance commits them now
@@ -338,6 +400,8 @@ class Application:
         gone = {p for t, p in partitions if t == self.settings.topic_deletions}
         if gone:
             self._own(self.source.held(self.settings.topic_deletions) - gone)
+            # Held receipts of shards that went are sent by their next owner.
+            self._held = [r for r in self._held if self.engine.holds_unsent(r.source)]
 
     # ----- what goes wrong ------------------------------------------------------------
 
@@ -352,6 +416,9 @@ class Application:
         self.metrics.state_rollbacks.inc()
         self.stats.rollbacks += 1
         self.applier.rebuild(keep_committed=False)
+        self._held = []  # still unsent in their shards: sent again with the rebuilt ones
+        if self.publisher is not None:
+            self.publisher.forget()  # the marks are read again, as the state has them now
         self._read_back(set(self.engine.owned))
         self.source.seek(sorted(self.source.assignments.views), rollback_counted=True)
         self.source.assignments.lost_through({key: c for key, (_, c) in exc.behind.items()})
@@ -459,6 +526,7 @@ class Application:
         outcome = self.applier.slice(side, start, rows)
         if outcome is None:
             return
+        self._publish()
         self.stats.slices += 1
         self.observer.slice(outcome)
         summary = self.consolidation.record(

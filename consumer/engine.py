@@ -266,6 +266,18 @@ class Engine:
                 self._resend.append(receipt.again())
         self._read_ledgers(new)
 
+    def commits(self) -> dict[int, tuple[int, tuple[int, str | None]]]:
+        """Owned shard -> (its fence token, (its commits so far, the newest one's id))."""
+        return {
+            s: (o.token, self.replica.known.get(s, (o.generation, None)))
+            for s, o in self.owned.items()
+        }
+
+    def holds_unsent(self, source: str) -> bool:
+        """Is this request's receipt stored, not yet acknowledged, in a shard owned here?"""
+        shard = self._unsent.get(source)
+        return shard is not None and shard in self.owned
+
     def answered(self, sources: Iterable[str]) -> None:
         """Requests the receipts topic shows answered (read back by the service when it
         takes shards over): any of them this engine answers now was answered before.
@@ -605,7 +617,7 @@ class Engine:
                     if pending is None:
                         continue  # told twice, or already answered
                     request = out[shard][done.request] = pending.copy()
-                request.done(done.part, done.at, done.removed, done.kept)
+                request.done(done.part, done.at, done.removed, done.kept, done.generation)
         return out
 
     def _final_items(
@@ -646,7 +658,10 @@ class Engine:
                 if request is None:
                     request = self._pending_copy(requests, part.waiter)
                 if request is not None:
-                    request.done(part.waiter.part, now, part.removed, part.kept)
+                    # Durable with this very commit: the shard's next generation (its
+                    # owner is the shard's only writer, and the fence says so).
+                    generation = self.owned[coordinator].generation + 1
+                    request.done(part.waiter.part, now, part.removed, part.kept, generation)
             else:
                 later.append(part)
         stored = self._store_requests(requests, writes)
@@ -656,6 +671,10 @@ class Engine:
         out.parts_asked = sum(len(m) for m in batch.messages.values())
         self._remember_asked(batch, ids, now)
         lost = set(writes) - set(written)
+        for shard, (generation, _) in written.items():
+            if generation != self.owned[shard].generation + 1:  # another writer: a bug
+                log.error("shard %s went from commit %s to %s in one write", shard,
+                          self.owned[shard].generation, generation)  # fmt: skip
         self._after_commit(batch, work, writes, written, requests)
         out.receipts += [r for s, (shard, r) in stored.items() if shard in written]
         for source, (shard, _) in stored.items():
@@ -671,8 +690,16 @@ class Engine:
                 continue
             coordinator = part.waiter.shard
             if coordinator not in self.owned or coordinator in lost:
+                generation = self._durable_in(part.shard, written)
                 messages2[coordinator].append(
-                    Done(part.waiter.request, part.waiter.part, now, part.removed, part.kept)
+                    Done(
+                        part.waiter.request,
+                        part.waiter.part,
+                        now,
+                        part.removed,
+                        part.kept,
+                        generation,
+                    )
                 )
                 continue
             request = updated[coordinator].get(part.waiter.request)
@@ -681,7 +708,8 @@ class Engine:
                 if pending is None:
                     continue
                 request = updated[coordinator][part.waiter.request] = pending.copy()
-            request.done(part.waiter.part, now, part.removed, part.kept)
+            generation = self._durable_in(part.shard, written)
+            request.done(part.waiter.part, now, part.removed, part.kept, generation)
         stored2 = self._store_requests(updated, writes2)
         if writes2 or messages2:
             encoded = {s: [encode(m)] for s, m in messages2.items()}
@@ -702,6 +730,14 @@ class Engine:
         if lost:
             self._lose(lost)
             out.lost |= lost
+
+    def _durable_in(self, shard: int, written: dict[int, tuple[int, str]]) -> int:
+        """The commit of a shard a part done there is durable with: round 1's write, or
+        (the part changed nothing there) the shard's commit as it stands."""
+        if shard in written:
+            return written[shard][0]
+        owned = self.owned.get(shard)
+        return owned.generation if owned is not None else 0
 
     def _pending_copy(
         self, requests: dict[int, dict[str, Request]], waiter: Waiter

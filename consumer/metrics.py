@@ -163,6 +163,23 @@ class Metrics:
         self.receipts = Counter(
             "unlearn_receipts_sent_total", "Receipts published", ["resent"], registry=r
         )
+        # The factors topic: rows published (each committed factor change, for serving),
+        # how long handing them over took, and receipts waiting for their factors.
+        self.factors_published = Counter(
+            "unlearn_factors_published_total", "Factor rows sent to the factors topic",
+            registry=r,
+        )  # fmt: skip
+        self.publish_seconds = Histogram(
+            "unlearn_factors_publish_seconds",
+            "Reading a batch's changed factors and handing them to the producer",
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5),
+            registry=r,
+        )
+        self.receipts_held = Gauge(
+            "unlearn_receipts_held",
+            "Receipts durable in Redis, waiting for their factors on the factors topic",
+            registry=r,
+        )
         # Log end minus committed offset, per assigned partition; removed on revoke.
         self.lag = Gauge(
             "unlearn_consumer_lag",

@@ -4,8 +4,9 @@ bounded time, instead of a client that retries forever.
 
 - the brokers answer within `kafka_connect_timeout_s` (a wrong address, port, protocol or
   credentials);
-- the four topics exist: created when `create_topics` allows it, otherwise reported and
-  checked again every few seconds for up to `topics_wait_s` (an operator creating them
+- the topics exist (inputs, receipts, dead letters, factors): created when
+  `create_topics` allows it (the factors topic compacted), otherwise reported and checked
+  again every few seconds for up to `topics_wait_s` (an operator creating them
   meanwhile is seen within seconds);
 - the metrics port is free (checked where the server binds: consumer/cli/service.py).
 Redis' reachability and mode are checked where it is connected (`connect`)."""
@@ -31,6 +32,7 @@ def topics_of(settings: Settings) -> list[str]:
         settings.topic_deletions,
         settings.topic_receipts,
         settings.topic_dlq,
+        *([settings.topic_factors] if settings.topic_factors else []),
     ]
 
 
@@ -82,9 +84,16 @@ def no_broker(settings: Settings, exc: KafkaException, timeout_s: float) -> str:
     )
 
 
+def new_topic(settings: Settings, topic: str, partitions: int) -> NewTopic:
+    """The factors topic is compacted: a serving layer that starts reads each row's newest
+    value, not its history."""
+    config = {"cleanup.policy": "compact"} if topic == settings.topic_factors else {}
+    return NewTopic(topic, num_partitions=partitions, config=config)
+
+
 def _create(admin: AdminClient, settings: Settings, missing: list[str]) -> None:
     partitions = settings.create_topics_partitions
-    futures = admin.create_topics([NewTopic(t, num_partitions=partitions) for t in missing])
+    futures = admin.create_topics([new_topic(settings, t, partitions) for t in missing])
     for topic, future in futures.items():
         try:
             future.result(timeout=settings.kafka_connect_timeout_s)

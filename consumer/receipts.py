@@ -38,10 +38,19 @@ class Receipt:
     # interactions with a shard's users ("purge@S") and the item itself ("item@S"). The
     # receipt is sent once every part is durable; `applied_at` is the last one's time.
     parts: tuple[tuple[str, float], ...] = ()
+    # Each part's shard commit (generation) that made it durable: a serving layer that has
+    # read the factors topic up to these generations of those shards shows the effect.
+    # The receipt is published only after those factors are.
+    generations: tuple[tuple[str, int], ...] = ()
 
     def to_json(self) -> str:
         body = dataclasses.asdict(self)
-        body["parts"] = [{"part": name, "durable_at": at} for name, at in self.parts]
+        generations = dict(self.generations)
+        body["parts"] = [
+            {"part": name, "durable_at": at, "generation": generations.get(name, 0)}
+            for name, at in self.parts
+        ]
+        del body["generations"]
         return json.dumps(body)
 
     @classmethod
@@ -52,11 +61,22 @@ class Receipt:
         defaults = {"kept_newer": 0, "ts_adjusted": None, "received_at": raw.get("applied_at")}
         fields = {**defaults, **{k: v for k, v in raw.items() if k in names}}
         fields["parts"] = tuple((p["part"], p["durable_at"]) for p in raw.get("parts", ()))
+        fields["generations"] = tuple(
+            (p["part"], p.get("generation", 0)) for p in raw.get("parts", ())
+        )
         return cls(**fields)
 
     def again(self) -> Receipt:
         """This receipt, re-sent for a replayed request."""
         return dataclasses.replace(self, resent=True)
+
+    def shard_generations(self) -> dict[int, int]:
+        """shard -> the commit of it this receipt's effect needs (the highest of its parts)."""
+        out: dict[int, int] = {}
+        for part, generation in self.generations:
+            shard = int(part.rsplit("@", 1)[1])
+            out[shard] = max(out.get(shard, 0), generation)
+        return out
 
     @property
     def key(self) -> str:

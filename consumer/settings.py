@@ -54,6 +54,11 @@ class Settings(BaseSettings):
     topic_deletions: str = "deletions"
     topic_receipts: str = "unlearn-receipts"
     topic_dlq: str = "unlearn-dlq"
+    topic_factors: str = Field(
+        "unlearn-factors",
+        description="compacted topic every committed factor change goes to, before the "
+        "receipts that depend on it ('': none, for deployments nothing serves from)",
+    )
     group_id: str = "unlearn"
     namespace: str = "default"
     metrics_port: int = 0  # 0: no metrics endpoint

@@ -27,6 +27,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from tqdm import tqdm
 
 from consumer.application import Application
+from consumer.cli.verifying import verify_namespace
 from consumer.embedded import local_kafka, local_redis
 from consumer.engine import Engine
 from consumer.http import Health, MetricsServer
@@ -36,7 +37,7 @@ from consumer.settings import load_settings
 from consumer.state.bootstrap import export, pair_timestamps
 from consumer.state.bootstrap import load as load_state
 from consumer.state.store import ModelState
-from consumer.tsv import read_interactions
+from consumer.tsv import read_interactions, write_interactions
 from unlearn_core import Hyperparameters, Interactions, train
 from unlearn_core.ids import IdIndex
 from unlearn_core.synthetic import SECONDS_PER_DAY, long_tailed_events
@@ -44,6 +45,7 @@ from unlearn_core.synthetic import SECONDS_PER_DAY, long_tailed_events
 DEMO_PARAMS = Hyperparameters("implicit", factors=32, regularization=1.0, alpha=1.0)
 TOP_N = 10
 MONTH = 30 * SECONDS_PER_DAY
+HELD_OUT_SHARE = 0.05  # of the rest, never trained on nor streamed: the verify report's test
 STREAMED_SHARE = 0.02  # the newest interactions arrive as events instead of being trained on
 PAIR_REQUESTS = 200
 PARTITIONS = 2
@@ -61,6 +63,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--plot", default="unlearn-demo.png", metavar="PNG")
     demo.add_argument("--report", default="unlearn-demo.json", metavar="JSON")
+    demo.add_argument(
+        "--verify-report",
+        default="unlearn-verify.json",
+        metavar="JSON",
+        help="where `unlearn verify` writes its report on the demo's namespace (and a PNG)",
+    )
     demo.add_argument(
         "--keep-running",
         action="store_true",
@@ -100,6 +108,12 @@ def run_demo(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     data = _load(args.data, args.seed)
     train_rows, stream_rows = _split_newest(data)
+    # A test split the model never sees, for `unlearn verify`'s held-out utility.
+    held_rows = np.sort(
+        np.random.default_rng(args.seed).choice(train_rows, int(len(train_rows) * HELD_OUT_SHARE),
+                                                replace=False)
+    )  # fmt: skip
+    train_rows = np.setdiff1d(train_rows, held_rows)
     interactions = Interactions.from_triples(
         data.users[train_rows],
         data.items[train_rows],
@@ -143,10 +157,15 @@ def run_demo(args: argparse.Namespace) -> int:
             "deletions": "deletions",
             "receipts": "unlearn-receipts",
             "dlq": "unlearn-dlq",
+            "factors": "unlearn-factors",
         }
         admin = AdminClient({"bootstrap.servers": bootstrap})  # must outlive its futures
+        compacted = {"cleanup.policy": "compact"}  # serving reads each row's newest value
         futures = admin.create_topics(
-            [NewTopic(t, num_partitions=PARTITIONS) for t in topics.values()]
+            [
+                NewTopic(t, num_partitions=PARTITIONS, config=compacted if k == "factors" else {})
+                for k, t in topics.items()
+            ]
         )
         for future in futures.values():
             future.result(timeout=30)
@@ -167,19 +186,20 @@ def run_demo(args: argparse.Namespace) -> int:
         service = Application(settings, Engine(state), metrics=metrics, health=health)
         thread = threading.Thread(target=service.run, daemon=True)
         thread.start()
+        held_out = Path(workdir) / "held-out.tsv"
+        write_interactions(
+            held_out,
+            (
+                (data.user_ids[data.users[r]], data.item_ids[data.items[r]],
+                 float(data.weights[r]), int(data.stamps[r]))
+                for r in held_rows
+            ),
+        )  # fmt: skip
         try:
             return _stream_and_report(
-                args,
-                data,
-                interactions,
-                model,
-                state,
-                service,
-                settings,
-                stream_rows,
-                started,
-                server,
-            )
+                args, held_out, data, interactions, model, state, service, settings,
+                stream_rows, started, server,
+            )  # fmt: skip
         finally:
             if args.keep_running:
                 _keep_running(server)
@@ -190,8 +210,9 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def _stream_and_report(
-    args, data, interactions, model, state, service, settings, stream_rows, started, server
-) -> int:
+    args, held_out, data, interactions, model, state, service, settings, stream_rows,
+    started, server,
+) -> int:  # fmt: skip
     user, month_items = _last_month(data, interactions)
     user_id = data.user_ids[user]
     month_item_ids = {data.item_ids[i] for i in month_items}
@@ -275,6 +296,14 @@ def _stream_and_report(
     if server is not None:
         print(f"metrics: http://127.0.0.1:{server.port}/metrics")
     Path(args.report).write_text(json.dumps(report, indent=2) + "\n")
+    print("\nunlearn verify on this namespace (the receipts' pairs vs retrains from scratch)")
+    verified = verify_namespace(
+        state, args.verify_report, before=model, held_out=str(held_out), sample=1000
+    )
+    for name, passed in verified["checks"].items():
+        print(f"  {name:32s} {'pass' if passed else 'FAIL'}")
+    print(f"  verdict: {verified['verdict']}   report: {args.verify_report}   "
+          f"plot: {verified['plot']}")  # fmt: skip
     return 0
 
 

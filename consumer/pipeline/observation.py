@@ -56,6 +56,13 @@ class Observer:
         m.replayed.inc(outcome.events_replayed)
         m.receipts.labels("true").inc(len(outcome.resent))
 
+    def factors_published(self, rows: int, seconds: float) -> None:
+        self.metrics.factors_published.inc(rows)
+        self.metrics.publish_seconds.observe(seconds)
+
+    def receipts_held(self, count: int) -> None:
+        self.metrics.receipts_held.set(count)
+
     def shards_owned(self, count: int) -> None:
         self.metrics.shards_owned.set(count)
 

@@ -73,6 +73,7 @@ class Done:
     at: float  # when the part became durable
     removed: int = 0  # pairs it removed (a purge)
     kept: int = 0  # pairs of the scope it kept, each newer than the request
+    generation: int = 0  # the part's shard's commit that made it durable
 
 
 Message = Routed | Solve | Purge | Done
@@ -114,7 +115,7 @@ def _encode(message: Message) -> dict[str, Any]:
         return {"k": "p", "item": message.item, "ts": message.ts, "w": _waiter(message.waiter)}
     return {
         "k": "ok", "q": message.request, "p": message.part, "at": message.at,
-        "rm": message.removed, "kp": message.kept,
+        "rm": message.removed, "kp": message.kept, "g": message.generation,
     }  # fmt: skip
 
 
@@ -142,7 +143,7 @@ def _decode(raw: dict[str, Any]) -> Message:
         waiter = _unwaiter(raw["w"])
         assert waiter is not None
         return Purge(raw["item"], raw["ts"], waiter)
-    return Done(raw["q"], raw["p"], raw["at"], raw["rm"], raw["kp"])
+    return Done(raw["q"], raw["p"], raw["at"], raw["rm"], raw["kp"], raw.get("g", 0))
 
 
 def _waiter(waiter: Waiter | None) -> list[Any] | None:

@@ -59,6 +59,9 @@ class Request:
     residual: float = 0.0
     reapplied: bool = False
     items: dict[int, list[int]] = field(default_factory=dict)  # shard -> items to re-solve
+    # part -> the commit of its shard that made it durable: what a serving layer must
+    # have read from the factors topic to show the part's effect.
+    generations: dict[str, int] = field(default_factory=dict)
 
     @property
     def source(self) -> str:
@@ -74,11 +77,15 @@ class Request:
     def complete(self) -> bool:
         return all(at is not None for at in self.parts.values())
 
-    def done(self, part: str, at: float, removed: int = 0, kept: int = 0) -> bool:
-        """Note a part durable (once: a part told twice counts once). True if it was new."""
+    def done(
+        self, part: str, at: float, removed: int = 0, kept: int = 0, generation: int = 0
+    ) -> bool:
+        """Note a part durable (once: a part told twice counts once) by its shard's commit
+        `generation`. True if it was new."""
         if part not in self.parts or self.parts[part] is not None:
             return False
         self.parts[part] = at
+        self.generations[part] = generation
         self.removed += removed
         self.kept += kept
         return True
@@ -107,6 +114,7 @@ class Request:
             source=self.source,
             reapplied=self.reapplied,
             parts=tuple(sorted((p, at) for p, at in self.parts.items() if at is not None)),
+            generations=tuple(sorted(self.generations.items())),
         )
 
     def to_json(self) -> str:
@@ -122,6 +130,7 @@ class Request:
             "parts": self.parts, "removed": self.removed, "kept": self.kept,
             "residual": self.residual, "reapplied": self.reapplied,
             "items": {str(s): i for s, i in self.items.items()},
+            "generations": self.generations,
         }  # fmt: skip
         return json.dumps(body)
 
@@ -136,8 +145,11 @@ class Request:
         return cls(
             deletion, raw["coordinator"], raw["user"], raw["item"], dict(raw["parts"]),
             raw["removed"], raw["kept"], raw["residual"], raw["reapplied"],
-            {int(s): list(i) for s, i in raw["items"].items()},
+            {int(s): list(i) for s, i in raw["items"].items()}, dict(raw.get("generations", {})),
         )  # fmt: skip
 
     def copy(self) -> Request:
-        return dataclasses.replace(self, parts=dict(self.parts), items=dict(self.items))
+        return dataclasses.replace(
+            self, parts=dict(self.parts), items=dict(self.items),
+            generations=dict(self.generations),
+        )  # fmt: skip

@@ -172,6 +172,11 @@ class ShardKeys:
     def status(self) -> str:
         return f"{self.tag}:status"
 
+    @property
+    def published(self) -> str:
+        """The shard's commit (generation and id) whose factors the factors topic has."""
+        return f"{self.tag}:published"
+
 
 def shard_of(index: int | np.ndarray, shards: int) -> int | np.ndarray:
     """The shard of a user or item row: its index modulo the number of shards."""

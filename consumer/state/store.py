@@ -94,6 +94,16 @@ redis.call('SET', KEYS[3], ARGV[2])
 return generation
 """
 
+# The factors topic has a shard's factors up to a commit: recorded if the fence still
+# holds the owner's token. KEYS: fence, published. ARGV: token, generation, commit id.
+_MARK_PUBLISHED = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return -1
+end
+redis.call('HSET', KEYS[2], 'generation', ARGV[2], 'head', ARGV[3])
+return 0
+"""
+
 # A new owner takes a shard: the next token, its name, and where the shard stands.
 # KEYS: fence, owner, gen, head, cursor.
 _ACQUIRE = """
@@ -567,6 +577,33 @@ class ModelState:
         for shard in range(shards):
             pipe.get(self.layout.shard(shard).owner)
         return {s: _text(v) for s, v in enumerate(pipe.execute())}
+
+    def read_published(self, shards: Iterable[int]) -> dict[int, tuple[int, str | None]]:
+        """shard -> (generation, commit id) whose factors the factors topic holds."""
+        shards = list(shards)
+        pipe = self.client.pipeline(transaction=False)
+        for shard in shards:
+            pipe.hmget(self.layout.shard(shard).published, "generation", "head")
+        return {
+            s: (int(g or 0), _text(h)) for s, (g, h) in zip(shards, pipe.execute(), strict=True)
+        }
+
+    def mark_published(
+        self, marks: Mapping[int, tuple[int, str | None]], tokens: Mapping[int, int]
+    ) -> set[int]:
+        """The factors topic acknowledged these shards' factors up to these commits,
+        recorded by their owner (fenced: a former owner's late mark is refused). Returns
+        the shards refused."""
+        pipe = self.client.pipeline(transaction=False)
+        order = sorted(marks)
+        for shard in order:
+            keys = self.layout.shard(shard)
+            generation, head = marks[shard]
+            pipe.execute_command(
+                "EVAL", _MARK_PUBLISHED, 2, keys.fence, keys.published, tokens[shard],
+                generation, head or "",
+            )  # fmt: skip
+        return {s for s, r in zip(order, pipe.execute(), strict=True) if int(r) < 0}
 
     @_timed("read_inbox")
     def read_inboxes(

@@ -18,11 +18,11 @@ from consumer.http import Health
 from consumer.metrics import Metrics
 from consumer.preflight import check_kafka, topics_of
 from consumer.settings import load_settings
-from tests.service.kafka_helpers import create_topics, unique
+from tests.service.kafka_helpers import TOPIC_KINDS, create_topics, unique
 
 
 def settings_for(bootstrap: str, **overrides):
-    names = {k: unique(k) for k in ("interactions", "deletions", "receipts", "dlq")}
+    names = {k: unique(k) for k in TOPIC_KINDS}
     return load_settings(
         None,
         kafka_bootstrap_servers=bootstrap,
@@ -30,6 +30,7 @@ def settings_for(bootstrap: str, **overrides):
         topic_deletions=names["deletions"],
         topic_receipts=names["receipts"],
         topic_dlq=names["dlq"],
+        topic_factors=names["factors"],
         **overrides,
     )
 

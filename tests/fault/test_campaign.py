@@ -39,7 +39,7 @@ from consumer.state.store import ModelState
 from tests.conftest import binary_model
 from tests.consumer.malformed import MALFORMED as CORPUS
 from tests.fault.processes import Broker, RedisServer, Restartable, consumer
-from tests.service.kafka_helpers import create_topics, event, read_to_end, unique
+from tests.service.kafka_helpers import TOPIC_KINDS, create_topics, event, read_to_end, unique
 from unlearn_core import Interactions
 
 SOAK = os.environ.get("UNLEARN_SOAK", "") == "1"
@@ -417,7 +417,7 @@ def test_fault_campaign_loses_nothing_and_applies_nothing_twice(tmp_path_factory
     gate = Gate()
     state = ModelState(redis.Redis.from_url(redis_server.url), namespace)
     load(state, model, data, np.full(data.nnz, 1e9), shards=8)
-    topics = {k: unique(k) for k in ("interactions", "deletions", "receipts", "dlq")}
+    topics = {k: unique(k) for k in TOPIC_KINDS}
     create_topics(broker.bootstrap, topics.values(), partitions=PARTITIONS)
     env = {
         "UNLEARN_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,

@@ -17,7 +17,7 @@ from consumer.embedded import free_port, process, redis_args, wait_until
 from consumer.state.bootstrap import load
 from consumer.state.store import ModelState
 from tests.conftest import params_for
-from tests.service.kafka_helpers import create_topics, unique
+from tests.service.kafka_helpers import TOPIC_KINDS, create_topics, unique
 from unlearn_core import train
 
 REDIS_SECRET = "redis-pw-7f3a9c"
@@ -40,7 +40,7 @@ def test_secrets_never_appear_in_any_output(kafka_bootstrap, random_data):
                 3,
             )
             load(ModelState(client, "secret-test"), model, data, np.zeros(data.nnz), shards=2)
-            topics = {k: unique(k) for k in ("interactions", "deletions", "receipts", "dlq")}
+            topics = {k: unique(k) for k in TOPIC_KINDS}
             create_topics(kafka_bootstrap, topics.values())
             env = {
                 **os.environ,

@@ -33,6 +33,10 @@ def receipts_of(bootstrap: str, topic: str, count: int, timeout: float = 60.0) -
     return [json.loads(m.value()) for m in messages]
 
 
+# The service's topics, as the settings name them (topic_<kind>).
+TOPIC_KINDS = ("interactions", "deletions", "receipts", "dlq", "factors")
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
@@ -96,7 +100,7 @@ def read_all(
 
 def fresh_settings(bootstrap: str, redis_url: str, namespace: str, **overrides) -> Settings:
     """Settings on new topics and a new consumer group, with the test broker's fast joins."""
-    names = {k: unique(k) for k in ("interactions", "deletions", "receipts", "dlq")}
+    names = {k: unique(k) for k in TOPIC_KINDS}
     create_topics(bootstrap, names.values())
     return load_settings(
         None,
@@ -108,6 +112,7 @@ def fresh_settings(bootstrap: str, redis_url: str, namespace: str, **overrides) 
         topic_deletions=names["deletions"],
         topic_receipts=names["receipts"],
         topic_dlq=names["dlq"],
+        topic_factors=names["factors"],
         session_timeout_ms=6000,
         **overrides,
     )

@@ -76,7 +76,13 @@ def test_load_status_run_audit_export(setup, tmp_path, capsys, monkeypatch):
     assert main([*load_args, "--if-absent", "--replace", *flags(setup)]) == 2
     assert "exclude each other" in capsys.readouterr().err
 
-    for name in ("TOPIC_INTERACTIONS", "TOPIC_DELETIONS", "TOPIC_RECEIPTS", "TOPIC_DLQ"):
+    for name in (
+        "TOPIC_INTERACTIONS",
+        "TOPIC_DELETIONS",
+        "TOPIC_RECEIPTS",
+        "TOPIC_DLQ",
+        "TOPIC_FACTORS",
+    ):
         monkeypatch.setenv(f"UNLEARN_{name}", getattr(s, name.lower()))
     monkeypatch.setenv("UNLEARN_SESSION_TIMEOUT_MS", "6000")
     produce(

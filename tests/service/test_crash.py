@@ -18,7 +18,7 @@ import redis
 from consumer.state.bootstrap import load
 from consumer.state.store import ModelState
 from tests.conftest import binary_model
-from tests.service.kafka_helpers import create_topics, event, produce, read_all, unique
+from tests.service.kafka_helpers import TOPIC_KINDS, create_topics, event, produce, read_all, unique
 
 REQUESTS = 10_000
 
@@ -41,7 +41,7 @@ def test_kill_9_mid_stream_loses_nothing_and_applies_nothing_twice(kafka_bootstr
     state = ModelState(redis.Redis.from_url(redis_url), namespace)
     load(state, model, data, np.full(data.nnz, 1e9), shards=8)
 
-    topics = {k: unique(k) for k in ("interactions", "deletions", "receipts", "dlq")}
+    topics = {k: unique(k) for k in TOPIC_KINDS}
     create_topics(kafka_bootstrap, topics.values())
     env = {
         **os.environ,
@@ -53,6 +53,7 @@ def test_kill_9_mid_stream_loses_nothing_and_applies_nothing_twice(kafka_bootstr
         "UNLEARN_TOPIC_DELETIONS": topics["deletions"],
         "UNLEARN_TOPIC_RECEIPTS": topics["receipts"],
         "UNLEARN_TOPIC_DLQ": topics["dlq"],
+        "UNLEARN_TOPIC_FACTORS": topics["factors"],
         "UNLEARN_SESSION_TIMEOUT_MS": "6000",
         "UNLEARN_BATCH_MAX_EVENTS": "250",
         "UNLEARN_CONSOLIDATE_IDLE_MS": "600000",  # no sweeps: this test is about the stream

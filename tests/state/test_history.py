@@ -87,7 +87,7 @@ def test_drop_history_forgets_the_trail_on_request(loaded, tmp_path, monkeypatch
     assert ni in fresh.read_rows("user", np.array([nu]), fresh.meta().shards)[0]["other"]
 
 
-def cli_flags(client, monkeypatch) -> list[str]:
+def cli_flags(client, monkeypatch, namespace: str = "engine") -> list[str]:
     """The command line's way to this test's Redis (or a node of its Cluster)."""
     if hasattr(client, "get_nodes"):
         node = client.get_nodes()[0]
@@ -96,4 +96,4 @@ def cli_flags(client, monkeypatch) -> list[str]:
     else:
         kwargs = client.connection_pool.connection_kwargs
         url = f"redis://{kwargs['host']}:{kwargs['port']}/{kwargs.get('db', 0)}"
-    return ["--redis-url", url, "--namespace", "engine"]
+    return ["--redis-url", url, "--namespace", namespace]

@@ -130,6 +130,7 @@ UNLEARN_TOPIC_INTERACTIONS: {{ .Values.settings.topics.interactions | quote }}
 UNLEARN_TOPIC_DELETIONS: {{ .Values.settings.topics.deletions | quote }}
 UNLEARN_TOPIC_RECEIPTS: {{ .Values.settings.topics.receipts | quote }}
 UNLEARN_TOPIC_DLQ: {{ .Values.settings.topics.dlq | quote }}
+UNLEARN_TOPIC_FACTORS: {{ .Values.settings.topics.factors | quote }}
 UNLEARN_METRICS_PORT: {{ .Values.metrics.port | quote }}
 # Inside the pod the endpoints must be reachable by the kubelet's probes and Prometheus;
 # the NetworkPolicy decides who may connect.

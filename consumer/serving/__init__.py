@@ -1,0 +1,1 @@
+"""What a serving layer reads: the factors topic's records, and an index that follows it."""

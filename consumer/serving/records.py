@@ -1,0 +1,53 @@
+"""The factors topic's records: every committed factor change, for serving layers.
+
+Key `user:<id>` or `item:<id>` (a compacted topic keeps each row's newest value); value a
+JSON object: the namespace, side, id, the factor (float32 values, written with the 9
+significant digits that give them back exactly), the shard the row belongs to and the
+shard's commit (`generation`) the value is from. A receipt names, per part, the shard
+commit its effect took: a reader that has seen that generation of that shard (or a later
+one) shows the effect. Records of one row arrive in commit order (one key, one partition).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+SIDES = ("user", "item")
+
+
+@dataclass(frozen=True)
+class FactorRecord:
+    namespace: str
+    side: str
+    id: str
+    factor: np.ndarray  # float32, length k
+    shard: int
+    generation: int
+
+    @property
+    def key(self) -> str:
+        return record_key(self.side, self.id)
+
+    def to_json(self) -> str:
+        values = ",".join(f"{x:.9g}" for x in self.factor.tolist())
+        fields = {"namespace": self.namespace, "side": self.side, "id": self.id}
+        head = json.dumps({**fields, "shard": self.shard, "generation": self.generation})
+        return f'{head[:-1]}, "factor": [{values}]}}'
+
+    @classmethod
+    def from_json(cls, value: bytes | str) -> FactorRecord:
+        raw = json.loads(value)
+        if raw.get("side") not in SIDES:
+            raise ValueError(f"not a factor record: side {raw.get('side')!r}")
+        return cls(
+            raw["namespace"], raw["side"], str(raw["id"]),
+            np.asarray(raw["factor"], dtype=np.float32), int(raw["shard"]),
+            int(raw["generation"]),
+        )  # fmt: skip
+
+
+def record_key(side: str, id_: str) -> str:
+    return f"{side}:{id_}"

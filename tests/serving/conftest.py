@@ -1,0 +1,1 @@
+from tests.service.conftest import noida_setup, setup  # noqa: F401 (fixtures)
