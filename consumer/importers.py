@@ -10,6 +10,14 @@ continues the same objective:
   two agree exactly with alpha = alpha_i - 1; for weighted data, load weights
   w = (alpha_i * r - 1) / alpha (with alpha = 1: w = alpha_i * r - 1) and they agree
   exactly again. The penalty is the same. CPU and GPU models save the same file.
+- `spark`: Spark MLlib's `ALSModel` (`model.save(DIR)`: `DIR/userFactors` and
+  `DIR/itemFactors` as Parquet, columns `id` and `features`; or those two DataFrames
+  written with `df.write.parquet`). Spark does not save the estimator's objective with
+  the model: kind, regParam and alpha are given. Explicit ALS is ALS-WR in both (the
+  penalty regParam * n_u |x_u|^2 + regParam * n_i |y_i|^2): the same objective, exactly.
+  Spark's implicit ALS keeps that count-scaled penalty, where `unlearn`'s implicit
+  objective (and implicit's) has a plain one: the factors import exactly, but forgetting
+  then continues `unlearn`'s objective, so the import says `objective: "changed"`.
 - `npy`: factor matrices (.npy, or .csv with one row per line) with id lists, and the
   hyperparameters given on the command line.
 
@@ -104,6 +112,53 @@ def read_matrix(path: str | Path) -> np.ndarray:
     if matrix.ndim != 2 or not np.all(np.isfinite(matrix)):
         raise InputError(path, "a factor matrix is 2-D and finite")
     return matrix
+
+
+def read_spark_factors(directory: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """A Spark factor DataFrame saved as Parquet: (ids, factors), sorted by id."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as exc:  # the spark extra: pip install 'unlearn[spark]'
+        raise InputError(directory, "reading Spark's Parquet needs pyarrow: "
+                         "pip install 'unlearn[spark]'") from exc  # fmt: skip
+    try:
+        table = pq.read_table(str(directory), columns=["id", "features"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise InputError(directory, f"not a Spark factor table (id, features): {exc}") from exc
+    ids = np.asarray(table.column("id").to_numpy())
+    features = table.column("features").to_pylist()
+    if not features:
+        return ids, np.zeros((0, 0), dtype=np.float32)
+    ranks = {len(f) for f in features}
+    if len(ranks) != 1 or any(f is None for f in features):
+        raise InputError(directory, f"factor rows of different lengths: {sorted(ranks)}")
+    factors = np.asarray(features, dtype=np.float32)
+    order = np.argsort(ids, kind="stable")
+    return ids[order], factors[order]
+
+
+def from_spark(
+    source: str | Path,
+    item_factors: str | Path | None,
+    objective: Callable[[int], Hyperparameters],
+) -> FactorModel:
+    """Spark's saved ALSModel directory (or its user factors' Parquet directory, with
+    the item factors' given)."""
+    source = Path(source)
+    if item_factors is None:
+        users_dir, items_dir = source / "userFactors", source / "itemFactors"
+        if not users_dir.is_dir() or not items_dir.is_dir():
+            raise InputError(source, "not a saved ALSModel (no userFactors/ and itemFactors/): "
+                             "give the user factors' Parquet and --item-factors")  # fmt: skip
+    else:
+        users_dir, items_dir = source, Path(item_factors)
+    user_ids, users = read_spark_factors(users_dir)
+    item_ids, items = read_spark_factors(items_dir)
+    if users.shape[1] != items.shape[1]:
+        raise InputError(items_dir, f"rank {items.shape[1]} where the users' is {users.shape[1]}")
+    return FactorModel.create(
+        ids_as_text(user_ids), ids_as_text(item_ids), users, items, objective(users.shape[1])
+    )
 
 
 def from_matrices(
