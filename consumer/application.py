@@ -45,6 +45,7 @@ from consumer.pipeline.dead_letters import REDRIVEN_HEADER, dead_letter_headers
 from consumer.pipeline.observation import Observer
 from consumer.pipeline.parsing import Parsed, Parser
 from consumer.pipeline.publishing import FactorPublisher, PublishFailed
+from consumer.pipeline.retention import Retention, RetentionPolicy
 from consumer.pipeline.source import InputFailed, Read, Source
 from consumer.receipts import Receipt
 from consumer.redaction import scope_name
@@ -128,6 +129,14 @@ class Application:
             if settings.topic_factors
             else None
         )
+        self.retention = (
+            Retention(engine.state, RetentionPolicy(
+                settings.retention_days, settings.retention_interval_s,
+                settings.retention_users_per_step,
+            ))
+            if settings.retention_days > 0
+            else None
+        )  # fmt: skip
         self._held: list[Receipt] = []  # receipts waiting for their factors to be published
         self.consolidation = Consolidation(
             ConsolidationPolicy(
@@ -208,6 +217,8 @@ class Application:
             self._work()
         elif not self._pending and not worked and self._consolidation_due(read.more_waiting):
             self._consolidate()
+        elif not self._pending and not worked and not read.messages:
+            self._expire()
 
     def _take(self, read: Read) -> None:
         if read.messages and not self._pending:
@@ -279,6 +290,9 @@ class Application:
         if not (outcome.events or receipts or outcome.phases):
             return False
         self.observer.stage("apply", time.perf_counter() - started)
+        if outcome.expired and self.retention is not None:
+            self.retention.expired(outcome.expired)
+            self.metrics.retention_removed.inc(sum(outcome.expired.values()))
         self._last_work = time.monotonic()
         self.observer.outcome(outcome)
         if outcome.events:
@@ -483,6 +497,21 @@ class Application:
         self.stats.dead_lettered += 1
         headers = dead_letter_headers(message.headers(), reason, detail, source)
         return (self.settings.topic_dlq, message.key(), message.value() or b"", headers)
+
+    # ----- retention ----------------------------------------------------------------------
+
+    def _expire(self) -> None:
+        """One retention step on the owned shards, when nothing else waits."""
+        if self.retention is None or not self.engine.owned:
+            return
+        try:
+            made, summary = self.retention.step(self.engine.owned, self.engine.retention_done)
+        except TRANSIENT as exc:  # Redis away: a later step goes on from the same cursor
+            log.info("retention step skipped: %s", type(exc).__name__)
+            return
+        self.metrics.retention_users.inc(made)
+        if summary is not None:
+            self.metrics.retention_passes.inc()
 
     # ----- consolidation ------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import redis
 
-from consumer.events import Deletion, Interaction, Source
+from consumer.events import RETENTION_TOPIC, Deletion, Interaction, Source
 from consumer.receipts import Receipt
 from consumer.shards.batch import Batch, LocalPart, ShardWork, Unprocessable, _csr
 from consumer.shards.isolation import find_culprit
@@ -110,6 +110,7 @@ class BatchOutcome:
     events: int = 0  # routed events this step took from the inboxes
     parts_asked: int = 0  # messages to other owners' shards
     rejected: list[Routed] = field(default_factory=list)  # dead-lettered in processing
+    expired: dict[int, int] = field(default_factory=dict)  # retention: shard -> pairs removed
     lost: set[int] = field(default_factory=set)  # shards another instance took over
 
     def absorb(self, other: BatchOutcome) -> None:
@@ -122,6 +123,8 @@ class BatchOutcome:
         self.resent += other.resent
         self.learned_ts += other.learned_ts
         self.rejected += other.rejected
+        for shard, count in other.expired.items():
+            self.expired[shard] = self.expired.get(shard, 0) + count
         self.lost |= other.lost
         for phase, seconds in other.phases.items():
             self.phases[phase] = self.phases.get(phase, 0.0) + seconds
@@ -204,6 +207,7 @@ class Engine:
         self._asked: dict[str, tuple[float, dict[str, tuple[int, str]]]] = {}
         self._unsent: dict[str, int] = {}  # receipt source -> the shard that stores it
         self._resend: list[Receipt] = []  # found unsent in shards taken over: next step
+        self._expired: dict[int, int] = {}  # retention: pairs removed in the commit at hand
         # Requests whose receipt the receipts topic already holds (answered before the
         # state lost their effect): answered again, their receipts say `reapplied`.
         # source -> when it was read back; kept ANSWERED_KEPT_S.
@@ -273,6 +277,16 @@ class Engine:
             for s, o in self.owned.items()
         }
 
+    def retention_done(self, shard: int, offset: int) -> bool:
+        """Has this owned shard applied its retention deletions up to `offset`, each of
+        them complete (every part durable)?"""
+        owned = self.owned.get(shard)
+        if owned is None:
+            return False
+        key = Source(RETENTION_TOPIC, shard, offset).partition_key
+        waiting = any(r.deletion.source.topic == RETENTION_TOPIC for r in owned.pending.values())
+        return owned.seen.get(key, -1) >= offset and not waiting
+
     def holds_unsent(self, source: str) -> bool:
         """Is this request's receipt stored, not yet acknowledged, in a shard owned here?"""
         shard = self._unsent.get(source)
@@ -300,7 +314,12 @@ class Engine:
         for shard, mine in requests.items():
             write = writes.setdefault(shard, ShardWrite())
             for source, request in mine.items():
-                if request.complete():
+                if request.complete() and request.deletion.source.topic == RETENTION_TOPIC:
+                    # Retention expires data, nobody asked: no receipt; the pass summary
+                    # in the audit trail counts it.
+                    write.pending[source] = None
+                    self._expired[shard] = self._expired.get(shard, 0) + request.removed
+                elif request.complete():
                     receipt = self._receipt(request)
                     write.receipts[source] = receipt.to_json()
                     write.unsent.append(source)
@@ -664,7 +683,9 @@ class Engine:
                     request.done(part.waiter.part, now, part.removed, part.kept, generation)
             else:
                 later.append(part)
+        self._expired = {}
         stored = self._store_requests(requests, writes)
+        expired = self._expired
         messages = {s: [encode(m)] for s, m in batch.messages.items() if m}
         tokens = {s: o.token for s, o in self.owned.items()}
         written, ids = self.state.commit(writes, tokens, messages)
@@ -680,6 +701,7 @@ class Engine:
         for source, (shard, _) in stored.items():
             if shard in written:
                 self._unsent[source] = shard
+        _count_expired(out, expired, written)
         # Round 2: parts that became durable in round 1 in another shard than their
         # request's; a request of this owner's that they complete is answered now.
         writes2: dict[int, ShardWrite] = {}
@@ -710,7 +732,9 @@ class Engine:
                 request = updated[coordinator][part.waiter.request] = pending.copy()
             generation = self._durable_in(part.shard, written)
             request.done(part.waiter.part, now, part.removed, part.kept, generation)
+        self._expired = {}
         stored2 = self._store_requests(updated, writes2)
+        expired = self._expired
         if writes2 or messages2:
             encoded = {s: [encode(m)] for s, m in messages2.items()}
             written2, _ = self.state.commit(writes2, tokens, encoded)
@@ -724,6 +748,7 @@ class Engine:
                     else:
                         owned.pending[source] = request
             out.receipts += [r for s, (shard, r) in stored2.items() if shard in written2]
+            _count_expired(out, expired, written2)
             for source, (shard, _) in stored2.items():
                 if shard in written2:
                     self._unsent[source] = shard
@@ -1124,6 +1149,15 @@ class Engine:
             "loss": out.loss,
         }
         return {"last_batch": json.dumps(last), "residual": repr(out.residual)}
+
+
+def _count_expired(
+    out: BatchOutcome, expired: dict[int, int], written: Mapping[int, object]
+) -> None:
+    """Retention's removals, of the shards whose write held."""
+    for shard, count in expired.items():
+        if shard in written:
+            out.expired[shard] = out.expired.get(shard, 0) + count
 
 
 def _events_of(work: dict[int, ShardWork], sources: set[Source]) -> list[Routed]:

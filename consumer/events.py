@@ -54,6 +54,11 @@ REASONS = (
 )
 
 
+# The source of the deletions a retention window makes (consumer/pipeline/retention.py):
+# partition = the shard, offset = the shard's retention counter. Never a Kafka topic.
+RETENTION_TOPIC = "unlearn.retention"
+
+
 @dataclass(frozen=True, slots=True)
 class Source:
     """Where an event came from: what offsets and replays are keyed by.

@@ -180,6 +180,20 @@ class Metrics:
             "Receipts durable in Redis, waiting for their factors on the factors topic",
             registry=r,
         )
+        # Retention: pairs older than the window removed (no receipt each), users whose
+        # old interactions were expired, passes over a shard finished.
+        self.retention_removed = Counter(
+            "unlearn_retention_removed_total", "Pairs removed by the retention window",
+            registry=r,
+        )  # fmt: skip
+        self.retention_users = Counter(
+            "unlearn_retention_users_total", "Retention deletions made (one per user)",
+            registry=r,
+        )  # fmt: skip
+        self.retention_passes = Counter(
+            "unlearn_retention_passes_total", "Retention passes over a shard finished",
+            registry=r,
+        )  # fmt: skip
         # Log end minus committed offset, per assigned partition; removed on revoke.
         self.lag = Gauge(
             "unlearn_consumer_lag",

@@ -121,6 +121,15 @@ class Settings(BaseSettings):
     solve_threads: int = Field(
         1, ge=0, description="threads for a batch's row solves (0: one per core)"
     )
+    retention_days: float = Field(
+        0.0, ge=0, description="interactions older than this many days are forgotten (0: kept)"
+    )
+    retention_interval_s: float = Field(
+        3600.0, gt=0, description="a shard's retention passes start at most this often"
+    )
+    retention_users_per_step: int = Field(
+        500, ge=1, description="users one retention step looks at (between batches)"
+    )
     instance_id: str = Field(
         default_factory=socket.gethostname,
         min_length=1,

@@ -173,6 +173,11 @@ class ShardKeys:
         return f"{self.tag}:status"
 
     @property
+    def retention(self) -> str:
+        """The shard's retention counters: deletions made (offset), passes finished."""
+        return f"{self.tag}:retention"
+
+    @property
     def published(self) -> str:
         """The shard's commit (generation and id) whose factors the factors topic has."""
         return f"{self.tag}:published"
