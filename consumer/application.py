@@ -69,6 +69,9 @@ READ_BACK_REUSE_S = 10.0
 # they share the namespace, a consolidation slice waits until a step found nothing for
 # this long, so routed work does not queue behind slices during a burst.
 SHARED_QUIET_MS = 50.0
+# Retention steps run between batches, beside consolidation slices, at most this often:
+# expiring old data never holds up a deletion someone asked for.
+RETENTION_STEP_S = 0.2
 
 
 class FatalError(RuntimeError):
@@ -137,6 +140,7 @@ class Application:
             if settings.retention_days > 0
             else None
         )  # fmt: skip
+        self._retention_stepped = float("-inf")
         self._held: list[Receipt] = []  # receipts waiting for their factors to be published
         self.consolidation = Consolidation(
             ConsolidationPolicy(
@@ -215,10 +219,11 @@ class Application:
         if self.batching.closes(len(self._pending), age_ms, read.more_waiting):
             self._flush()
             self._work()
-        elif not self._pending and not worked and self._consolidation_due(read.more_waiting):
-            self._consolidate()
-        elif not self._pending and not worked and not read.messages:
-            self._expire()
+        elif not self._pending and not worked:
+            if self._consolidation_due(read.more_waiting):
+                self._consolidate()
+            if not read.messages:
+                self._expire()
 
     def _take(self, read: Read) -> None:
         if read.messages and not self._pending:
@@ -504,6 +509,9 @@ class Application:
         """One retention step on the owned shards, when nothing else waits."""
         if self.retention is None or not self.engine.owned:
             return
+        if time.monotonic() - self._retention_stepped < RETENTION_STEP_S:
+            return
+        self._retention_stepped = time.monotonic()
         try:
             made, summary = self.retention.step(self.engine.owned, self.engine.retention_done)
         except TRANSIENT as exc:  # Redis away: a later step goes on from the same cursor

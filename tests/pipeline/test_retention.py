@@ -29,7 +29,7 @@ def test_interactions_older_than_the_window_are_forgotten_with_one_summary_per_p
 ):
     settings = fresh_settings(
         kafka_bootstrap, redis_url, unique("ns"), retention_days=30, retention_interval_s=3600,
-        retention_users_per_step=7, consolidate_idle_ms=60_000,
+        retention_users_per_step=7,
     )  # fmt: skip
     _, data = random_data(n_users=40, n_items=25, density=0.3, seed=9)
     model, _ = train(data, [f"u{n}" for n in range(40)], [f"i{n}" for n in range(25)],
