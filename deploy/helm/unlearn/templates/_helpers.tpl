@@ -142,6 +142,7 @@ UNLEARN_CONSOLIDATE_SLICE_MS: {{ .Values.settings.consolidateSliceMs | quote }}
 UNLEARN_CONSOLIDATE_TOLERANCE: {{ .Values.settings.consolidateTolerance | quote }}
 UNLEARN_CONSOLIDATE_RESUME_EVENTS: {{ .Values.settings.consolidateResumeEvents | quote }}
 UNLEARN_CONSOLIDATE_RESUME_IDLE_MS: {{ .Values.settings.consolidateResumeIdleMs | quote }}
+UNLEARN_RETENTION_DAYS: {{ .Values.settings.retentionDays | quote }}
 UNLEARN_REVOKE_BUDGET_S: {{ .Values.settings.revokeBudgetS | quote }}
 UNLEARN_SESSION_TIMEOUT_MS: {{ .Values.settings.sessionTimeoutMs | quote }}
 UNLEARN_WAIT_FOR_MODEL_S: {{ .Values.settings.waitForModelS | quote }}
