@@ -140,11 +140,17 @@ def main() -> None:
 
 
 def create_topics(bootstrap: str) -> None:
-    """The service's four topics, PARTITIONS partitions each."""
-    topics = ["interactions", "deletions", "unlearn-receipts", "unlearn-dlq"]
+    """The service's five topics, PARTITIONS partitions each (the factors topic compacted)."""
+    topics = ["interactions", "deletions", "unlearn-receipts", "unlearn-dlq", "unlearn-factors"]
     admin = AdminClient({"bootstrap.servers": bootstrap})
+    compacted = {"cleanup.policy": "compact"}
     for future in admin.create_topics(
-        [NewTopic(t, num_partitions=PARTITIONS) for t in topics]
+        [
+            NewTopic(
+                t, num_partitions=PARTITIONS, config=compacted if t == "unlearn-factors" else {}
+            )
+            for t in topics
+        ]
     ).values():
         future.result(timeout=30)
 

@@ -12,6 +12,9 @@ Variant "consolidating" (the defaults: slices run whenever no input waits), --ph
   sustained  D deletions/s + I interactions/s for --seconds
   knee       each rate of --knee, deletions alone and then with as many interactions
 Variant "no consolidation" (UNLEARN_CONSOLIDATE_IDLE_MS beyond the run): sustained only.
+With --compare-factors instead: variants "factors topic" (the default) and "no factors
+topic" (UNLEARN_TOPIC_FACTORS=""), each running every phase: what publishing every
+committed factor change before the receipts costs.
 
 Per phase: latency percentiles, backlog, service CPU, the mean of each pipeline stage from
 the service's own /metrics; Redis memory per stored interaction after loading and after
@@ -76,6 +79,7 @@ def main() -> None:
     parser.add_argument(
         "--phases", default="burst,low,sustained,knee", help="the consolidating variant's, in order"
     )
+    parser.add_argument("--compare-factors", action="store_true")
     parser.add_argument(
         "--out", type=Path, default=Path("benchmarks/results/pipeline_latency.json")
     )
@@ -90,15 +94,18 @@ def main() -> None:
 
     variants: dict[str, dict] = {}
     order = np.random.default_rng(0).permutation(data.nnz)  # each pair deleted once
-    variants_wanted = [("consolidating", "0")]
-    if "sustained" in args.phases.split(","):
-        variants_wanted.append(("no consolidation", NO_CONSOLIDATION_MS))
-    for name, idle_ms in variants_wanted:
+    variants_wanted: list[tuple[str, str, dict[str, str]]] = [("consolidating", "0", {})]
+    if args.compare_factors:
+        variants_wanted = [("factors topic", "0", {}),
+                           ("no factors topic", "0", {"topic_factors": ""})]  # fmt: skip
+    elif "sustained" in args.phases.split(","):
+        variants_wanted.append(("no consolidation", NO_CONSOLIDATION_MS, {}))
+    for name, idle_ms, settings in variants_wanted:
         # Each variant on its own broker and Redis: nothing one left behind reaches the other.
         with local_redis(appendonly=True) as redis_url, local_noida() as bootstrap:
             variants[name] = _variant(
                 name, idle_ms, args, bootstrap, redis.Redis.from_url(redis_url), redis_url,
-                model, data, user_ids, item_ids, order,
+                model, data, user_ids, item_ids, order, settings,
             )  # fmt: skip
     write_json(
         args.out,
@@ -118,8 +125,9 @@ def main() -> None:
 
 
 def _variant(
-    name, idle_ms, args, bootstrap, client, redis_url, model, data, user_ids, item_ids, order
-) -> dict:
+    name, idle_ms, args, bootstrap, client, redis_url, model, data, user_ids, item_ids, order,
+    settings,
+) -> dict:  # fmt: skip
     create_topics(bootstrap)
     namespace = "bench"
     state = ModelState(client, namespace)
@@ -127,13 +135,13 @@ def _variant(
     memory_loaded = _memory(client, namespace, data.nnz)
     print(f"{name}: loaded, {memory_loaded}")
     port = free_port()
-    service = start_service(bootstrap, redis_url, namespace, port, idle_ms)
+    service = start_service(bootstrap, redis_url, namespace, port, idle_ms, **settings)
     rng = np.random.default_rng(1)  # both variants get the same interactions
     try:
         wait_until(lambda: _ready(port), "the service", timeout=1800)
         time.sleep(8)  # group join
         plan = args.phases.split(",")
-        if name != "consolidating":
+        if name == "no consolidation":
             plan = [p for p in plan if p == "sustained"]
         results, cursor, memory_sustained, burst = [], 0, None, None
         for label in plan:
