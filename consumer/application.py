@@ -327,7 +327,11 @@ class Application:
         if self.publisher is None:
             return
         started = time.perf_counter()
-        produced = self.publisher.publish(self.engine.commits())
+        try:
+            produced = self.publisher.publish(self.engine.commits())
+        except TRANSIENT as exc:  # Redis away: the shards' marks say where to go on from
+            log.info("factors not published yet: %s", type(exc).__name__)
+            return
         if produced:
             self.observer.factors_published(produced, time.perf_counter() - started)
 
@@ -336,10 +340,15 @@ class Application:
         topic has; the others are held."""
         if self.publisher is None:
             return receipts
-        self.publisher.poll()
         waiting = [*self._held, *receipts]
-        ready = [r for r in waiting if self.publisher.covers(r)]
-        self._held = [r for r in waiting if not self.publisher.covers(r)] if ready else waiting
+        try:
+            self.publisher.poll()
+            covered = [self.publisher.covers(r) for r in waiting]
+        except TRANSIENT as exc:  # Redis away: they wait, durable and unsent meanwhile
+            log.info("receipts held while Redis is away: %s", type(exc).__name__)
+            covered = [False] * len(waiting)
+        ready = [r for r, yes in zip(waiting, covered, strict=True) if yes]
+        self._held = [r for r, yes in zip(waiting, covered, strict=True) if not yes]
         self.observer.receipts_held(len(self._held))
         return ready
 
@@ -361,8 +370,12 @@ class Application:
         if self.publisher is None:
             return
         self._publish()
-        if not self.publisher.drain(self.settings.revoke_budget_s):
-            log.warning("factors not yet acknowledged: the next owner publishes them again")
+        try:
+            if not self.publisher.drain(self.settings.revoke_budget_s):
+                log.warning("factors not yet acknowledged: the next owner publishes them again")
+        except TRANSIENT as exc:
+            log.warning("factors' marks not recorded (%s): the next owner publishes them again",
+                        type(exc).__name__)  # fmt: skip
         self._release()
 
     def _after_batch(self, messages: list[Message], parsed: Parsed) -> None:

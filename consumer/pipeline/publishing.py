@@ -154,8 +154,19 @@ class FactorPublisher:
         )
 
     def _produce(self, shard: int, known: Known, rows: tuple[set[int], set[int]]) -> int:
+        """Read every record first (Redis may fail: then nothing was handed over), then
+        hand them to the producer as one flight."""
         meta = self.state.meta()
-        flight = _Flight(known, 0)
+        records = []
+        for side, wanted in zip(SIDES, rows, strict=True):
+            indices = np.array(sorted(wanted), dtype=np.int64)
+            if not len(indices):
+                continue
+            factors = self.state.read_factors(side, indices, meta.shards, meta.params.factors)
+            for id_, factor in zip(self.state.ids_of(side, indices), factors, strict=True):
+                records.append(FactorRecord(self.state.layout.namespace, side, id_, factor,
+                                            shard, known[0]))  # fmt: skip
+        flight = _Flight(known, len(records))
         self._shards[shard].flights.append(flight)
 
         def delivered(error: KafkaError | None, _message: object) -> None:
@@ -164,24 +175,12 @@ class FactorPublisher:
                 return
             flight.waiting -= 1
 
-        for side, wanted in zip(SIDES, rows, strict=True):
-            indices = np.array(sorted(wanted), dtype=np.int64)
-            if not len(indices):
-                continue
-            factors = self.state.read_factors(side, indices, meta.shards, meta.params.factors)
-            for id_, factor in zip(self.state.ids_of(side, indices), factors, strict=True):
-                record = FactorRecord(self.state.layout.namespace, side, id_, factor, shard,
-                                      known[0])  # fmt: skip
-                flight.waiting += 1
-                while True:
-                    try:
-                        self.producer.produce(
-                            self.topic,
-                            key=record.key,
-                            value=record.to_json(),
-                            on_delivery=delivered,
-                        )
-                        break
-                    except BufferError:  # the local queue is full: let the broker catch up
-                        self.producer.poll(0.01)
-        return flight.waiting
+        for record in records:
+            while True:
+                try:
+                    self.producer.produce(self.topic, key=record.key, value=record.to_json(),
+                                          on_delivery=delivered)  # fmt: skip
+                    break
+                except BufferError:  # the local queue is full: let the broker catch up
+                    self.producer.poll(0.01)
+        return len(records)
