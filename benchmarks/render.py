@@ -431,7 +431,6 @@ SECTIONS: dict[str, tuple[Path, Callable[[dict[str, Any]], str]]] = {
     "pipeline_latency": (DOC, pipeline_latency),
     "pipeline_latency_2000": (DOC, pipeline_latency),
     "pipeline_latency_onoff": (DOC, pipeline_latency),
-    "pipeline_latency_factors": (DOC, pipeline_latency),
     "profile_engine": (DOC, profile_engine),
     "scaling": (DOC, scaling),
     "scaling_rebalance_noida": (DOC, scaling),

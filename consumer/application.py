@@ -265,7 +265,10 @@ class Application:
                 [r.source for _, r in parsed.rejected], raw,
             )  # fmt: skip
         except StateRolledBack as exc:
-            self._heal_rollback(exc)  # nothing of this batch is committed: it is read again
+            if not self._stopping:
+                self._heal_rollback(exc)  # nothing of this batch is committed: read again
+            else:
+                self._leave_rollback(exc)
             return
         self.observer.stage("ingest", time.perf_counter() - applying)
         records = [
@@ -289,7 +292,10 @@ class Application:
         try:
             outcome = self.applier.step(self.settings.batch_max_events, self._unprocessable)
         except StateRolledBack as exc:
-            self._heal_rollback(exc)
+            if not self._stopping:
+                self._heal_rollback(exc)
+            else:
+                self._leave_rollback(exc)
             return True
         receipts = [*outcome.receipts, *outcome.resent]
         if not (outcome.events or receipts or outcome.phases):
@@ -454,6 +460,15 @@ class Application:
         self._read_back(set(self.engine.owned))
         self.source.seek(sorted(self.source.assignments.views), rollback_counted=True)
         self.source.assignments.lost_through({key: c for key, (_, c) in exc.behind.items()})
+
+    def _leave_rollback(self, exc: StateRolledBack) -> None:
+        """Found while stopping: nothing more is applied here. The offsets recorded in the
+        state, not the group's, say where the next owner resumes, and it reads the
+        receipts topic back when it takes the shards: what was lost is applied again
+        there, its receipts marked reapplied."""
+        log.error("the state is behind what was committed (%s) while stopping: the next "
+                  "owner replays what it lost", exc)  # fmt: skip
+        self.metrics.state_rollbacks.inc()
 
     def _check_state(self) -> None:
         """Now and then, even with nothing to process: is Redis still where this engine
