@@ -337,6 +337,7 @@ class Application:
             produced = self.publisher.publish(self.engine.commits())
         except TRANSIENT as exc:  # Redis away: the shards' marks say where to go on from
             log.info("factors not published yet: %s", type(exc).__name__)
+            self.metrics.redis_errors.labels("publish").inc()
             return
         if produced:
             self.observer.factors_published(produced, time.perf_counter() - started)
@@ -352,6 +353,7 @@ class Application:
             covered = [self.publisher.covers(r) for r in waiting]
         except TRANSIENT as exc:  # Redis away: they wait, durable and unsent meanwhile
             log.info("receipts held while Redis is away: %s", type(exc).__name__)
+            self.metrics.redis_errors.labels("publish").inc()
             covered = [False] * len(waiting)
         ready = [r for r, yes in zip(waiting, covered, strict=True) if yes]
         self._held = [r for r, yes in zip(waiting, covered, strict=True) if not yes]
@@ -588,7 +590,14 @@ class Application:
             self._record_consolidation(False)
         sizes = self.engine.sweep_sizes()
         side, start, rows = self.consolidation.next_slice(sizes)
-        outcome = self.applier.slice(side, start, rows)
+        try:
+            outcome = self.applier.slice(side, start, rows)
+        except StateRolledBack as exc:  # found before the slice wrote anything
+            if not self._stopping:
+                self._heal_rollback(exc)
+            else:
+                self._leave_rollback(exc)
+            return
         if outcome is None:
             return
         self._publish()
