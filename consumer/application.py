@@ -265,10 +265,7 @@ class Application:
                 [r.source for _, r in parsed.rejected], raw,
             )  # fmt: skip
         except StateRolledBack as exc:
-            if not self._stopping:
-                self._heal_rollback(exc)  # nothing of this batch is committed: read again
-            else:
-                self._leave_rollback(exc)
+            self._rolled_back(exc)  # nothing of this batch is committed: it is read again
             return
         self.observer.stage("ingest", time.perf_counter() - applying)
         records = [
@@ -292,10 +289,7 @@ class Application:
         try:
             outcome = self.applier.step(self.settings.batch_max_events, self._unprocessable)
         except StateRolledBack as exc:
-            if not self._stopping:
-                self._heal_rollback(exc)
-            else:
-                self._leave_rollback(exc)
+            self._rolled_back(exc)
             return True
         receipts = [*outcome.receipts, *outcome.resent]
         if not (outcome.events or receipts or outcome.phases):
@@ -310,14 +304,18 @@ class Application:
             self.observer.model(self.engine)
         self.stats.last_residual = outcome.residual
         self._publish()
-        ready = self._ready(receipts)
+        self._send(self._ready(receipts), outcome)
+        if self.on_batch is not None:
+            self.on_batch(outcome)
+        return True
+
+    def _send(self, ready: list[Receipt], outcome: BatchOutcome) -> None:
+        """Receipts whose effect and factors are durable, to the checkpoint; once
+        acknowledged, the outcome's latencies are observed with them."""
         self.stats.receipts_sent += len(ready)
         records = [(self.settings.topic_receipts, r.key, r.to_json(), None) for r in ready]
         released = dataclasses.replace(outcome, receipts=[r for r in ready if not r.resent])
         self.checkpoint.submit({}, records, lambda: self._acknowledged(released, ready))
-        if self.on_batch is not None:
-            self.on_batch(outcome)
-        return True
 
     def _acknowledged(self, outcome: BatchOutcome, receipts: list[Receipt]) -> None:
         self.observer.acknowledged(outcome)
@@ -366,10 +364,7 @@ class Application:
             return
         ready = self._ready([])
         if ready:
-            self.stats.receipts_sent += len(ready)
-            records = [(self.settings.topic_receipts, r.key, r.to_json(), None) for r in ready]
-            released = BatchOutcome(receipts=[r for r in ready if not r.resent])
-            self.checkpoint.submit({}, records, lambda: self._acknowledged(released, ready))
+            self._send(ready, BatchOutcome())
 
     def _finish_publishing(self) -> None:
         """Before the shards go (a revoke, a shutdown): what is handed over acknowledged,
@@ -462,6 +457,14 @@ class Application:
         self._read_back(set(self.engine.owned))
         self.source.seek(sorted(self.source.assignments.views), rollback_counted=True)
         self.source.assignments.lost_through({key: c for key, (_, c) in exc.behind.items()})
+
+    def _rolled_back(self, exc: StateRolledBack) -> None:
+        """A batch, a step or a slice found the state behind: healed here, or left to the
+        next owner when this instance is stopping."""
+        if self._stopping:
+            self._leave_rollback(exc)
+        else:
+            self._heal_rollback(exc)
 
     def _leave_rollback(self, exc: StateRolledBack) -> None:
         """Found while stopping: nothing more is applied here. The offsets recorded in the
@@ -593,10 +596,7 @@ class Application:
         try:
             outcome = self.applier.slice(side, start, rows)
         except StateRolledBack as exc:  # found before the slice wrote anything
-            if not self._stopping:
-                self._heal_rollback(exc)
-            else:
-                self._leave_rollback(exc)
+            self._rolled_back(exc)
             return
         if outcome is None:
             return

@@ -11,6 +11,7 @@ def test_demo_on_generated_data_forgets_and_reports(tmp_path, monkeypatch, capsy
     # No MovieLens where the demo looks: it must fall back to generated data.
     monkeypatch.setenv("UNLEARN_DATA_DIR", str(tmp_path))
     plot, report_path = tmp_path / "demo.png", tmp_path / "demo.json"
+    verify_path = tmp_path / "verify.json"
     args = [
         "demo",
         "--iterations",
@@ -23,6 +24,8 @@ def test_demo_on_generated_data_forgets_and_reports(tmp_path, monkeypatch, capsy
         str(plot),
         "--report",
         str(report_path),
+        "--verify-report",
+        str(verify_path),
     ]
     assert main(args) == 0
     out = capsys.readouterr().out
@@ -37,3 +40,4 @@ def test_demo_on_generated_data_forgets_and_reports(tmp_path, monkeypatch, capsy
     ranks = report["median_rank_of_forgotten_items"]
     assert ranks["after"] > ranks["before"]  # the forgotten month sinks, as in a retrain
     assert plot.stat().st_size > 10_000
+    assert json.loads(verify_path.read_text())["verdict"] in ("pass", "fail")
