@@ -52,9 +52,11 @@ from consumer.redaction import scope_name
 from consumer.settings import Settings
 from consumer.shards.messages import Raw, Routed
 from consumer.state.layout import owned_shards
+from consumer.state.swap import released
 
 log = logging.getLogger("unlearn.application")
 
+RECLAIM_CHECK_S = 1.0  # how often shards a swap took are looked for, while any is missing
 STATE_CHECK_S = 5.0  # how often an idle service checks that Redis did not go back in time
 TOPIC_CHECK_S = 5.0  # how often the input topics are checked for a new life (re-created)
 IDLE_WAIT_S = 0.1  # how long a read waits for input when there is nothing else to do
@@ -160,6 +162,7 @@ class Application:
         self._last_event = time.monotonic()
         self._last_work = self._last_event  # the last step that found work
         self._state_checked = time.monotonic()
+        self._reclaim_checked = float("-inf")
         self._topics_checked = time.monotonic()
 
     @property
@@ -202,6 +205,7 @@ class Application:
         self.source.resume_surged()
         self.source.recheck_gaps()
         self._check_state()
+        self._reclaim()
         self._check_topics()
         self._own_consolidation()
         worked = self._work()
@@ -409,6 +413,33 @@ class Application:
         self.applier.own(shards)
         self.observer.shards_owned(len(self.engine.owned))
         self._read_back(set(self.engine.owned) - before)
+
+    def _reclaim(self) -> None:
+        """Shards of this instance's partitions that it no longer holds (a swap took them
+        to promote a new model, docs/lifecycle.md): taken back once they are released or
+        the swap's hold ran out. Never from another instance: a rebalance moves those."""
+        if self._deletion_partitions is None or len(self.engine.owned) == self.engine.shards:
+            return
+        now = time.monotonic()
+        if now - self._reclaim_checked < RECLAIM_CHECK_S:
+            return
+        self._reclaim_checked = now
+        held = self.source.held(self.settings.topic_deletions)
+        missing = owned_shards(self.engine.shards, self._deletion_partitions, held)
+        missing -= set(self.engine.owned)
+        if not missing:
+            return
+        try:
+            owners = self.engine.state.read_owners(self.engine.shards)
+        except TRANSIENT as exc:  # Redis away: the next check waits it out
+            log.info("reclaim check skipped: %s", type(exc).__name__)
+            return
+        free = {s for s in missing if released(owners.get(s), time.time())}
+        if free:
+            log.info("taking back shards %s (released by a model swap)", sorted(free))
+            self.applier.own(set(self.engine.owned) | free)
+            self.observer.shards_owned(len(self.engine.owned))
+            self._read_back(free)
 
     def _read_back(self, shards: set[int]) -> None:
         """Shards taken over: what the receipts topic answered since they last committed.

@@ -491,6 +491,9 @@ class Engine:
             self._ask_again(out)
             return out
         self._refresh()
+        work = {s: w for s, w in work.items() if s in self.owned}  # none taken meanwhile
+        if not work:
+            return out
         out.phases["read"] = time.perf_counter() - started
         while True:
             try:
@@ -542,6 +545,11 @@ class Engine:
         }
         if behind:
             raise StateRolledBack(behind)
+        # An owned shard with more commits than this engine made: someone took it (a
+        # swap's promotion, docs/lifecycle.md); read it again, as after a refused write.
+        taken = {s for s in self.owned if now[s][0] > self.generations.get(s, 0)}
+        if taken:
+            self._lose(taken)
         moved = [s for s in now if s not in self.owned and now[s] != self._seen_at.get(s)]
         if moved:
             self._read_ledgers(moved)

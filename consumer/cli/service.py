@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from consumer.application import Application, FatalError
 from consumer.cli.offline import interactions_from_rows
+from consumer.cli.swapping import swap_model
 from consumer.engine import Engine
 from consumer.errors import InputError
 from consumer.http import Health, MetricsServer
@@ -31,6 +32,7 @@ from consumer.state.bootstrap import export, load, pair_timestamps
 from consumer.state.history import DeletionHistory, drop_forgotten, read_history, write_history
 from consumer.state.inspection import stored_interactions, subject_record
 from consumer.state.store import ModelState, StateError
+from consumer.state.swap import HOLD_S
 from consumer.tsv import read_interactions, write_interactions
 from unlearn_core.ids import IdIndex
 
@@ -42,7 +44,28 @@ def register(commands: argparse._SubParsersAction) -> None:
     load_cmd = commands.add_parser("load", help="bootstrap Redis from a model and its data")
     load_cmd.add_argument("--model", required=True, metavar="MODEL.npz")
     load_cmd.add_argument("--interactions", required=True, metavar="FILE")
-    load_cmd.add_argument("--shards", type=int, default=DEFAULT_SHARDS)
+    load_cmd.add_argument(
+        "--shards",
+        type=int,
+        default=None,
+        help=f"default {DEFAULT_SHARDS}; a swap keeps the live namespace's",
+    )
+    load_cmd.add_argument(
+        "--swap",
+        action="store_true",
+        help="put the model into the live namespace while the service runs (blue/green): "
+        "built beside the live model, the deletion history applied to it, including "
+        "deletions made during the load, and promoted in one step; the audit trail stays "
+        "(into a namespace without a model: a plain load)",
+    )
+    load_cmd.add_argument(
+        "--hold",
+        type=float,
+        default=HOLD_S,
+        metavar="SECONDS",
+        help="--swap: the longest the service's writes are held for the promotion (a loader "
+        "that dies releases them after this)",
+    )
     load_cmd.add_argument(
         "--replace",
         action="store_true",
@@ -193,6 +216,15 @@ def _cluster_enabled(client: redis.Redis) -> bool:
 
 def run_load(args: argparse.Namespace) -> int:
     settings = settings_from(args)
+    if args.swap:
+        excluded = {"--replace": args.replace, "--if-absent": args.if_absent,
+                    "--drop-history": args.drop_history, "--history": args.history}  # fmt: skip
+        for flag, given in excluded.items():
+            if given:
+                raise InputError("command line", f"--swap and {flag} exclude each other")
+        if args.hold <= 0:
+            raise InputError("command line", "--hold must be > 0")
+    args.shards = DEFAULT_SHARDS if args.shards is None else args.shards
     if args.shards < 1:
         raise InputError("command line", "--shards must be >= 1")
     if args.replace and args.if_absent:
@@ -213,6 +245,9 @@ def run_load(args: argparse.Namespace) -> int:
     stamps = pair_timestamps(data, u, i, rows.timestamps, model.params.kind)
     trained_at = _time_of(args.trained_at) if args.trained_at is not None else None
     state = state or connect(settings)
+    if args.swap and state.exists():  # into an empty namespace a swap is a plain load
+        print(json.dumps(swap_model(state, model, data, stamps, trained_at, args.hold)))
+        return 0
     started = time.perf_counter()
     history = DeletionHistory()
     saved = None

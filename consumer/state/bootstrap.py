@@ -58,10 +58,25 @@ def load(
         indices = state.allocate(side, ids.tolist())
         if not np.array_equal(indices, np.arange(len(ids))):
             raise RuntimeError("a fresh namespace must allocate indices in order")
+    write_shards(state, model, data, timestamps, shards, progress)
+    state.set_counts(len(model.user_ids), len(model.item_ids))
+
+
+def write_shards(
+    state: ModelState,
+    model: FactorModel,
+    data: Interactions,
+    timestamps: np.ndarray,
+    shards: int,
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    """Every shard's factors, user rows, item slices, interactions count and share of the
+    objective, unfenced: into a namespace no owner writes yet (a fresh load, or the keys
+    a swap stages beside the live model)."""
     stamps = np.clip(np.asarray(timestamps, dtype=np.float64), 0, 2**32 - 1)
     by_user = data.by_user
     factors = {"user": model.user_factors, "item": model.item_factors}
-    shares = _shares(model, data, shards)
+    shares = objective_shares(model, data, shards)
     for shard in range(shards):
         users = rows_of_shard(shard, shards, data.shape[0])
         items = rows_of_shard(shard, shards, len(model.item_factors))
@@ -72,14 +87,13 @@ def load(
                 write.factors[side] = {int(n): factors[side][n] for n in chunk}
             for n in users[start : start + _ROWS_PER_WRITE].tolist():
                 write.rows["user"][n] = _row(by_user, stamps, n)
-            state.commit({shard: write}, {shard: None})  # a fresh namespace: no owner yet
+            state.commit({shard: write}, {shard: None})  # no owner writes these keys yet
         write = ShardWrite(interactions_delta=int(np.diff(by_user.indptr)[users].sum()))
         write.rows["item"] = _slices(by_user, stamps, users)
         write.status = {"consolidation": "sweeping", "loss": repr(shares[shard])}
         state.commit({shard: write}, {shard: None})
         if progress is not None:
             progress(1)
-    state.set_counts(len(model.user_ids), len(model.item_ids))
 
 
 def _slices(by_user: sp.csr_array, stamps: np.ndarray, users: np.ndarray) -> dict[int, np.ndarray]:
@@ -103,7 +117,7 @@ def _slices(by_user: sp.csr_array, stamps: np.ndarray, users: np.ndarray) -> dic
     }
 
 
-def _shares(model: FactorModel, data: Interactions, model_shards: int) -> list[float]:
+def objective_shares(model: FactorModel, data: Interactions, model_shards: int) -> list[float]:
     """Each shard's share of the objective (as the engine accounts it, engine.py): its
     users' pairs, the ALS-WR penalties of its users and items, the all-pairs term in
     shard 0. Their sum is the objective (shards/ledger.py)."""

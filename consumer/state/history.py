@@ -120,25 +120,19 @@ def drop_forgotten(
     times = np.asarray(stamps, dtype=np.float64)
     if trained_at is not None:
         times = np.minimum(times, trained_at)
-    users = np.repeat(np.arange(data.shape[0]), np.diff(data.by_user.indptr))
-    items = data.by_user.indices.astype(np.int64)
-    # The latest deletion time that reaches each entry: its user's, its item's, its pair's.
     user_t = np.full(data.shape[0], -np.inf)
     for u, t in history.users.items():
         user_t[user_index[u]] = t
     item_t = np.full(data.shape[1], -np.inf)
     for i, t in history.items.items():
         item_t[item_index[i]] = t
-    reach = np.maximum(user_t[users], item_t[items])
-    if history.pairs:
-        keys = np.array(
-            [user_index[u] * data.shape[1] + item_index[i] for u, i in history.pairs],
-            dtype=np.int64,
-        )
-        pos, found = locate(data.entry_keys, keys)
-        pair_t = np.fromiter(history.pairs.values(), dtype=np.float64, count=len(keys))
-        np.maximum.at(reach, pos[found], pair_t[found])
-    covered = times <= reach
+    pair_keys = np.array(
+        [user_index[u] * data.shape[1] + item_index[i] for u, i in history.pairs], dtype=np.int64
+    )
+    pair_t = np.fromiter(history.pairs.values(), dtype=np.float64, count=len(pair_keys))
+    covered = covered_entries(data, times, user_t, item_t, pair_keys, pair_t)
+    users = np.repeat(np.arange(data.shape[0]), np.diff(data.by_user.indptr))
+    items = data.by_user.indices.astype(np.int64)
     dropped = int(covered.sum())
     if not dropped:
         return Cleaned(model, data, times, 0, 0, 0)
@@ -148,6 +142,26 @@ def drop_forgotten(
     pos, _ = locate(data.entry_keys, remaining.entry_keys)
     return Cleaned(model, remaining, times[pos], dropped, report.touched_users,
                    report.touched_items)  # fmt: skip
+
+
+def covered_entries(
+    data: Interactions,
+    times: np.ndarray,
+    user_t: np.ndarray,
+    item_t: np.ndarray,
+    pair_keys: np.ndarray,
+    pair_t: np.ndarray,
+) -> np.ndarray:
+    """Which stored entries (aligned with data.by_user.data, at `times`) a tombstone
+    covers: the latest deletion time that reaches each (its user's, its item's, its
+    pair's; -inf for none) is at or after the entry's time."""
+    users = np.repeat(np.arange(data.shape[0]), np.diff(data.by_user.indptr))
+    items = data.by_user.indices.astype(np.int64)
+    reach = np.maximum(user_t[users], item_t[items])
+    if len(pair_keys):
+        pos, found = locate(data.entry_keys, pair_keys)
+        np.maximum.at(reach, pos[found], pair_t[found])
+    return times <= reach
 
 
 def write_history(state: ModelState, history: DeletionHistory) -> None:

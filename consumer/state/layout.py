@@ -34,6 +34,10 @@ per shard S ({unlearn:NS:S}):
                     bounded in bytes (:changes-bytes counts them)
   :status   HASH  interactions (this shard's users' pairs), loss (the objective's share
                   committed here), consolidation (settled | sweeping)
+  :next:*   the same keys for a model `unlearn load --swap` builds beside the live one
+             (one slot with them): its promotion renames :next:uf, :next:if, :next:ur,
+             :next:ir and :next:status over the live ones in one fenced script
+             (state/swap.py); tombstones, receipts and positions are never swapped
 global ({unlearn:NS}):
   :meta    HASH  kind, factors, regularization, alpha, shards, users, items, format
   :uid / :iid  HASH  id -> index;   :uix / :iix  HASH  index -> id
@@ -58,11 +62,15 @@ import numpy as np
 ROW_DTYPE = np.dtype([("other", "<u4"), ("weight", "<f4"), ("ts", "<u4")])
 FACTOR_DTYPE = np.dtype("<f4")
 FORMAT_VERSION = 2
+# The prefix of a shard's keys while `unlearn load --swap` builds a new model beside the
+# live one (same hash tag, same slot): promotion renames the model's keys in one script.
+STAGED = "next:"
 
 
 @dataclass(frozen=True)
 class Layout:
     namespace: str
+    stage: str = ""  # "" the live shard keys; STAGED: a model being built beside them
 
     @property
     def _global(self) -> str:
@@ -99,7 +107,7 @@ class Layout:
         return f"{self._global}:{side[0]}ix"
 
     def shard(self, shard: int) -> ShardKeys:
-        return ShardKeys(f"{{unlearn:{self.namespace}:{shard}}}")
+        return ShardKeys(f"{{unlearn:{self.namespace}:{shard}}}", self.stage)
 
     def scan_pattern(self) -> str:
         return f"{{unlearn:{self.namespace}*"
@@ -108,79 +116,84 @@ class Layout:
 @dataclass(frozen=True)
 class ShardKeys:
     tag: str
+    stage: str = ""
+
+    def named(self, name: str) -> str:
+        """The shard's key of this name (under the stage prefix, if any)."""
+        return f"{self.tag}:{self.stage}{name}"
 
     def factors(self, side: str) -> str:
-        return f"{self.tag}:{side[0]}f"
+        return self.named(f"{side[0]}f")
 
     def rows(self, side: str) -> str:
         """A user's row (`user`), or an item's slice of this shard (`item`)."""
-        return f"{self.tag}:{side[0]}r"
+        return self.named(f"{side[0]}r")
 
     @property
     def tombstones(self) -> str:
-        return f"{self.tag}:tomb"
+        return self.named("tomb")
 
     @property
     def receipts(self) -> str:
-        return f"{self.tag}:receipts"
+        return self.named("receipts")
 
     @property
     def pending(self) -> str:
-        return f"{self.tag}:pending"
+        return self.named("pending")
 
     @property
     def unsent(self) -> str:
-        return f"{self.tag}:unsent"
+        return self.named("unsent")
 
     @property
     def inbox(self) -> str:
-        return f"{self.tag}:inbox"
+        return self.named("inbox")
 
     @property
     def fence(self) -> str:
-        return f"{self.tag}:fence"
+        return self.named("fence")
 
     @property
     def owner(self) -> str:
-        return f"{self.tag}:owner"
+        return self.named("owner")
 
     @property
     def cursor(self) -> str:
-        return f"{self.tag}:cursor"
+        return self.named("cursor")
 
     @property
     def seen(self) -> str:
-        return f"{self.tag}:seen"
+        return self.named("seen")
 
     @property
     def gen(self) -> str:
-        return f"{self.tag}:gen"
+        return self.named("gen")
 
     @property
     def head(self) -> str:
-        return f"{self.tag}:head"
+        return self.named("head")
 
     @property
     def changes(self) -> str:
-        return f"{self.tag}:changes"
+        return self.named("changes")
 
     @property
     def changes_bytes(self) -> str:
-        return f"{self.tag}:changes-bytes"
+        return self.named("changes-bytes")
 
     @property
     def status(self) -> str:
-        return f"{self.tag}:status"
+        return self.named("status")
 
     @property
     def retention(self) -> str:
         """The shard's retention counters: deletions made (offset), passes finished."""
-        return f"{self.tag}:retention"
+        return self.named("retention")
 
     @property
     def published(self) -> str:
         """The shard's commit (generation and id) whose factors the factors topic has."""
-        return f"{self.tag}:published"
+        return self.named("published")
 
 
 def shard_of(index: int | np.ndarray, shards: int) -> int | np.ndarray:

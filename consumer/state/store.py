@@ -276,9 +276,10 @@ class ModelState:
         client: redis.Redis | redis.RedisCluster,
         namespace: str,
         observer: Observer | None = None,
+        stage: str = "",
     ) -> None:
         self.client = client
-        self.layout = Layout(namespace)
+        self.layout = Layout(namespace, stage)
         self.observer = observer
         self._allocate = client.register_script(_ALLOCATE)
         self._commit = client.register_script(_SHARD_COMMIT)

@@ -296,6 +296,14 @@ def test_the_bootstrap_load_is_a_hook_that_never_overwrites_by_surprise():
     assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--if-absent" in args and "--replace" not in args
+    # A retrained model on every upgrade: swapped into the running service, never replaced.
+    swap = ["--set", "bootstrap.swap=true", "--set", "bootstrap.trainedAt=2026-12-01T02:00:00"]
+    (job,) = by_kind(render("-f", str(STRICT), *swap), "Job")
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--swap" in args and "--trained-at=2026-12-01T02:00:00" in args
+    assert "--if-absent" not in args and "--replace" not in args
+    both = helm("template", "x", str(CHART), "-f", str(FULL), *swap, check=False)
+    assert both.returncode != 0 and "exclude each other" in both.stderr
 
 
 def pod_spec(docs: list[dict]) -> dict:
