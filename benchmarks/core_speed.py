@@ -30,7 +30,9 @@ from unlearn_core import Change, Hyperparameters, SweepContext, SweepPolicy, for
 
 PARAMS = Hyperparameters("implicit", factors=64, regularization=1.0, alpha=1.0)
 RETRAIN_ITERATIONS = 15
-THREE_SWEEPS = SweepPolicy(max_sweeps=3, tolerance=0.0, rank_tolerance=None, track_loss=False)
+THREE_SWEEPS = SweepPolicy(
+    max_sweeps=3, tolerance=0.0, rank_tolerance=None, settle_ratio=None, track_loss=False
+)
 
 
 def main() -> None:

@@ -366,23 +366,32 @@ def offline_forget(data: dict[str, Any]) -> str:
 
         rows.append((
             case["data"], f"{case['fraction']:.1%} ({case['removed']:,} pairs)",
-            f"{m['forget']:.2f} / {m['forget_no_loss']:.2f} / {m['forget_lists']:.2f}",
+            f"{m['forget']:.2f} / {m['forget_tracked']:.2f} / {m['forget_lists']:.2f}",
             f"{m['implicit_retrain']:.2f}",
             f"**{summary['forget_over_implicit']:.2f}x** / "
-            f"{summary['forget_no_loss_over_implicit']:.2f}x / "
+            f"{summary['forget_tracked_over_implicit']:.2f}x / "
             f"{summary['forget_lists_over_implicit']:.2f}x",
             f"{case['sweeps'][-1]} / {case['lists_sweeps']}",
             f"{case['unlearned']['deleted_mean_score']:.4f} / "
             f"{case['lists_deleted_mean_score']:.4f} ({min(scores):.4f} to {max(scores):.4f})",
             f"{verdict(case['checks'])} / {verdict(case['lists_checks'])}",
         ))  # fmt: skip
+    parts = [
+        f"{case['data']} {case['fraction']:.1%}: update {case['apply_seconds']:.2f} s, touched "
+        f"{case['touched_seconds']:.2f} s, sweeps "
+        + ", ".join(f"{x:.2f}" for x in case["sweep_seconds"]) + " s"
+        for case in data["cases"] if "sweep_seconds" in case
+    ]  # fmt: skip
     table = _table(
-        ("data", "deleted", "forget s: defaults / no loss / list rule", "implicit 15 it s",
+        ("data", "deleted", "forget s: defaults / --track-loss / list rule", "implicit 15 it s",
          "forget / implicit", "sweeps: defaults / list rule",
          "deleted pairs' mean score (retrains)", "retraining checks: defaults / list rule"),
         rows,
     )  # fmt: skip
-    return table + "\n\n" + _machine(data)
+    where = (
+        ("\n\nWhere the defaults' time goes (last run): " + "; ".join(parts) + ".") if parts else ""
+    )
+    return table + where + "\n\n" + _machine(data)
 
 
 def _rebalance(data: dict[str, Any]) -> str:
@@ -431,6 +440,7 @@ SECTIONS: dict[str, tuple[Path, Callable[[dict[str, Any]], str]]] = {
     "pipeline_latency": (DOC, pipeline_latency),
     "pipeline_latency_2000": (DOC, pipeline_latency),
     "pipeline_latency_onoff": (DOC, pipeline_latency),
+    "pipeline_latency_factors": (DOC, pipeline_latency),
     "profile_engine": (DOC, profile_engine),
     "scaling": (DOC, scaling),
     "scaling_rebalance_noida": (DOC, scaling),

@@ -27,6 +27,7 @@ class ScoreSample:
 
     users: np.ndarray
     items: np.ndarray
+    observed: int = 0  # the first `observed` pairs are observed ones (draw)
 
     @classmethod
     def draw(
@@ -42,7 +43,7 @@ class ScoreSample:
         n_uniform = size - n_observed
         users = np.concatenate([keys // n_items, rng.integers(0, n_users, n_uniform)])
         items = np.concatenate([keys % n_items, rng.integers(0, n_items, n_uniform)])
-        return cls(users.astype(np.int64), items.astype(np.int64))
+        return cls(users.astype(np.int64), items.astype(np.int64), n_observed)
 
     @classmethod
     def of_pairs(
@@ -58,6 +59,19 @@ class ScoreSample:
 
     def scores(self, user_factors: np.ndarray, item_factors: np.ndarray) -> np.ndarray:
         return pair_scores(user_factors, item_factors, self.users, self.items)
+
+
+def settle_ratio(
+    changed: tuple[np.ndarray, np.ndarray], observed: tuple[np.ndarray, np.ndarray]
+) -> float:
+    """How much a step moved the changed pairs' scores against how much it moved observed
+    pairs': mean |after - before| of each, divided (0 when neither moved, inf when only
+    the changed ones did)."""
+    moved = float(np.mean(np.abs(changed[1] - changed[0]))) if len(changed[0]) else 0.0
+    churn = float(np.mean(np.abs(observed[1] - observed[0]))) if len(observed[0]) else 0.0
+    if moved == 0.0:
+        return 0.0
+    return moved / churn if churn > 0 else float("inf")
 
 
 def relative_change(before: np.ndarray, after: np.ndarray) -> float:

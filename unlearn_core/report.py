@@ -21,6 +21,8 @@ class SweepRecord:
     items_solved: int
     # Fraction of the sampled users' top-N slots this sweep changed (None: not tracked).
     top_n_change: float | None = None
+    # The changed pairs' score movement over the observed pairs' (None: not tracked).
+    settle_ratio: float | None = None
 
 
 @dataclass
@@ -36,6 +38,7 @@ class UpdateReport:
     touched_items: int = 0
     tolerance: float = 0.0
     rank_tolerance: float | None = None
+    settle_ratio: float | None = None
     max_sweeps: int = 0
     apply_seconds: float = 0.0  # updating the interaction data (before any solve)
     converged: bool = False

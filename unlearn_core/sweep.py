@@ -26,6 +26,10 @@ from unlearn_core.solve import solve_rows
 Solver = Literal["cg", "cholesky"]
 SOLVERS: tuple[Solver, ...] = ("cg", "cholesky")
 CG_STEPS = 3  # implicit's default; warm-started, three steps per sweep are enough
+# The touched rows' re-solve: their data changed, so their step is large. Warm-started, ten
+# CG steps land within float32 precision of the exact solve (3e-5 of the step's length on
+# MovieLens-1M, k = 64, where three steps leave 8e-2) at a fifth of the Cholesky's cost.
+TOUCHED_CG_STEPS = 10
 
 
 def default_solver(params: Hyperparameters) -> Solver:
@@ -88,6 +92,36 @@ class SweepContext:
             item_factors[:] = solve_rows(
                 self.data.by_item, rows, user_factors, self.params, num_threads=self.num_threads
             )
+
+    def solve_some(
+        self,
+        side: str,
+        rows: np.ndarray,
+        user_factors: np.ndarray,
+        item_factors: np.ndarray,
+        cg_steps: int = TOUCHED_CG_STEPS,
+    ) -> None:
+        """Re-solve these rows of one side in place against the other side's factors: the
+        touched step (CG warm-started, `cg_steps` steps; or the exact Cholesky)."""
+        if not len(rows):
+            return
+        users_side = side == "user"
+        mine, other = (user_factors, item_factors) if users_side else (item_factors, user_factors)
+        if self.solver == "cg":
+            confidence = self.user_confidence if users_side else self.item_confidence
+            solved = mine[rows].copy()
+            implicit_als.least_squares_cg(
+                confidence[rows],
+                solved,
+                other,
+                self.params.regularization,
+                num_threads=self.num_threads,
+                cg_steps=cg_steps,
+            )
+        else:
+            weights = self.data.by_user if users_side else self.data.by_item
+            solved = solve_rows(weights, rows, other, self.params, num_threads=self.num_threads)
+        mine[rows] = solved.astype(FACTOR_DTYPE)
 
     def sweep(self, user_factors: np.ndarray, item_factors: np.ndarray) -> None:
         """One ALS sweep in place: users, then items."""

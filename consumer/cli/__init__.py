@@ -8,11 +8,11 @@ from collections.abc import Sequence
 
 from threadpoolctl import threadpool_limits
 
-from consumer.cli import demo, importing, offline, operations, service, verifying
+from consumer.cli import auditing, demo, importing, offline, operations, service, verifying
 from consumer.errors import InputError
 from consumer.state.store import StateError
 
-_COMMAND_GROUPS = (offline, importing, service, operations, verifying, demo)
+_COMMAND_GROUPS = (offline, importing, service, auditing, operations, verifying, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

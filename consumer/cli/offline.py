@@ -20,7 +20,12 @@ from unlearn_core.ids import IdIndex
 from unlearn_core.params import KINDS
 from unlearn_core.sweep import SOLVERS
 from unlearn_core.train import train
-from unlearn_core.unlearn import DEFAULT_MAX_SWEEPS, DEFAULT_RANK_TOLERANCE, DEFAULT_TOLERANCE
+from unlearn_core.unlearn import (
+    DEFAULT_MAX_SWEEPS,
+    DEFAULT_RANK_TOLERANCE,
+    DEFAULT_SETTLE_RATIO,
+    DEFAULT_TOLERANCE,
+)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -74,6 +79,21 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="also stop once a sweep changes fewer than this fraction of sampled users' "
         f"top-N slots, or no fewer than the sweep before (e.g. {DEFAULT_RANK_TOLERANCE}); "
         "0 (the default): off",
+    )
+    forget_cmd.add_argument(
+        "--settle-ratio",
+        type=float,
+        default=DEFAULT_SETTLE_RATIO,
+        metavar="S",
+        help="stop once a sweep (from the second) moves the deleted pairs' scores at most S "
+        "times as much as observed pairs', or no less relative to them than the sweep "
+        f"before (default {DEFAULT_SETTLE_RATIO}); 0: off",
+    )
+    forget_cmd.add_argument(
+        "--track-loss",
+        action="store_true",
+        help="evaluate the objective after every step for the report (on MovieLens-1M it "
+        "costs more than a sweep)",
     )
     forget_cmd.add_argument("--top-n", type=int, default=DEFAULT_TOP_N, metavar="N")
     forget_cmd.add_argument("--max-sweeps", type=int, default=DEFAULT_MAX_SWEEPS, metavar="N")
@@ -153,9 +173,13 @@ def run_forget(args: argparse.Namespace) -> int:
     change, unknown = _deletion_change(deletions, users, items)
     if not 0 <= args.rank_tolerance <= 1 or args.top_n < 1:
         raise InputError("command line", "--rank-tolerance must be in [0, 1], --top-n >= 1")
+    if args.settle_ratio and not args.settle_ratio >= 1:
+        raise InputError("command line", "--settle-ratio must be >= 1 (or 0: off)")
     policy = SweepPolicy(
         tolerance=args.tolerance,
         rank_tolerance=args.rank_tolerance or None,
+        settle_ratio=args.settle_ratio or None,
+        track_loss=args.track_loss,
         top_n=args.top_n,
         max_sweeps=args.max_sweeps,
         solver=args.solver,

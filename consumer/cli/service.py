@@ -1,4 +1,4 @@
-"""Service commands: `unlearn load`, `export`, `run`, `status`, `audit`."""
+"""Service commands: `unlearn load`, `export`, `run`, `status`, `recommend`, `inspect`."""
 
 from __future__ import annotations
 
@@ -137,12 +137,6 @@ def register(commands: argparse._SubParsersAction) -> None:
     subject.add_argument("--item")
     settings_flags(inspect_cmd)
     inspect_cmd.set_defaults(handler=run_inspect)
-
-    audit_cmd = commands.add_parser("audit", help="the receipts of every deletion, as JSON lines")
-    audit_cmd.add_argument("--request-id", default=None)
-    audit_cmd.add_argument("--user", default=None)
-    settings_flags(audit_cmd)
-    audit_cmd.set_defaults(handler=run_audit)
 
 
 def settings_flags(parser: argparse.ArgumentParser) -> None:
@@ -484,16 +478,4 @@ def run_recommend(args: argparse.Namespace) -> int:
         raise InputError("command line", f"user {args.user!r} is not in the model")
     for rank, entry in enumerate(top, start=1):
         print(f"{rank:>3}  {entry.item}\t{entry.score:.4f}")
-    return 0
-
-
-def run_audit(args: argparse.Namespace) -> int:
-    state = connect(settings_from(args))
-    meta = state.meta()
-    for receipt in state.read_receipts(meta.shards):
-        if args.request_id is not None and receipt.get("request_id") != args.request_id:
-            continue
-        if args.user is not None and receipt.get("user") != args.user:
-            continue
-        print(json.dumps(receipt))
     return 0

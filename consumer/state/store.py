@@ -510,6 +510,24 @@ class ModelState:
                 receipts.append(json.loads(value))
         return sorted(receipts, key=lambda r: (r.get("applied_at", 0.0), r.get("source", "")))
 
+    def expire_receipts(self, shards: int, before: float) -> int:
+        """Delete the audit trail's records applied before `before` (epoch seconds), save
+        those still waiting for the broker's acknowledgement. How many went."""
+        expired = 0
+        for shard in range(shards):
+            keys = self.layout.shard(shard)
+            unsent = {m.decode() for m in self.client.smembers(keys.unsent)}
+            old = [
+                source for source, text in self.client.hgetall(keys.receipts).items()
+                if source.decode() not in unsent
+                and float(json.loads(text).get("applied_at", before)) < before
+            ]  # fmt: skip
+            for start in range(0, len(old), _PIPELINE_CHUNK):
+                expired += int(
+                    self.client.hdel(keys.receipts, *old[start : start + _PIPELINE_CHUNK])
+                )
+        return expired
+
     def read_pending(self, shard: int) -> dict[str, str]:
         """Requests coordinated in the shard whose parts are not all durable yet."""
         raw = self.client.hgetall(self.layout.shard(shard).pending)

@@ -21,11 +21,17 @@ from unlearn_core import (
 )
 from unlearn_core.convergence import TopNSample, top_n_change
 from unlearn_core.interactions import Interactions
-from unlearn_core.unlearn import reseed_collapsed_directions
+from unlearn_core.unlearn import (
+    DEFAULT_SETTLE_RATIO,
+    SETTLE_MIN_SWEEPS,
+    reseed_collapsed_directions,
+)
 
 # Sweep to the float32 floor: residuals settle near 1e-6 on these tiny problems.
-EXACT = SweepPolicy(solver="cholesky", tolerance=0.0, rank_tolerance=None, max_sweeps=300)
-FOUR_SWEEPS = SweepPolicy(max_sweeps=4, tolerance=0, rank_tolerance=None)
+EXACT = SweepPolicy(
+    solver="cholesky", tolerance=0.0, rank_tolerance=None, settle_ratio=None, max_sweeps=300
+)
+FOUR_SWEEPS = SweepPolicy(max_sweeps=4, tolerance=0, rank_tolerance=None, settle_ratio=None)
 
 
 def trained(random_data, kind="implicit", seed=0, **kw):
@@ -92,7 +98,7 @@ def test_report_records_each_step(random_data):
     losses = [report.initial_loss] + [r.loss for r in report.records]
     assert all(b <= a * (1 + 1e-6) for a, b in itertools.pairwise(losses))
     assert not report.converged
-    by_scores = SweepPolicy(tolerance=1e-2, rank_tolerance=None)
+    by_scores = SweepPolicy(tolerance=1e-2, rank_tolerance=None, settle_ratio=None)
     _, _, loose = forget(model, data, Change.deletions(users=[0, 1]), by_scores)
     assert loose.converged and loose.final_residual <= 1e-2
 
@@ -181,7 +187,7 @@ def test_forgetting_everything_leaves_a_zero_model(random_data):
 
 def test_the_list_rule_stops_once_what_users_see_has_settled(random_data):
     model, data = trained(random_data, seed=2)
-    lists = SweepPolicy(max_sweeps=50, rank_tolerance=0.01)
+    lists = SweepPolicy(max_sweeps=50, rank_tolerance=0.01, settle_ratio=None)
     _, _, report = forget(model, data, Change.deletions(users=[0, 1]), lists)
     sweeps = [r for r in report.records if r.phase == "sweep"]
     changes = [r.top_n_change for r in sweeps]
@@ -193,6 +199,30 @@ def test_the_list_rule_stops_once_what_users_see_has_settled(random_data):
     assert last <= report.rank_tolerance or (len(changes) > 1 and last >= changes[-2])
     for before, now in itertools.pairwise(changes[:-1]):
         assert now > report.rank_tolerance and now < before
+
+
+def test_the_settle_rule_stops_once_the_changed_pairs_move_like_the_rest(random_data):
+    model, data = trained(random_data, seed=2)
+    keys = data.entry_keys[:: max(data.nnz // 25, 1)]  # 4 % of the pairs, spread out
+    pairs = Change.deletions(keys // data.shape[1], keys % data.shape[1])
+    settle = SweepPolicy(max_sweeps=50, tolerance=0.0, rank_tolerance=None)
+    forgotten, _, report = forget(model, data, pairs, settle)
+    sweeps = [r for r in report.records if r.phase == "sweep"]
+    ratios = [r.settle_ratio for r in sweeps]
+    assert report.converged and SETTLE_MIN_SWEEPS <= len(sweeps) < 50
+    # It stopped at the first sweep from the second on that moved the deleted pairs at
+    # most DEFAULT_SETTLE_RATIO times as much as observed pairs, or no less relative to
+    # them than the sweep before; not earlier.
+    assert ratios[-1] <= DEFAULT_SETTLE_RATIO or ratios[-1] >= ratios[-2]
+    for before, now in itertools.pairwise(ratios[SETTLE_MIN_SWEEPS - 1 : -1]):
+        assert now > DEFAULT_SETTLE_RATIO and now < before
+    assert ratios[SETTLE_MIN_SWEEPS - 1] > DEFAULT_SETTLE_RATIO or len(ratios) == 2
+    # Where it stopped, the deleted pairs have made most of the way to the optimum.
+    converged, _, _ = forget(model, data, pairs, EXACT)
+    users, items = pairs.remove_pair_users, pairs.remove_pair_items
+    start = model.scores(users, items).mean()
+    end = converged.scores(users, items).mean()
+    assert abs(forgotten.scores(users, items).mean() - end) <= 0.2 * abs(start - end)
 
 
 def test_top_n_lists_leave_out_known_items_and_count_changed_slots(random_data):
