@@ -246,6 +246,9 @@ def _phase_result(label: str, phase: Phase, before: dict, after: dict) -> dict:
         "slices": _delta(before, after, "unlearn_slices_total{}"),
         "sweeps": _delta(before, after, "unlearn_sweeps_total{}"),
         "stage_ms": _stages_ms(before, after),
+        # The factors topic: rows produced, and the loop's time spent reading and producing.
+        "factors_published": _delta(before, after, "unlearn_factors_published_total{}"),
+        "factors_publish_s": _delta(before, after, "unlearn_factors_publish_seconds_sum{}"),
     }
 
 

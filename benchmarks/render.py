@@ -278,6 +278,14 @@ def pipeline_latency(data: dict[str, Any]) -> str:
          "engine mean ms: read / solve / write"),
         rows,
     )  # fmt: skip
+    published = [
+        f"{p['phase']} {p['factors_published']:,.0f} rows in {p['factors_publish_s']:.1f} s"
+        for result in data["variants"].values() for p in result["phases"]
+        if p.get("factors_published")
+    ]  # fmt: skip
+    if published:
+        text += ("\n\nRows published to the factors topic, and the loop's time reading and "
+                 "producing them: " + "; ".join(published) + ".")  # fmt: skip
     burst = data["variants"].get("consolidating", {}).get("burst")
     if burst:
         settled = burst["settled_after_seconds"]
@@ -415,6 +423,36 @@ def _rebalance(data: dict[str, Any]) -> str:
     )
 
 
+def swap(data: dict[str, Any]) -> str:
+    s, rates = data["swap"], data["rates"]
+
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value:.0f}"
+
+    rows = [
+        (name, str(w["receipts"]), ms(w.get("p50_ms")), ms(w.get("p99_ms")), ms(w["max_ms"]))
+        for name, w in data["windows"].items()
+    ]
+    table = _table(("receipts arriving", "receipts", "p50 ms", "p99 ms", "max ms"), rows)
+    shape = data["shape"]
+    text = (
+        f"Swap of a model retrained from the same snapshot (another seed) into the running "
+        f"service ({shape['users']:,} users, {shape['items']:,} items, "
+        f"{shape['interactions']:,} interactions, k = {data['params']['factors']}), under "
+        f"{rates['deletions_per_s']:.0f} deletions/s + {rates['interactions_per_s']:.0f} "
+        f"interactions/s: prepare {s['prepare_seconds']:.1f} s, stage "
+        f"{s['stage_seconds']:.1f} s, catch-up {s['catch_up_seconds']:.1f} s "
+        f"({s['reconcile_rounds']} reconcile rounds in all), service's writes held "
+        f"{s['held_seconds']:.2f} s; {s['total_seconds']:.1f} s in all. Dropped as already "
+        f"forgotten: {s['dropped_as_forgotten']:,}; carried over from the live model: "
+        f"{s['carried_over']:,}. Deletions sent {data['deletions_sent']:,}, receipts "
+        f"{data['receipts']:,}, deletions left unanswered "
+        f"{len(data.get('unanswered_sent_at_s', []))}; deleted pairs stored after the swap: "
+        f"{data['deleted_pairs_stored_after']}."
+    )
+    return table + "\n\n" + text + "\n\n" + _machine(data)
+
+
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -446,6 +484,7 @@ SECTIONS: dict[str, tuple[Path, Callable[[dict[str, Any]], str]]] = {
     "scaling_rebalance_noida": (DOC, scaling),
     "scaling_20m": (DOC, scaling),
     "offline_forget": (DOC, offline_forget),
+    "swap": (DOC, swap),
     "fault_campaign": (RELIABILITY, fault_campaign),
     "fault_campaign_soak": (RELIABILITY, fault_campaign),
 }

@@ -56,7 +56,8 @@ from consumer.state.swap import released
 
 log = logging.getLogger("unlearn.application")
 
-RECLAIM_CHECK_S = 1.0  # how often shards a swap took are looked for, while any is missing
+FACTORS_WAIT_S = 0.05  # how long a batch's receipts wait for its factors' acknowledgement
+RECLAIM_CHECK_S = 0.25  # how often shards a swap took are looked for, while any is missing
 STATE_CHECK_S = 5.0  # how often an idle service checks that Redis did not go back in time
 TOPIC_CHECK_S = 5.0  # how often the input topics are checked for a new life (re-created)
 IDLE_WAIT_S = 0.1  # how long a read waits for input when there is nothing else to do
@@ -308,6 +309,7 @@ class Application:
             self.observer.model(self.engine)
         self.stats.last_residual = outcome.residual
         self._publish()
+        self._await_factors(receipts)
         self._send(self._ready(receipts), outcome)
         if self.on_batch is not None:
             self.on_batch(outcome)
@@ -343,6 +345,17 @@ class Application:
             return
         if produced:
             self.observer.factors_published(produced, time.perf_counter() - started)
+
+    def _await_factors(self, receipts: list[Receipt]) -> None:
+        """A batch's receipts wait for its factors: a few ms on a healthy broker. Waited
+        for here, up to FACTORS_WAIT_S, so they leave with their batch instead of a loop
+        step later (under load a step is a whole next batch)."""
+        if self.publisher is None or not receipts:
+            return
+        try:
+            self.publisher.drain(FACTORS_WAIT_S)
+        except TRANSIENT as exc:  # Redis away: the receipts are held, as _ready says
+            log.info("factors' marks not recorded yet: %s", type(exc).__name__)
 
     def _ready(self, receipts: list[Receipt]) -> list[Receipt]:
         """Of these receipts (and those held before), the ones whose factors the factors

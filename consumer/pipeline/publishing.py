@@ -64,6 +64,10 @@ class FactorPublisher:
         self._others: dict[int, int] = {}  # other owners' shards: published generation
         self._others_read = float("-inf")
         self._failure: str | None = None
+        # An index keeps its id for the namespace's life (ids are only ever appended, and a
+        # swap keeps them): each is read from Redis once.
+        self._ids: dict[str, dict[int, str]] = {side: {} for side in SIDES}
+        self._shape: tuple[int, int] | None = None  # shards and factors: fixed per namespace
 
     def publish(self, owned: Mapping[int, tuple[int, Known]]) -> int:
         """The owned shards (shard -> (fence token, commit reached)): hand the producer
@@ -153,17 +157,26 @@ class FactorPublisher:
             set(rows_of_shard(shard, meta.shards, meta.count(side)).tolist()) for side in SIDES
         )
 
+    def _ids_of(self, side: str, indices: np.ndarray) -> list[str]:
+        known = self._ids[side]
+        missing = [n for n in indices.tolist() if n not in known]
+        if missing:
+            known.update(zip(missing, self.state.ids_of(side, missing), strict=True))
+        return [known[n] for n in indices.tolist()]
+
     def _produce(self, shard: int, known: Known, rows: tuple[set[int], set[int]]) -> int:
         """Read every record first (Redis may fail: then nothing was handed over), then
         hand them to the producer as one flight."""
-        meta = self.state.meta()
+        if self._shape is None:
+            meta = self.state.meta()
+            self._shape = (meta.shards, meta.params.factors)
         records = []
         for side, wanted in zip(SIDES, rows, strict=True):
             indices = np.array(sorted(wanted), dtype=np.int64)
             if not len(indices):
                 continue
-            factors = self.state.read_factors(side, indices, meta.shards, meta.params.factors)
-            for id_, factor in zip(self.state.ids_of(side, indices), factors, strict=True):
+            factors = self.state.read_factors(side, indices, *self._shape)
+            for id_, factor in zip(self._ids_of(side, indices), factors, strict=True):
                 records.append(FactorRecord(self.state.layout.namespace, side, id_, factor,
                                             shard, known[0]))  # fmt: skip
         flight = _Flight(known, len(records))
