@@ -85,6 +85,14 @@ return out
 """
 
 
+# A hold given back: the owner cleared if the fence still holds the swap's token.
+# KEYS: fence, owner. ARGV: token.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[2], '') end
+return 0
+"""
+
+
 class SwapError(StateError):
     """The swap cannot go on (another configuration, or the hold ran out)."""
 
@@ -219,13 +227,17 @@ class Swap:
         deadline = time.time() + hold_s
         holder = f"{HOLD_PREFIX}{deadline!r}"
         tokens = {s: a.token for s, a in self.state.acquire(shards, holder).items()}
-        self.reconcile(green)
-        if time.time() > deadline - 1.0:
-            raise SwapError(
-                f"the hold of {hold_s:g} s ran out before promotion: nothing was promoted; "
-                "run the swap again (a longer --hold)"
-            )
-        generations = self._switch(tokens)
+        try:
+            self.reconcile(green)
+            if time.time() > deadline - 1.0:
+                raise SwapError(
+                    f"the hold of {hold_s:g} s ran out before promotion: nothing was "
+                    "promoted; run the swap again (a longer --hold)"
+                )
+            generations = self._switch(tokens)
+        except BaseException:
+            self._release(tokens)  # the service takes its shards back now, not at the deadline
+            raise
         green.held_s = time.monotonic() - started
         green.generations = generations
         self._clear_staged()
@@ -255,6 +267,12 @@ class Swap:
                 )
             out.update(zip(group, (int(g) for g in result), strict=True))
         return out
+
+    def _release(self, tokens: dict[int, int]) -> None:
+        """Give back the shards this swap still holds (those it promoted are released)."""
+        for shard, token in tokens.items():
+            keys = self.state.layout.shard(shard)
+            self.state.client.eval(_RELEASE, 2, keys.fence, keys.owner, token)
 
     # ----- internals --------------------------------------------------------------------
 

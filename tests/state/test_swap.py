@@ -163,3 +163,20 @@ def test_the_command_swaps_and_refuses_other_hyperparameters(
         Swap(state).prepare(other, data, np.zeros(data.nnz))
     assert main(["load", "--model", str(tmp_path / "model.npz"), "--interactions", str(path),
                  "--swap", "--replace", *flags]) == 2  # fmt: skip
+
+
+def test_a_swap_that_fails_while_holding_gives_the_shards_back(redis_client, random_data):
+    _, data = random_data(n_users=20, n_items=12, density=0.4, seed=6)
+    users, items, params = _ids(20, "u"), _ids(12, "i"), params_for("implicit")
+    model, _ = train(data, users, items, params, 5)
+    state = ModelState(redis_client, unique("ns"))
+    load(state, model, data, np.full(data.nnz, 1000.0), shards=SHARDS)
+    swap = Swap(state)
+    green = swap.prepare(model, data, np.full(data.nnz, 900.0), 950.0)
+    swap.reconcile(green)
+    swap.stage(green)
+    before = state.read_generations(range(SHARDS))
+    with pytest.raises(SwapError, match="ran out"):
+        swap.promote(green, hold_s=0.5)  # less than the margin it keeps: never promotes
+    assert not any(state.read_owners(SHARDS).values())  # released at once, not at the deadline
+    assert state.read_generations(range(SHARDS)) == before  # nothing promoted
