@@ -545,11 +545,16 @@ class Engine:
         }
         if behind:
             raise StateRolledBack(behind)
-        # An owned shard with more commits than this engine made: someone took it (a
-        # swap's promotion, docs/lifecycle.md); read it again, as after a refused write.
-        taken = {s for s in self.owned if now[s][0] > self.generations.get(s, 0)}
-        if taken:
-            self._lose(taken)
+        # An owned shard with more commits than this engine counted: either a commit of
+        # its own landed while the reply was lost (a connection cut; the retried batch
+        # finds its work done), or someone took the shard (a swap's promotion,
+        # docs/lifecycle.md). The fence tells them apart: taken only if it moved on.
+        moved = [s for s in self.owned if now[s][0] > self.generations.get(s, 0)]
+        if moved:
+            fences = self.state.read_fences(moved)
+            taken = {s for s in moved if fences[s] != self.owned[s].token}
+            if taken:
+                self._lose(taken)
         moved = [s for s in now if s not in self.owned and now[s] != self._seen_at.get(s)]
         if moved:
             self._read_ledgers(moved)

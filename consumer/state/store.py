@@ -591,6 +591,14 @@ class ModelState:
             for s, raw in zip(shards, pipe.execute(), strict=True)
         }
 
+    def read_fences(self, shards: Iterable[int]) -> dict[int, int]:
+        """Each shard's current fence token (0: never acquired)."""
+        shards = sorted(shards)
+        pipe = self.client.pipeline(transaction=False)
+        for shard in shards:
+            pipe.get(self.layout.shard(shard).fence)
+        return {s: int(v or 0) for s, v in zip(shards, pipe.execute(), strict=True)}
+
     def read_owners(self, shards: int) -> dict[int, str | None]:
         pipe = self.client.pipeline(transaction=False)
         for shard in range(shards):

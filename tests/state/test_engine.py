@@ -276,3 +276,18 @@ def test_each_shards_change_log_is_bounded_in_bytes(loaded, monkeypatch):
         size = sum(len(body[b"users"]) + len(body[b"items"]) + 64 for _, body in entries)
         assert size <= 600 and int(state.client.get(keys.changes_bytes)) == size
         assert int(entries[0][0].split(b"-")[0]) > 1  # the oldest went
+
+
+def test_a_shard_is_dropped_only_when_its_fence_moved_on(loaded, redis_client):
+    state, _, _ = loaded
+    engine = Engine(state)
+    engine.own(range(4))
+    # A commit of its own that landed while the reply was lost: more commits, same fence.
+    redis_client.incr(state.layout.shard(1).gen)
+    engine.refresh()
+    assert set(engine.owned) == {0, 1, 2, 3}
+    # Another holder drew the fence (a swap) and committed: the shard is dropped.
+    state.acquire([2], "swap:0")
+    redis_client.incr(state.layout.shard(2).gen)
+    engine.refresh()
+    assert set(engine.owned) == {0, 1, 3}
