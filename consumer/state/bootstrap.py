@@ -86,7 +86,7 @@ def write_shards(
                 chunk = rows[start : start + _ROWS_PER_WRITE]
                 write.factors[side] = {int(n): factors[side][n] for n in chunk}
             for n in users[start : start + _ROWS_PER_WRITE].tolist():
-                write.rows["user"][n] = _row(by_user, stamps, n)
+                write.rows["user"][n] = user_row(by_user, stamps, n)
             state.commit({shard: write}, {shard: None})  # no owner writes these keys yet
         write = ShardWrite(interactions_delta=int(np.diff(by_user.indptr)[users].sum()))
         write.rows["item"] = _slices(by_user, stamps, users)
@@ -159,7 +159,8 @@ def export(state: ModelState) -> tuple[FactorModel, Interactions]:
     return model, data
 
 
-def _row(weights: sp.csr_array, stamps: np.ndarray, n: int) -> np.ndarray:
+def user_row(weights: sp.csr_array, stamps: np.ndarray, n: int) -> np.ndarray:
+    """User n's stored row: its interactions as ROW_DTYPE records, sorted by item."""
     start, stop = weights.indptr[n], weights.indptr[n + 1]
     row = np.empty(stop - start, dtype=ROW_DTYPE)
     row["other"] = weights.indices[start:stop]

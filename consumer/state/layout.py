@@ -190,10 +190,24 @@ class ShardKeys:
         """The shard's retention counters: deletions made (offset), passes finished."""
         return self.named("retention")
 
+    def every_key(self) -> list[str]:
+        """Every key of the shard, as named here (under the stage prefix, if any)."""
+        return _shard_keys(self)
+
     @property
     def published(self) -> str:
         """The shard's commit (generation and id) whose factors the factors topic has."""
         return self.named("published")
+
+
+def _shard_keys(keys: ShardKeys) -> list[str]:
+    return [
+        *(keys.factors(side) for side in ("user", "item")),
+        *(keys.rows(side) for side in ("user", "item")),
+        keys.tombstones, keys.receipts, keys.pending, keys.unsent, keys.inbox, keys.fence,
+        keys.owner, keys.cursor, keys.seen, keys.gen, keys.head, keys.changes,
+        keys.changes_bytes, keys.status, keys.retention, keys.published,
+    ]  # fmt: skip
 
 
 def shard_of(index: int | np.ndarray, shards: int) -> int | np.ndarray:

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import redis
 
-from consumer.state.bootstrap import objective_shares, pair_timestamps, write_shards
+from consumer.state.bootstrap import objective_shares, pair_timestamps, user_row, write_shards
 from consumer.state.history import covered_entries
 from consumer.state.layout import ROW_DTYPE, STAGED, shard_of
 from consumer.state.store import ModelState, ShardWrite, StateError
@@ -353,11 +353,7 @@ class Swap:
             for n in rows.tolist():
                 writes[shard_of(n, shards)].factors[side][n] = factors[n]
         for n in users.tolist():
-            start, stop = by_user.indptr[n], by_user.indptr[n + 1]
-            row = np.empty(stop - start, dtype=ROW_DTYPE)
-            row["other"], row["weight"] = by_user.indices[start:stop], by_user.data[start:stop]
-            row["ts"] = stamps[start:stop]
-            writes[shard_of(n, shards)].rows["user"][n] = row
+            writes[shard_of(n, shards)].rows["user"][n] = user_row(by_user, stamps, n)
         by_item = green.data.by_item
         for i in items.tolist():
             start, stop = by_item.indptr[i], by_item.indptr[i + 1]
@@ -385,9 +381,5 @@ class Swap:
     def _clear_staged(self) -> None:
         """Every staged key (an earlier swap's that stopped half-way, or this one's
         counters once promoted)."""
-        names = ("uf", "if", "ur", "ir", "tomb", "receipts", "pending", "unsent", "inbox",
-                 "fence", "owner", "cursor", "seen", "gen", "head", "changes", "changes-bytes",
-                 "status", "retention", "published")  # fmt: skip
         for shard in range(self.meta.shards):
-            keys = self.staged.layout.shard(shard)
-            self.state.client.delete(*[keys.named(name) for name in names])
+            self.state.client.delete(*self.staged.layout.shard(shard).every_key())
