@@ -61,19 +61,6 @@ class ScoreSample:
         return pair_scores(user_factors, item_factors, self.users, self.items)
 
 
-def settle_ratio(
-    changed: tuple[np.ndarray, np.ndarray], observed: tuple[np.ndarray, np.ndarray]
-) -> float:
-    """How much a step moved the changed pairs' scores against how much it moved observed
-    pairs': mean |after - before| of each, divided (0 when neither moved, inf when only
-    the changed ones did)."""
-    moved = float(np.mean(np.abs(changed[1] - changed[0]))) if len(changed[0]) else 0.0
-    churn = float(np.mean(np.abs(observed[1] - observed[0]))) if len(observed[0]) else 0.0
-    if moved == 0.0:
-        return 0.0
-    return moved / churn if churn > 0 else float("inf")
-
-
 def relative_change(before: np.ndarray, after: np.ndarray) -> float:
     """|after - before| / |before| (0 when nothing changed, 1 when both were zero and now not)."""
     diff = float(np.linalg.norm(after - before))

@@ -21,8 +21,10 @@ class SweepRecord:
     items_solved: int
     # Fraction of the sampled users' top-N slots this sweep changed (None: not tracked).
     top_n_change: float | None = None
-    # The changed pairs' score movement over the observed pairs' (None: not tracked).
+    # The changed pairs' score movement over the observed pairs' (None: not tracked), and
+    # their excess fall still to come as the settle rule projects it (None: unbounded yet).
     settle_ratio: float | None = None
+    settle_tail: float | None = None
 
 
 @dataclass
@@ -39,6 +41,7 @@ class UpdateReport:
     tolerance: float = 0.0
     rank_tolerance: float | None = None
     settle_ratio: float | None = None
+    settle_tail: float | None = None
     max_sweeps: int = 0
     apply_seconds: float = 0.0  # updating the interaction data (before any solve)
     converged: bool = False

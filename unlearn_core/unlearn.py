@@ -20,13 +20,20 @@ from unlearn_core.convergence import (
     ScoreSample,
     TopNSample,
     relative_change,
-    settle_ratio,
     top_n_change,
 )
 from unlearn_core.interactions import Change, Interactions, apply_change
 from unlearn_core.loss import loss
 from unlearn_core.model import FactorModel, NonFiniteFactorsError
 from unlearn_core.report import SweepRecord, UpdateReport
+from unlearn_core.settle import (
+    DEFAULT_RATIO,
+    DEFAULT_TAIL,
+    MIN_STEPS,
+    SettleRule,
+    SettleStep,
+    Settling,
+)
 from unlearn_core.solve import gramian
 from unlearn_core.sweep import TOUCHED_CG_STEPS, Solver, SweepContext, default_solver
 
@@ -36,17 +43,12 @@ DEFAULT_TOLERANCE = 1e-5
 # MovieLens-100K with 1 % of pairs deleted it stops after 4 sweeps while the deleted pairs'
 # mean score is still above every retrain's (docs/benchmarks.md); 20 sweeps are not.
 DEFAULT_RANK_TOLERANCE = 0.01
-DEFAULT_MAX_SWEEPS = 20
-# The settle rule (the default): stop once a sweep moves the changed pairs' scores by at
-# most this many times what it moves observed pairs' scores. What is left of the changed
-# pairs' movement is then ALS's own churn, which every pair shows and which no further
-# sweep removes faster for them than for the rest; checked from the second sweep on (the
-# first carries the touched rows' change to their neighbours and may barely move the
-# changed pairs themselves). On MovieLens it stops after 2 to 6 sweeps and meets the
-# retraining checks; the tolerance on scores alone (1e-5) is never reached in 20
-# (docs/benchmarks.md, offline_forget).
-DEFAULT_SETTLE_RATIO = 1.3
-SETTLE_MIN_SWEEPS = 2
+# The settle rule (the default, unlearn_core/settle.py) ends a run within a few sweeps for
+# small deletions and after about 40 for 5 % of the pairs; the cap is above both.
+DEFAULT_MAX_SWEEPS = 60
+DEFAULT_SETTLE_RATIO = DEFAULT_RATIO
+DEFAULT_SETTLE_TAIL = DEFAULT_TAIL
+SETTLE_MIN_SWEEPS = MIN_STEPS
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,9 @@ class SweepPolicy:
     # ... or once the changed pairs settle: a sweep moves them at most this many times as
     # much as observed pairs (None: off; a run of exactly max_sweeps sweeps)
     settle_ratio: float | None = DEFAULT_SETTLE_RATIO
+    # ... and the deleted pairs' projected excess fall still to come is at most this share
+    # of the observed pairs' mean |score| (settle.py)
+    settle_tail: float = DEFAULT_SETTLE_TAIL
     max_sweeps: int = DEFAULT_MAX_SWEEPS  # full sweeps after the touched re-solve
     solver: Solver | None = None  # None: the fastest for the model kind
     track_loss: bool = True  # evaluate the objective after every step
@@ -77,6 +82,8 @@ class SweepPolicy:
             raise ValueError(f"rank_tolerance must be in [0, 1], got {self.rank_tolerance!r}")
         if self.settle_ratio is not None and not self.settle_ratio >= 1:
             raise ValueError(f"settle_ratio must be >= 1, got {self.settle_ratio!r}")
+        if not self.settle_tail >= 0:
+            raise ValueError(f"settle_tail must be >= 0, got {self.settle_tail!r}")
         if self.top_n < 1 or self.rank_sample < 1:
             raise ValueError("top_n and rank_sample must be >= 1")
 
@@ -115,6 +122,7 @@ def update(
         tolerance=policy.tolerance,
         rank_tolerance=policy.rank_tolerance,
         settle_ratio=policy.settle_ratio,
+        settle_tail=policy.settle_tail if policy.settle_ratio is not None else None,
         max_sweeps=policy.max_sweeps,
         apply_seconds=apply_seconds,
     )
@@ -213,6 +221,9 @@ class _Run:
             self.lists = TopNSample.draw(
                 data, policy.rank_sample, policy.top_n, policy.sample_seed, changed_users
             )
+        self.settling = None
+        if policy.settle_ratio is not None:
+            self.settling = Settling(SettleRule(policy.settle_ratio, policy.settle_tail))
         self.context = SweepContext(
             data, model.params, policy.solver or default_solver(model.params), policy.num_threads
         )
@@ -242,7 +253,6 @@ class _Run:
     def sweeps(self, users: np.ndarray, items: np.ndarray) -> None:
         shown = self.lists.top(users, items) if self.lists is not None else None
         previous: float | None = None
-        previous_ratio: float | None = None
         for index in range(1, self.policy.max_sweeps + 1):
             before = self._scores(users, items)
             started = time.perf_counter()
@@ -254,36 +264,28 @@ class _Run:
                 now = self.lists.top(users, items)
                 change, shown = top_n_change(shown, now), now
             after = self._scores(users, items)
-            ratio = self._settle_ratio(before, after)
+            settle = self._settle(before, after)
             residual = self._record(
                 "sweep", index, before, users, items, seconds, n_users, n_items, change,
-                after, ratio,
+                after, settle,
             )  # fmt: skip
             if (
                 residual <= self.policy.tolerance
                 or self._lists_settled(change, previous)
-                or self._pairs_settled(index, ratio, previous_ratio)
+                or (settle is not None and settle.settled)
             ):
                 self.report.converged = True
                 return
-            previous, previous_ratio = change, ratio
+            previous = change
 
-    def _settle_ratio(self, before: list[np.ndarray], after: list[np.ndarray]) -> float | None:
-        """The changed pairs' movement over the observed pairs' in this sweep."""
-        if self.policy.settle_ratio is None:
+    def _settle(self, before: list[np.ndarray], after: list[np.ndarray]) -> SettleStep | None:
+        """The settle rule after a sweep: the changed pairs against observed pairs."""
+        if self.settling is None:
             return None
         observed = self.samples[0].observed
-        return settle_ratio((before[1], after[1]), (before[0][:observed], after[0][:observed]))
-
-    def _pairs_settled(self, index: int, ratio: float | None, previous: float | None) -> bool:
-        """The changed pairs move like the rest: at most settle_ratio times as much as
-        observed pairs, or no less relative to them than in the sweep before (what is left
-        is the slow mode every pair decays along, which further sweeps do not remove from
-        them any faster)."""
-        if ratio is None or self.policy.settle_ratio is None or index < SETTLE_MIN_SWEEPS:
-            return False
-        falling = previous is None or index <= SETTLE_MIN_SWEEPS or ratio < previous
-        return ratio <= self.policy.settle_ratio or not falling
+        return self.settling.step(
+            (before[1], after[1]), (before[0][:observed], after[0][:observed])
+        )
 
     def _lists_settled(self, change: float | None, previous: float | None) -> bool:
         """What users see has stopped moving: a sweep changed fewer top-N slots than the
@@ -308,7 +310,7 @@ class _Run:
         solved_items: np.ndarray | int,
         top_n_change: float | None = None,
         after: list[np.ndarray] | None = None,
-        ratio: float | None = None,
+        settle: SettleStep | None = None,
     ) -> float:
         if not (np.all(np.isfinite(users)) and np.all(np.isfinite(items))):
             raise NonFiniteFactorsError(f"factors became NaN or infinite in {phase} {index}")
@@ -324,10 +326,15 @@ class _Run:
                 users_solved=_count(solved_users),
                 items_solved=_count(solved_items),
                 top_n_change=top_n_change,
-                settle_ratio=ratio,
+                settle_ratio=settle.ratio if settle is not None else None,
+                settle_tail=_finite(settle.tail) if settle is not None else None,
             )
         )
         return residual
+
+
+def _finite(value: float) -> float | None:
+    return value if np.isfinite(value) else None
 
 
 def _count(rows: np.ndarray | int) -> int:

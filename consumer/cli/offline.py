@@ -24,6 +24,7 @@ from unlearn_core.unlearn import (
     DEFAULT_MAX_SWEEPS,
     DEFAULT_RANK_TOLERANCE,
     DEFAULT_SETTLE_RATIO,
+    DEFAULT_SETTLE_TAIL,
     DEFAULT_TOLERANCE,
 )
 
@@ -87,7 +88,16 @@ def register(commands: argparse._SubParsersAction) -> None:
         metavar="S",
         help="stop once a sweep (from the second) moves the deleted pairs' scores at most S "
         "times as much as observed pairs', or no less relative to them than the sweep "
-        f"before (default {DEFAULT_SETTLE_RATIO}); 0: off",
+        f"before (default {DEFAULT_SETTLE_RATIO}), and the settle tail is met; 0: off",
+    )
+    forget_cmd.add_argument(
+        "--settle-tail",
+        type=float,
+        default=DEFAULT_SETTLE_TAIL,
+        metavar="F",
+        help="... and the deleted pairs' excess fall still to come, projected from the last "
+        "two sweeps, is at most F of the observed pairs' mean |score| "
+        f"(default {DEFAULT_SETTLE_TAIL})",
     )
     forget_cmd.add_argument(
         "--track-loss",
@@ -175,10 +185,13 @@ def run_forget(args: argparse.Namespace) -> int:
         raise InputError("command line", "--rank-tolerance must be in [0, 1], --top-n >= 1")
     if args.settle_ratio and not args.settle_ratio >= 1:
         raise InputError("command line", "--settle-ratio must be >= 1 (or 0: off)")
+    if not args.settle_tail >= 0:
+        raise InputError("command line", "--settle-tail must be >= 0")
     policy = SweepPolicy(
         tolerance=args.tolerance,
         rank_tolerance=args.rank_tolerance or None,
         settle_ratio=args.settle_ratio or None,
+        settle_tail=args.settle_tail,
         track_loss=args.track_loss,
         top_n=args.top_n,
         max_sweeps=args.max_sweeps,
