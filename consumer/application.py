@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import Message, Producer
 
+from consumer.consolidation.cycle import CyclePolicy
 from consumer.engine import BatchOutcome, Engine, StateRolledBack
 from consumer.events import Interaction, Partition
 from consumer.http import Health
@@ -40,7 +41,7 @@ from consumer.pipeline.answered import read_answered
 from consumer.pipeline.applying import TRANSIENT, Applier, Unavailable
 from consumer.pipeline.batching import BatchPolicy
 from consumer.pipeline.checkpoint import AcknowledgementFailed, Checkpoint, Record
-from consumer.pipeline.consolidation import Consolidation, ConsolidationPolicy
+from consumer.pipeline.consolidating import Consolidating
 from consumer.pipeline.dead_letters import REDRIVEN_HEADER, dead_letter_headers
 from consumer.pipeline.observation import Observer
 from consumer.pipeline.parsing import Parsed, Parser
@@ -88,10 +89,10 @@ class Stats:
     dead_lettered: int = 0
     receipts_sent: int = 0
     slices: int = 0
-    sweeps: int = 0
+    sweeps: int = 0  # requested ALS sweeps completed
+    cycles: int = 0  # forgetting cycles completed
     rollbacks: int = 0
     last_residual: float | None = None
-    last_improvement: float | None = None  # the last full sweep's relative decrease
 
 
 class Application:
@@ -145,18 +146,19 @@ class Application:
         )  # fmt: skip
         self._retention_stepped = float("-inf")
         self._held: list[Receipt] = []  # receipts waiting for their factors to be published
-        self.consolidation = Consolidation(
-            ConsolidationPolicy(
+        self.consolidating = Consolidating(
+            self.applier,
+            self.observer,
+            CyclePolicy(
                 tolerance=settings.consolidate_tolerance,
-                idle_ms=settings.consolidate_idle_ms,
+                write_tolerance=settings.consolidate_write_tolerance,
                 slice_ms=settings.consolidate_slice_ms,
-                resume_events=settings.consolidate_resume_events,
-                resume_idle_ms=settings.consolidate_resume_idle_ms,
+                idle_ms=settings.consolidate_idle_ms,
+                max_rounds=settings.consolidate_max_rounds,
             ),
-            owned=False,  # until this instance owns shards
+            settings.consolidate_sweeps,
+            settings.consolidate_sweep_tolerance,
         )
-        self._settled_recorded: bool | None = None  # what the state says, once read
-        self._consolidating: frozenset[int] | None = frozenset()  # the shards it is for
         self._deletion_partitions: int | None = None
         self._pending: list[tuple[Message, float]] = []
         self._batch_opened = 0.0
@@ -187,6 +189,7 @@ class Application:
                 self._step()
             self._flush()
             self._work()
+            self.consolidating.flush()
             self._finish_publishing()
             if not self.checkpoint.drain(self.settings.revoke_budget_s):
                 log.warning("shutting down with receipts not yet acknowledged: they are replayed")
@@ -208,7 +211,6 @@ class Application:
         self._check_state()
         self._reclaim()
         self._check_topics()
-        self._own_consolidation()
         worked = self._work()
         consolidating = self._consolidation_due(False)
         idle = OWNER_WAIT_S if self.engine.owned else IDLE_WAIT_S
@@ -246,7 +248,7 @@ class Application:
         shared = len(self.engine.owned) < self.engine.shards
         if shared and (time.monotonic() - self._last_work) * 1000 < SHARED_QUIET_MS:
             return False
-        return self.consolidation.due(self._since_last_event_ms(), input_waiting)
+        return self.consolidating.due(self._since_last_event_ms(), input_waiting)
 
     def _flush(self) -> None:
         """Take the open batch into the state (each event into its shard's inbox) and hand
@@ -304,6 +306,7 @@ class Application:
             self.retention.expired(outcome.expired)
             self.metrics.retention_removed.inc(sum(outcome.expired.values()))
         self._last_work = time.monotonic()
+        self.consolidating.batch(outcome)
         self.observer.outcome(outcome)
         if outcome.events:
             self.observer.model(self.engine)
@@ -410,7 +413,6 @@ class Application:
         self.stats.batches += 1
         self.stats.events += len(messages)
         self._last_event = time.monotonic()
-        self.consolidation.events_arrived(len(messages))
 
     # ----- ownership --------------------------------------------------------------------
 
@@ -423,9 +425,14 @@ class Application:
             self._deletion_partitions = self.source.partition_count(self.settings.topic_deletions)
         shards = owned_shards(self.engine.shards, self._deletion_partitions, held)
         before = set(self.engine.owned)
+        self.consolidating.lost(before - shards)
         self.applier.own(shards)
         self.observer.shards_owned(len(self.engine.owned))
+        self.observer.consolidation_owner(bool(self.engine.owned))
         self._read_back(set(self.engine.owned) - before)
+        # What the factors topic lacks of the shards taken (a fresh load: the whole model,
+        # once; a previous owner's unpublished commits), before any event asks for it.
+        self._publish()
 
     def _reclaim(self) -> None:
         """Shards of this instance's partitions that it no longer holds (a swap took them
@@ -453,6 +460,7 @@ class Application:
             self.applier.own(set(self.engine.owned) | free)
             self.observer.shards_owned(len(self.engine.owned))
             self._read_back(free)
+            self._publish()
 
     def _read_back(self, shards: set[int]) -> None:
         """Shards taken over: what the receipts topic answered since they last committed.
@@ -471,6 +479,7 @@ class Application:
         batch in flight while they are still ours; then the shards go with them."""
         self._flush()
         self._work()
+        self.consolidating.flush()  # the cycle's rounds so far, while the shards are ours
         self._finish_publishing()
         if not self.checkpoint.drain(self.settings.revoke_budget_s):
             log.warning("revoked with receipts not yet acknowledged: the next owner replays them")
@@ -526,6 +535,7 @@ class Application:
         if now - self._state_checked < STATE_CHECK_S or self._pending:
             return
         self._state_checked = now
+        self.consolidating.check_request()
         try:
             self.engine.check_not_behind()
             self.engine.refresh()
@@ -600,62 +610,13 @@ class Application:
 
     # ----- consolidation ------------------------------------------------------------------
 
-    def _own_consolidation(self) -> None:
-        """Each instance consolidates the shards it owns; a new set of them (a rebalance)
-        starts its cycle where the state says they stand (settled or not)."""
-        owned = frozenset(self.engine.owned)
-        if owned != self._consolidating:
-            self._consolidating = owned
-            if owned:
-                try:
-                    settled = self.engine.consolidation_settled()
-                except TRANSIENT as exc:  # Redis away: take over at a later step
-                    log.info("consolidation not taken over yet: %s", type(exc).__name__)
-                    self._consolidating = None
-                    return
-                self._settled_recorded = settled
-                self.consolidation.take_over(settled)
-                self.observer.consolidation_taken_over(settled)
-        self.consolidation.owned = bool(owned)
-        self.observer.consolidation_owner(bool(owned))
-
-    def _record_consolidation(self, settled: bool) -> None:
-        """What a new owner reads. Best effort: a missed write makes a later owner sweep
-        once more, or wait for new events before it does."""
-        try:
-            self.engine.set_consolidation(settled)
-            self._settled_recorded = settled
-        except TRANSIENT as exc:
-            log.warning("could not record that consolidation %s: %s",
-                        "settled" if settled else "resumed", type(exc).__name__)  # fmt: skip
-
     def _consolidate(self) -> None:
-        """One slice of the consolidation sweep (a deletion arriving now waits for it)."""
-        if not self.engine.owned:  # the shards went in this step (a rebalance)
-            return
-        if self._settled_recorded is not False:  # a cycle begins: a new owner resumes it
-            self._record_consolidation(False)
-        sizes = self.engine.sweep_sizes()
-        side, start, rows = self.consolidation.next_slice(sizes)
-        try:
-            outcome = self.applier.slice(side, start, rows)
-        except StateRolledBack as exc:  # found before the slice wrote anything
-            self._rolled_back(exc)
-            return
-        if outcome is None:
-            return
-        self._publish()
-        self.stats.slices += 1
-        self.observer.slice(outcome)
-        summary = self.consolidation.record(
-            outcome.rows, outcome.loss_before, outcome.loss, outcome.seconds, sizes
-        )
-        if summary is not None:
-            if summary.converged:
-                self._record_consolidation(True)
-            self.stats.sweeps += 1
-            self.stats.last_improvement = summary.improvement
-            self.observer.sweep(summary)
+        """One slice of consolidation (a deletion arriving now waits for it)."""
+        if self.consolidating.run(self._rolled_back):
+            self._publish()  # a cycle's end, or a requested sweep's slice, wrote rows
+        self.stats.slices = self.consolidating.slices
+        self.stats.sweeps = self.consolidating.sweeps
+        self.stats.cycles = self.consolidating.cycles
 
 
 def _next_offsets(messages: list[Message]) -> dict[Partition, int]:

@@ -29,9 +29,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import redis
 
+from consumer.consolidation.forgetting import Forgetting
+from consumer.consolidation.forgetting import decode as decode_forgetting
+from consumer.consolidation.forgetting import encode as encode_forgetting
+from consumer.consolidation.forgetting import merge as merge_forgetting
 from consumer.events import RETENTION_TOPIC, Deletion, Interaction, Source
 from consumer.receipts import Receipt
-from consumer.shards.batch import Batch, LocalPart, ShardWork, Unprocessable, _csr
+from consumer.shards.batch import Batch, LocalPart, ShardWork, Unprocessable
 from consumer.shards.isolation import find_culprit
 from consumer.shards.ledger import all_pairs, pair_shares, penalty_shares
 from consumer.shards.messages import (
@@ -47,12 +51,9 @@ from consumer.shards.messages import (
 )
 from consumer.shards.replica import Replica
 from consumer.shards.requests import Request, item_part, part_shard
-from consumer.state.layout import rows_of_shard
 from consumer.state.store import SIDES, ModelState, ShardLost, ShardWrite, StateError
 from unlearn_core.convergence import relative_change
 from unlearn_core.model import pair_scores
-from unlearn_core.objective import all_pairs_term, observed_term_values, row_penalty_values
-from unlearn_core.solve import solve_rows
 
 log = logging.getLogger("unlearn.engine")
 
@@ -112,6 +113,12 @@ class BatchOutcome:
     rejected: list[Routed] = field(default_factory=list)  # dead-lettered in processing
     expired: dict[int, int] = field(default_factory=dict)  # retention: shard -> pairs removed
     lost: set[int] = field(default_factory=set)  # shards another instance took over
+    # What the batch forgot, durable (a forgetting cycle starts from it), and every row it
+    # re-solved and wrote, per side
+    forgetting: list[Forgetting] = field(default_factory=list)
+    solved: dict[str, list[np.ndarray]] = field(
+        default_factory=lambda: {side: [] for side in SIDES}
+    )
 
     def absorb(self, other: BatchOutcome) -> None:
         """Add another step's outcome to this one (several steps of one call)."""
@@ -126,36 +133,15 @@ class BatchOutcome:
         for shard, count in other.expired.items():
             self.expired[shard] = self.expired.get(shard, 0) + count
         self.lost |= other.lost
+        self.forgetting += other.forgetting
+        for side in SIDES:
+            self.solved[side] += other.solved[side]
         for phase, seconds in other.phases.items():
             self.phases[phase] = self.phases.get(phase, 0.0) + seconds
         if other.events or other.receipts:
             self.residual = other.residual
         if not np.isnan(other.loss):
             self.loss = other.loss
-
-
-@dataclass
-class SliceOutcome:
-    """One block of a consolidation sweep."""
-
-    side: str
-    start: int
-    rows: int
-    loss_before: float
-    loss: float
-    seconds: float = 0.0
-
-
-@dataclass
-class SweepOutcome:
-    loss_before: float
-    loss: float
-    slices: list[SliceOutcome]
-
-    @property
-    def improvement(self) -> float:
-        """The sweep's relative decrease of the objective (the stopping rule's measure)."""
-        return (self.loss_before - self.loss) / max(abs(self.loss_before), 1e-300)
 
 
 @dataclass
@@ -212,7 +198,6 @@ class Engine:
         # state lost their effect): answered again, their receipts say `reapplied`.
         # source -> when it was read back; kept ANSWERED_KEPT_S.
         self._answered: dict[str, float] = {}
-        self._order: dict[str, tuple[tuple, np.ndarray]] = {}  # side -> (for what, rows)
         self._seen_at: dict[int, tuple[int, str | None]] = {}  # shard -> as last refreshed
         self._asked_checked = float("-inf")
         self._read_ledgers(range(self.shards))
@@ -249,6 +234,9 @@ class Engine:
         wanted = set(shards)
         for shard in set(self.owned) - wanted:
             del self.owned[shard]
+            # Read again from Redis when next needed: what this engine held of it in
+            # memory alone (a cycle's rounds not yet written) is not the shard's.
+            self.replica.known.pop(shard, None)
         new = sorted(wanted - set(self.owned))
         if not new:
             return
@@ -619,6 +607,7 @@ class Engine:
             before = self._sample_scores()
             batch.solve()
             out.residual = relative_change(before, self._sample_scores())
+            batch.forgot = batch.forgetting()
         except BaseException:
             batch.undo()
             raise
@@ -710,6 +699,7 @@ class Engine:
                 log.error("shard %s went from commit %s to %s in one write", shard,
                           self.owned[shard].generation, generation)  # fmt: skip
         self._after_commit(batch, work, writes, written, requests)
+        self._durable_rows(batch, written, out)
         out.receipts += [r for s, (shard, r) in stored.items() if shard in written]
         for source, (shard, _) in stored.items():
             if shard in written:
@@ -769,6 +759,36 @@ class Engine:
             self._lose(lost)
             out.lost |= lost
 
+    def _durable_rows(
+        self, batch: Batch, written: dict[int, tuple[int, str]], out: BatchOutcome
+    ) -> None:
+        """The rows the batch wrote, and what it forgot, of the shards whose write held."""
+        for side, rows in (("user", batch.touched_users), ("item", batch.items)):
+            chosen = np.array(sorted(r for r in rows if r % self.shards in written), np.int64)
+            out.solved[side].append(chosen)
+        if batch.forgot:
+            out.forgetting.append(batch.forgot.of_shards(set(written), self.shards))
+
+    def take_foreign(self) -> Forgetting:
+        """What other owners' commits forgot since last asked (their change logs)."""
+        return merge_forgetting([decode_forgetting(b) for b in self.replica.take_forgotten()])
+
+    def commit_owned(self, writes: Mapping[int, ShardWrite]) -> dict[int, tuple[int, str]]:
+        """Writes of owned shards, each fenced by its token; the engine's bookkeeping
+        follows the shards written (their objective shares, counts, commits), and a shard
+        refused is given up. Returns the shards written."""
+        tokens = {s: o.token for s, o in self.owned.items()}
+        written, _ = self.state.commit({s: w for s, w in writes.items() if s in tokens}, tokens)
+        for shard, (generation, commit_id) in written.items():
+            self._committed(shard, generation, commit_id)
+            loss, count = self._ledger.get(shard, (0.0, 0))
+            write = writes[shard]
+            self._ledger[shard] = (loss + write.loss_delta, count + write.interactions_delta)
+        lost = set(writes) - set(written)
+        if lost:
+            self._lose(lost)
+        return written
+
     def _durable_in(self, shard: int, written: dict[int, tuple[int, str]]) -> int:
         """The commit of a shard a part done there is durable with: round 1's write, or
         (the part changed nothing there) the shard's commit as it stands."""
@@ -806,6 +826,11 @@ class Engine:
         for shard, w in work.items():
             writes[shard].seen.update(w.seen)
             writes[shard].cursor = w.last_entry
+        if batch.forgot:
+            for shard, write in writes.items():
+                part = batch.forgot.of_shard(shard, self.shards)
+                if part:
+                    write.forgetting = encode_forgetting(part)
         return writes
 
     def _after_commit(
@@ -972,122 +997,6 @@ class Engine:
             trial.undo()
         return False
 
-    # ----- consolidation ----------------------------------------------------------------
-
-    def sweep_sizes(self) -> dict[str, int]:
-        return {side: len(self._sweep_order(side)) for side in SIDES}
-
-    def _sweep_order(self, side: str) -> np.ndarray:
-        """The owned shards' rows of one side, shard by shard: a slice is a run of them."""
-        size = len(self.replica.factors[side])
-        key = (size, tuple(sorted(self.owned)))
-        if side not in self._order or self._order[side][0] != key:
-            order = [rows_of_shard(s, self.shards, size) for s in sorted(self.owned)]
-            rows = np.concatenate(order) if order else np.empty(0, np.int64)
-            self._order[side] = (key, rows)
-        return self._order[side][1]
-
-    def consolidate_slice(self, side: str, start: int, count: int) -> SliceOutcome:
-        """Re-solve `count` rows of one side of the owned shards, from position `start` of
-        their order, exactly, against the current factors of the other: one block of
-        block coordinate descent (the objective cannot increase)."""
-        started = time.perf_counter()
-        self._refresh()
-        rows = self._sweep_order(side)[start : start + count].astype(np.int64)
-        loss = self.loss
-        out = SliceOutcome(side, start, len(rows), loss, loss)
-        if not len(rows):
-            return out
-        other = "item" if side == "user" else "user"
-        stored = self.state.read_rows(side, rows, self.shards)
-        replica = self.replica
-        matrix = _csr(stored, len(replica.factors[other]))
-        before = self._block_terms(side, rows, matrix)
-        gramians = {s: replica.gramians.full(s) for s in SIDES}
-        solved = solve_rows(
-            matrix, np.arange(len(rows)), replica.factors[other], self.params,
-            replica.gramians.full(other), num_threads=self.solve_threads,
-        )  # fmt: skip
-        if (
-            not np.isfinite(solved).all()
-            or np.abs(solved).max(initial=0) > np.finfo(np.float32).max
-        ):
-            raise ArithmeticError(f"a {side} slice gave factors no float32 holds")
-        old = replica.factors[side][rows].copy()
-        replica.set_rows(side, rows, solved)
-        try:
-            after = self._block_terms(side, rows, matrix)
-            writes: dict[int, ShardWrite] = defaultdict(ShardWrite)
-            for (shard, value_before), value_after in zip(
-                before.items(), after.values(), strict=True
-            ):
-                writes[shard].loss_delta += value_after - value_before
-            for n in rows.tolist():
-                writes[n % self.shards].factors[side][n] = replica.factors[side][n]
-            change = all_pairs_term(
-                replica.gramians.full("user"), replica.gramians.full("item"), self.params
-            ) - all_pairs_term(gramians["user"], gramians["item"], self.params)
-            writes[min(writes)].loss_delta += change
-            tokens = {s: o.token for s, o in self.owned.items()}
-            written, _ = self.state.commit(dict(writes), tokens)
-            lost = set(writes) - set(written)
-            for shard, (generation, commit_id) in written.items():
-                self._committed(shard, generation, commit_id)
-                l_, c_ = self._ledger.get(shard, (0.0, 0))
-                self._ledger[shard] = (l_ + writes[shard].loss_delta, c_)
-            if lost:
-                self._lose(lost)
-        except BaseException:
-            replica.set_rows(side, rows, old)
-            raise
-        out.loss = self.loss
-        out.seconds = time.perf_counter() - started
-        return out
-
-    def _block_terms(self, side: str, rows: np.ndarray, matrix) -> dict[int, float]:
-        """Per shard, the observed terms of these rows' pairs (and their ALS-WR penalties),
-        with the current factors: all that a block's re-solve changes besides Gramians."""
-        other = "item" if side == "user" else "user"
-        mine, theirs = self.replica.factors[side], self.replica.factors[other]
-        owners = np.repeat(rows, np.diff(matrix.indptr))
-        scores = np.einsum("nk,nk->n", mine[owners], theirs[matrix.indices], dtype=np.float64)
-        values = observed_term_values(scores, matrix.data, self.params)
-        per_row = np.bincount(np.repeat(np.arange(len(rows)), np.diff(matrix.indptr)),
-                              weights=values, minlength=len(rows))  # fmt: skip
-        norms = np.sum(mine[rows].astype(np.float64) ** 2, axis=1)
-        per_row = per_row + row_penalty_values(np.diff(matrix.indptr), norms, self.params)
-        out: dict[int, float] = defaultdict(float)
-        for row, value in zip(rows.tolist(), per_row.tolist(), strict=True):
-            out[row % self.shards] += value
-        return dict(sorted(out.items()))
-
-    def consolidate(self, rows_per_slice: int = 1024) -> SweepOutcome:
-        """One full sweep of the owned shards as slices (every user block, then items)."""
-        first = self.loss
-        slices = []
-        for side in SIDES:
-            for start in range(0, len(self._sweep_order(side)), rows_per_slice):
-                slices.append(self.consolidate_slice(side, start, rows_per_slice))
-        return SweepOutcome(first, self.loss, slices)
-
-    def consolidation_settled(self) -> bool:
-        """Whether every owned shard's consolidation last met its stopping rule."""
-        if not self.owned:
-            return True
-        status = self.state.read_shard_status(self.owned)
-        return all(s.get("consolidation") == "settled" for s in status.values())
-
-    def set_consolidation(self, settled: bool) -> None:
-        flag = "settled" if settled else "sweeping"
-        writes = {s: ShardWrite(status={"consolidation": flag}) for s in self.owned}
-        tokens = {s: o.token for s, o in self.owned.items()}
-        written, _ = self.state.commit(writes, tokens)
-        for shard, (generation, commit_id) in written.items():
-            self._committed(shard, generation, commit_id)
-        lost = set(writes) - set(written)
-        if lost:
-            self._lose(lost)
-
     # ----- the objective ----------------------------------------------------------------
 
     def full_loss(self) -> float:
@@ -1123,16 +1032,11 @@ class Engine:
         total = sum(shares.values())
         if abs(total - self.loss) <= 1e-6 * max(abs(total), 1.0):
             return  # the shares may be split otherwise, their sum is the objective
-        writes = {}
-        for shard in self.owned:
-            loss, _ = self._ledger.get(shard, (0.0, 0))
-            writes[shard] = ShardWrite(loss_delta=shares[shard] - loss)
-        tokens = {s: o.token for s, o in self.owned.items()}
-        written, _ = self.state.commit(writes, tokens)
-        for shard, (generation, commit_id) in written.items():
-            self._committed(shard, generation, commit_id)
-            _, count = self._ledger.get(shard, (0.0, 0))
-            self._ledger[shard] = (shares[shard], count)
+        writes = {
+            shard: ShardWrite(loss_delta=shares[shard] - self._ledger.get(shard, (0.0, 0))[0])
+            for shard in self.owned
+        }
+        self.commit_owned(writes)
 
     # ----- helpers ----------------------------------------------------------------------
 
@@ -1225,9 +1129,7 @@ __all__ = [
     "Engine",
     "IngestOutcome",
     "ShardLost",
-    "SliceOutcome",
     "StateError",
     "StateRolledBack",
-    "SweepOutcome",
     "Unprocessable",
 ]

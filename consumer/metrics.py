@@ -83,27 +83,53 @@ class Metrics:
             buckets=_PHASE,
             registry=r,
         )
-        # Consolidation slices run (blocks of rows re-solved exactly), and how long each took.
+        # Consolidation slices run (blocks of rows re-solved exactly, of a forgetting
+        # cycle or of requested sweeps), and how long each took.
         self.slices = Counter("unlearn_slices_total", "Consolidation slices run", registry=r)
         self.slice_seconds = Histogram(
             "unlearn_slice_seconds", "Consolidation slice duration", buckets=_PHASE, registry=r
         )
-        # The last full sweep's relative decrease of the objective: the stopping rule's
-        # measure (below the tolerance, consolidation rests until new events arrive).
-        self.sweep_improvement = Gauge(
-            "unlearn_sweep_improvement",
-            "Relative decrease of the objective in the last consolidation sweep",
+        # Forgetting cycles: each carries a batch's deletions through the model, then rests.
+        self.cycles = Counter(
+            "unlearn_consolidation_cycles_total", "Forgetting cycles completed", registry=r
+        )
+        self.cycle_seconds = Histogram(
+            "unlearn_consolidation_cycle_seconds",
+            "Forgetting cycle duration, first slice to flush",
+            buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800),
             registry=r,
         )
-        # The training objective on the current data, after the last consolidation slice.
+        self.cycle_rows = Counter(
+            "unlearn_consolidation_rows_solved_total",
+            "Rows forgetting cycles re-solved",
+            registry=r,
+        )
+        self.cycle_written = Counter(
+            "unlearn_consolidation_rows_written_total",
+            "Rows forgetting cycles wrote (moved more than the write tolerance)",
+            registry=r,
+        )
+        # The last cycle's reach: rows it re-solved per deleted pair it carried.
+        self.cycle_reach = Gauge(
+            "unlearn_consolidation_reach",
+            "Rows the last forgetting cycle re-solved per deleted pair",
+            registry=r,
+        )
+        # Requested sweeps (unlearn consolidate): the last one's relative decrease of the
+        # objective, and the objective after the last slice.
+        self.sweep_improvement = Gauge(
+            "unlearn_sweep_improvement",
+            "Relative decrease of the objective in the last requested sweep",
+            registry=r,
+        )
         self.sweep_loss = Gauge(
             "unlearn_sweep_loss", "Objective after the last consolidation slice", registry=r
         )
-        # 1 while the stopping rule holds (the last sweep lowered the objective by less
-        # than the tolerance and no event arrived since): consolidation writes nothing.
+        # 1 while consolidation rests: no forgetting cycle, no requested sweep under way;
+        # nothing is re-solved, written or published.
         self.consolidation_settled = Gauge(
             "unlearn_consolidation_settled",
-            "1 while consolidation rests (stopping rule met, no event since)",
+            "1 while consolidation rests (no forgetting cycle or requested sweep under way)",
             registry=r,
         )
         # 1 on an instance that owns shards (it consolidates them).
@@ -127,15 +153,16 @@ class Metrics:
         self.routed = Counter(
             "unlearn_events_routed_total", "Events taken into their shards' inboxes", registry=r
         )
-        # Consolidation sweeps completed (every user block, then every item block).
-        self.sweeps = Counter("unlearn_sweeps_total", "Consolidation sweeps run", registry=r)
-        # How far the model is from settled: the last sweep's relative decrease of the
-        # objective, or the last batch's score residual if newer.
+        # Requested sweeps completed (every user block, then every item block).
+        self.sweeps = Counter("unlearn_sweeps_total", "Requested ALS sweeps run", registry=r)
+        # How far the model is from settled: the last batch's score residual, or the last
+        # requested sweep's relative decrease of the objective if newer.
         self.model_residual = Gauge("unlearn_model_residual", "Model-wide residual now", registry=r)
-        # Seconds since a consolidation sweep last brought the residual under tolerance.
+        # How long consolidation has been under way (a forgetting cycle, requested sweeps)
+        # without coming to rest; 0 at rest.
         self.since_converged = Gauge(
             "unlearn_seconds_since_converged",
-            "Seconds since the model last converged",
+            "Seconds consolidation has been under way without coming to rest (0 at rest)",
             registry=r,
         )
         # Messages consumed, by input topic kind (interactions, deletions).
@@ -283,8 +310,11 @@ class Metrics:
         self.nonfinite = Gauge(
             "unlearn_factors_nonfinite", "1 if any factor is NaN or infinite", registry=r
         )
-        self._converged_at = time.time()
-        self.since_converged.set_function(lambda: time.time() - self._converged_at)
+        self._busy_since: float | None = None  # when consolidation left rest
+        self.since_converged.set_function(
+            lambda: 0.0 if self._busy_since is None else time.time() - self._busy_since
+        )
+        self.consolidation_settled.set(1)
         self._declare_label_sets()
 
     def _declare_label_sets(self) -> None:
@@ -307,8 +337,13 @@ class Metrics:
         for outcome in ("applied", "dead_lettered"):
             self.redriven.labels(outcome)
 
-    def converged(self) -> None:
-        self._converged_at = time.time()
+    def consolidation_busy(self, busy: bool) -> None:
+        """Consolidation left rest (a cycle or sweeps began), or came back to it."""
+        if busy and self._busy_since is None:
+            self._busy_since = time.time()
+        elif not busy:
+            self._busy_since = None
+        self.consolidation_settled.set(0 if busy else 1)
 
     def observe_redis(self, operation: str, seconds: float, failed: bool) -> None:
         """The Redis state's observer hook (consumer/state/store.py)."""

@@ -96,13 +96,30 @@ class Settings(BaseSettings):
         10.0, gt=0, description="the time one consolidation slice should take"
     )
     consolidate_tolerance: float = Field(
-        1e-4, ge=0, description="a sweep lowering the objective by less (relatively) ends it"
+        1e-3,
+        gt=0,
+        description="a forgetting cycle re-solves a row once this share of its "
+        "confidence-weighted inputs moved",
     )
-    consolidate_resume_events: int = Field(
-        1000, ge=1, description="once settled, events that start a new consolidation cycle"
+    consolidate_write_tolerance: float = Field(
+        1e-4,
+        ge=0,
+        description="a cycle writes (and publishes) a row only if it moved more than this, "
+        "relatively",
     )
-    consolidate_resume_idle_ms: float = Field(
-        1000.0, ge=0, description="once settled, quiet input after events that starts one"
+    consolidate_max_rounds: int = Field(
+        60, ge=1, description="pairs of rounds (users, then items) a forgetting cycle runs at most"
+    )
+    consolidate_sweeps: int = Field(
+        0,
+        ge=0,
+        description="ALS sweeps over the owned shards when the service starts (0: none; "
+        "`unlearn consolidate` asks a running service)",
+    )
+    consolidate_sweep_tolerance: float = Field(
+        1e-4,
+        ge=0,
+        description="requested sweeps end once one lowers the objective by less (relatively)",
     )
     revoke_budget_s: float = Field(10.0, gt=0)
     session_timeout_ms: int = Field(10_000, ge=1000)

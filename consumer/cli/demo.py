@@ -358,22 +358,25 @@ def _collect_receipts(settings, expected: int, trail: Trail) -> None:
 
 
 def _watch_convergence(service: Application, trail: Trail, seconds: float) -> None:
-    """Let the idle service consolidate; print how much each sweep still lowers the
-    objective, until the stopping rule ends the cycle."""
+    """Let the service carry the deletions through the model; print each forgetting cycle
+    as it ends, until consolidation rests (it stays at rest until new deletions)."""
     deadline = time.monotonic() + seconds
-    seen = service.stats.sweeps
+    seen = service.stats.cycles
     while time.monotonic() < deadline:
         time.sleep(0.2)
-        if service.stats.sweeps > seen:
-            seen = service.stats.sweeps
-            improvement = service.stats.last_improvement or 0.0
-            trail.residuals.append((time.time(), improvement, "sweep"))
-            converged = service.consolidation.converged
-            if seen == 1 or seen % 25 == 0 or converged:
-                print(f"  consolidation sweep {seen}: objective lowered by {improvement:.2e}")
-            if converged:
-                print("  consolidation settled: it resumes when new events arrive")
-                break
+        consolidating = service.consolidating
+        if service.stats.cycles > seen:
+            seen = service.stats.cycles
+            last = consolidating.consolidator.last or {}
+            trail.residuals.append((time.time(), last.get("reach", 0.0), "cycle"))
+            print(
+                f"  forgetting cycle {seen}: {last.get('rounds')} round pairs, "
+                f"{last.get('solved')} rows re-solved for {last.get('forgotten')} deleted "
+                f"pairs, {last.get('written')} written ({last.get('ended_by')})"
+            )
+        if consolidating.resting and service.stats.cycles:
+            print("  consolidation at rest: nothing moves until the next deletion")
+            break
 
 
 def _report(
@@ -393,9 +396,9 @@ def _report(
         else {},
         "batches": service.stats.batches,
         "dead_lettered": service.stats.dead_lettered,
-        "consolidation_sweeps": service.stats.sweeps,
+        "forgetting_cycles": service.stats.cycles,
+        "last_cycle": service.consolidating.consolidator.last,
         "residual_now": service.stats.last_residual,
-        "last_sweep_improvement": service.stats.last_improvement,
         "loss_now": float(status["loss"]) if "loss" in status else None,
         "forgotten_items_in_top10": {
             "before": len(set(names(before)) & forgotten),
@@ -436,12 +439,14 @@ def _plot(path: str, trail: Trail) -> None:
     )
     if trail.residuals:
         t0 = trail.residuals[0][0]
-        for kind, marker in (("batch", "o"), ("sweep", "s")):
-            points = [(t - t0, r) for t, r, k in trail.residuals if k == kind and r > 0]
-            if points:
-                right.semilogy(*zip(*points, strict=True), marker, label=kind, markersize=3)
+        points = [(t - t0, r) for t, r, k in trail.residuals if k == "batch" and r > 0]
+        if points:
+            right.semilogy(*zip(*points, strict=True), "o", label="batch", markersize=3)
+        for n, (t, _, _) in enumerate(r for r in trail.residuals if r[2] == "cycle"):
+            right.axvline(t - t0, color="grey", linestyle="--",
+                          label="forgetting cycle at rest" if n == 0 else None)  # fmt: skip
         right.legend()
-    right.set(title="Convergence: batch residual, sweep objective decrease", xlabel="seconds")
+    right.set(title="Batch residual; forgetting cycles coming to rest", xlabel="seconds")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from consumer.engine import BatchOutcome, Engine, IngestOutcome, Reject, SliceOutcome
+from consumer.engine import BatchOutcome, Engine, IngestOutcome, Reject
 from consumer.events import Deletion, Interaction, Source
 from consumer.retry import TRANSIENT_REDIS, RetriesExhausted, retry
 from consumer.shards.messages import Raw
@@ -34,7 +34,7 @@ class Applier:
         self.engine = engine
         self.budget_s = budget_s
         self.on_retry = on_retry  # the operation that is being retried: metrics, liveness
-        self.stale = False  # the replica may be ahead of Redis (a failed slice)
+        self.stale = False  # the replica may hold what Redis does not (a failed slice)
 
     def ingest(
         self,
@@ -57,15 +57,6 @@ class Applier:
     def own(self, shards: Iterable[int]) -> None:
         wanted = set(shards)
         self._retrying(lambda: self.engine.own(wanted), "ownership")
-
-    def slice(self, side: str, start: int, rows: int) -> SliceOutcome | None:
-        """One consolidation slice; None when Redis is away (the next batch waits it out)."""
-        try:
-            return self.engine.consolidate_slice(side, start, rows)
-        except TRANSIENT as exc:
-            log.warning("consolidation slice failed (%s); later", type(exc).__name__)
-            self.stale = True
-            return None
 
     def rebuild(self, keep_committed: bool) -> None:
         """A fresh engine from Redis, owning what the old one owned. It remembers what the

@@ -7,9 +7,10 @@ import time
 
 from confluent_kafka import Message
 
-from consumer.engine import BatchOutcome, Engine, IngestOutcome, SliceOutcome
+from consumer.consolidation.sweeps import SliceOutcome
+from consumer.consolidation.worker import Step
+from consumer.engine import BatchOutcome, Engine, IngestOutcome
 from consumer.metrics import Metrics
-from consumer.pipeline.consolidation import SweepSummary
 from consumer.state.store import ModelState
 
 log = logging.getLogger("unlearn.observation")
@@ -82,7 +83,6 @@ class Observer:
         for message in messages:
             m.consumed.labels(self.kinds.get(message.topic(), "other")).inc()
         m.batch_events.observe(len(messages))
-        m.consolidation_settled.set(0)  # new events: the model may have moved off its minimum
         m.redriven.labels("applied").inc(redriven_applied)
         self.model(engine)
 
@@ -94,32 +94,40 @@ class Observer:
         m.nonfinite.set(0 if engine.factors_finite() else 1)
 
     def slice(self, outcome: SliceOutcome) -> None:
+        """A slice of requested sweeps."""
         m = self.metrics
         m.slices.inc()
         m.slice_seconds.observe(outcome.seconds)
         m.sweep_loss.set(outcome.loss)
+        m.consolidation_busy(True)
+
+    def sweep(self, done: int, loss: float) -> None:
+        m = self.metrics
+        m.sweeps.inc()
+        log.info("requested consolidation: sweep %d done, objective %.6g", done, loss)
+
+    def requested_sweeps_done(self) -> None:
+        self.metrics.consolidation_busy(False)
 
     def consolidation_owner(self, owned: bool) -> None:
         self.metrics.consolidation_owner.set(1 if owned else 0)
 
-    def consolidation_taken_over(self, settled: bool) -> None:
-        self.metrics.consolidation_settled.set(1 if settled else 0)
-        log.info("this instance consolidates the shards it owns (%s)",
-                 "settled" if settled else "sweeping")  # fmt: skip
+    def cycle_started(self) -> None:
+        self.metrics.consolidation_busy(True)
 
-    def sweep(self, summary: SweepSummary) -> None:
+    def cycle_slice(self, step: Step) -> None:
         m = self.metrics
-        m.sweeps.inc()
-        m.sweep_improvement.set(summary.improvement)
-        m.model_residual.set(summary.improvement)
-        m.consolidation_settled.set(1 if summary.converged else 0)
-        if summary.converged:
-            m.converged()
-        log.info(
-            "consolidation sweep %d: the objective fell by %.3g of itself, to %.6g%s",
-            summary.sweeps, summary.improvement, summary.loss,
-            " (settled: no more sweeps until new events)" if summary.converged else "",
-        )  # fmt: skip
+        m.slices.inc()
+        m.slice_seconds.observe(step.seconds)
+        m.cycle_rows.inc(step.solved)
+        m.cycle_written.inc(step.written)
+
+    def cycle_ended(self, figures: dict) -> None:
+        m = self.metrics
+        m.cycles.inc()
+        m.cycle_seconds.observe(figures.get("seconds", 0.0))
+        m.cycle_reach.set(figures.get("reach", 0.0))
+        m.consolidation_busy(False)
 
     def redis_memory(self, state: ModelState) -> None:
         """Server and namespace memory, once a minute."""

@@ -191,8 +191,10 @@ class FactorPublisher:
         for record in records:
             while True:
                 try:
-                    self.producer.produce(self.topic, key=record.key, value=record.to_json(),
-                                          on_delivery=delivered)  # fmt: skip
+                    self.producer.produce(
+                        self.topic, key=record.key, value=record.value(),
+                        headers=record.headers(), on_delivery=delivered,
+                    )  # fmt: skip
                     break
                 except BufferError:  # the local queue is full: let the broker catch up
                     self.producer.poll(0.01)

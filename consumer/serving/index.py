@@ -19,7 +19,7 @@ import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from consumer.receipts import Receipt
-from consumer.serving.records import FactorRecord
+from consumer.serving.records import FactorRecord, parse_key, tombstone_source
 
 
 class FactorIndex:
@@ -45,15 +45,23 @@ class FactorIndex:
         """Apply what the topic has now. Returns records applied."""
         applied = 0
         for message in self._consumer.consume(num_messages=10_000, timeout=timeout_s):
-            if message.error() is not None or message.value() is None:
+            if message.error() is not None:
                 continue
-            record = FactorRecord.from_json(message.value())
-            if record.namespace != self.namespace:
-                continue
-            self.vectors[record.side][record.id] = record.factor
-            shard = record.shard
-            self.generations[shard] = max(self.generations.get(shard, 0), record.generation)
-            if record.side == "item":
+            if message.value() is None:  # a tombstone: the subject was erased whole
+                source = tombstone_source(message.headers())
+                if source is None or source[0] != self.namespace:
+                    continue
+                side, id_ = parse_key(message.key())
+                self.vectors[side].pop(id_, None)
+                shard, generation = source[1], source[2]
+            else:
+                record = FactorRecord.from_json(message.value())
+                if record.namespace != self.namespace:
+                    continue
+                side, shard, generation = record.side, record.shard, record.generation
+                self.vectors[side][record.id] = record.factor
+            self.generations[shard] = max(self.generations.get(shard, 0), generation)
+            if side == "item":
                 self._items = None
             applied += 1
         self.records += applied

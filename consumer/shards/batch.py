@@ -19,12 +19,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
+from consumer.consolidation.forgetting import Forgetting, Moved
 from consumer.events import Deletion, Interaction, Source
+from consumer.shards.ledger import touched_terms
 from consumer.shards.messages import Done, Message, Purge, Routed, Solve, Waiter
 from consumer.shards.requests import Request, item_part, items_part, purge_part, user_part
 from consumer.state.layout import ROW_DTYPE, item_tombstone, pair_tombstone, user_tombstone
 from consumer.state.store import EMPTY_ROW, SIDES
-from unlearn_core.objective import all_pairs_term, observed_terms
+from unlearn_core.active_set import confidences
+from unlearn_core.objective import all_pairs_term
 from unlearn_core.rows import merge_events
 from unlearn_core.solve import solve_rows
 
@@ -111,6 +114,9 @@ class Batch:
         # Per pair or user request (by source): the pairs it removed.
         self._removed_by: dict[str, set[tuple[int, int]]] = {}
         self.to_solve: set[int] = set()
+        # Items solved because data left them (a deletion's part, an item forgotten whole)
+        self.forgetting_items: set[int] = set()
+        self.forgot = Forgetting()  # what it forgot, once solved (forgetting())
 
     # ----- planning -------------------------------------------------------------------
 
@@ -372,6 +378,7 @@ class Batch:
         for solve, shard in solved_for:
             if solve.waiter is not None:
                 self.parts.append(LocalPart(solve.waiter, shard))
+                self.forgetting_items.update(solve.items)
         for shard, work in self.work.items():
             for purge in work.purges:
                 kept = len(self.slices[(shard, purge.item)])
@@ -392,6 +399,7 @@ class Batch:
         owner) re-solves them now, the request's last part."""
         for item, waiter in items.items():
             self.to_solve.add(item)
+            self.forgetting_items.add(item)
             self.parts.append(LocalPart(waiter, waiter.shard))
 
     # ----- solving ----------------------------------------------------------------------
@@ -472,11 +480,40 @@ class Batch:
                     out.append(routed.event.source)
         return out
 
-    def undo(self) -> None:
-        """Put back the factors the solves replaced, newest first."""
-        while self.replaced:
-            side, rows, old = self.replaced.pop()
-            self.engine.replica.set_rows(side, rows, old)
+    def forgetting(self) -> Forgetting:
+        """What the batch forgot, once solved: the pairs removed, and the rows re-solved
+        because data left them, with how far each moved and its neighbours (the start of a
+        forgetting cycle, consumer/consolidation)."""
+        out = Forgetting()
+        pairs = set().union(*self._removed_by.values(), *self._purged.values())
+        if not pairs:
+            return out
+        out.pairs = np.array(sorted(pairs), dtype=np.int64).reshape(-1, 2)
+        users = {u for u, _ in pairs} & self.touched_users
+        items = ({i for _, i in pairs} | self.forgetting_items) & set(self.items)
+        old = {side: {} for side in SIDES}
+        for side, rows, values in self.replaced:
+            for row, value in zip(rows.tolist(), values, strict=True):
+                old[side].setdefault(row, value)
+        factors = self.engine.replica.factors
+        for side, chosen, records in (
+            ("user", users, self.user_rows),
+            ("item", items, self.items),
+        ):
+            rows = np.array(sorted(r for r in chosen if r in old[side]), dtype=np.int64)
+            if not len(rows):
+                continue
+            before = np.array([old[side][r] for r in rows.tolist()], dtype=np.float64)
+            movements = np.linalg.norm(factors[side][rows] - before, axis=1)
+            data = [records[int(r)] for r in rows]
+            lengths = np.array([len(d) for d in data], dtype=np.int64)
+            joined = np.concatenate(data) if len(data) else EMPTY_ROW
+            out.moved[side] = Moved(
+                rows, movements, lengths, joined["other"].astype(np.int64),
+                confidences(joined["weight"], self.params),
+            )  # fmt: skip
+            out.touched[side] = set(rows.tolist())
+        return out
 
     def _terms(
         self,
@@ -485,31 +522,17 @@ class Batch:
         users: np.ndarray,
         items: np.ndarray,
     ) -> dict[int, float]:
-        """Per shard, the objective's terms the batch changes: the observed pairs of the
-        touched users and of the solved items (each pair once: an item's pairs with a
-        touched user are the user's) and, for ALS-WR, their penalties. Before and after the
-        batch only these and the all-pairs term differ. One gather per row."""
-        replica, params = self.engine.replica, self.params
-        xs, ys = replica.factors["user"], replica.factors["item"]
-        touched = np.zeros(len(xs), dtype=bool)
-        touched[users] = True
-        explicit = params.kind != "implicit"
-        out: dict[int, float] = defaultdict(float)
-        for u in users.tolist():
-            row = user_rows[u]
-            value = observed_terms(ys[row["other"]] @ xs[u], row["weight"], params)
-            if explicit:
-                value += params.regularization * len(row) * float(xs[u].astype(np.float64) @ xs[u])
-            out[u % self.shards] += value
-        for i in items.tolist():
-            row = item_rows[i]
-            others = row["other"]
-            keep = ~touched[others]
-            value = observed_terms(xs[others[keep]] @ ys[i], row["weight"][keep], params)
-            if explicit:
-                value += params.regularization * len(row) * float(ys[i].astype(np.float64) @ ys[i])
-            out[i % self.shards] += value
-        return out
+        replica = self.engine.replica
+        return touched_terms(
+            user_rows, item_rows, users, items, replica.factors["user"],
+            replica.factors["item"], self.params, self.shards,
+        )  # fmt: skip
+
+    def undo(self) -> None:
+        """Put back the factors the solves replaced, newest first."""
+        while self.replaced:
+            side, rows, old = self.replaced.pop()
+            self.engine.replica.set_rows(side, rows, old)
 
 
 def _matches(others: np.ndarray, wanted: set[int]) -> np.ndarray:

@@ -12,9 +12,16 @@ engine that owns every shard recounts it exactly (Engine.reset_objective).
 
 from __future__ import annotations
 
+from collections import defaultdict
+
 import numpy as np
 
-from unlearn_core.objective import all_pairs_term, observed_term_values, row_penalty_values
+from unlearn_core.objective import (
+    all_pairs_term,
+    observed_term_values,
+    observed_terms,
+    row_penalty_values,
+)
 from unlearn_core.params import Hyperparameters
 
 
@@ -51,3 +58,39 @@ def all_pairs(user_factors: np.ndarray, item_factors: np.ndarray, params: Hyperp
     them, unlearn_core/gramians.py)."""
     xs, ys = (np.asarray(f, dtype=np.float64) for f in (user_factors, item_factors))
     return all_pairs_term(xs.T @ xs, ys.T @ ys, params)
+
+
+def touched_terms(
+    user_rows: dict[int, np.ndarray],
+    item_rows: dict[int, np.ndarray],
+    users: np.ndarray,
+    items: np.ndarray,
+    user_factors: np.ndarray,
+    item_factors: np.ndarray,
+    params: Hyperparameters,
+    shards: int,
+) -> dict[int, float]:
+    """Per shard, the objective's terms that re-solving these users and items changes:
+    the observed pairs of the users and of the items (each pair once: an item's pairs with
+    one of the users are the user's) and, for ALS-WR, their penalties. Before and after a
+    re-solve only these and the all-pairs term differ. One gather per row."""
+    xs, ys = user_factors, item_factors
+    touched = np.zeros(len(xs), dtype=bool)
+    touched[users] = True
+    explicit = params.kind != "implicit"
+    out: dict[int, float] = defaultdict(float)
+    for u in users.tolist():
+        row = user_rows[u]
+        value = observed_terms(ys[row["other"]] @ xs[u], row["weight"], params)
+        if explicit:
+            value += params.regularization * len(row) * float(xs[u].astype(np.float64) @ xs[u])
+        out[u % shards] += value
+    for i in items.tolist():
+        row = item_rows[i]
+        others = row["other"]
+        keep = ~touched[others]
+        value = observed_terms(xs[others[keep]] @ ys[i], row["weight"][keep], params)
+        if explicit:
+            value += params.regularization * len(row) * float(ys[i].astype(np.float64) @ ys[i])
+        out[i % shards] += value
+    return out

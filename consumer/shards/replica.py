@@ -35,6 +35,9 @@ class Replica:
         }
         self.known: dict[int, Known] = {}
         self.gramians = Gramians(self.factors, self.shards)
+        # What other owners' commits forgot, as their change logs say (encoded), since
+        # last taken: a forgetting cycle presses on this instance's rows from it.
+        self.forgotten: list[bytes] = []
 
     def load(self) -> None:
         """Every shard's factors, shard by shard."""
@@ -59,11 +62,12 @@ class Replica:
             return False
         changes = None
         if known is not None and generation > known[0]:
-            changes = self.state.read_changes(shard, *known)
+            changes = self.state.read_change_log(shard, *known)
         if changes is None:
             self._reload(shard)
         else:
-            for side, rows in zip(SIDES, changes, strict=True):
+            self.forgotten += changes[2]
+            for side, rows in zip(SIDES, changes[:2], strict=True):
                 rows_array = np.array(sorted(rows), dtype=np.int64)
                 if len(rows_array):
                     self.grow(side, int(rows_array.max()) + 1)
@@ -73,6 +77,10 @@ class Replica:
                     )  # fmt: skip
         self.known[shard] = (generation, head)
         return True
+
+    def take_forgotten(self) -> list[bytes]:
+        out, self.forgotten = self.forgotten, []
+        return out
 
     def committed(self, shard: int, generation: int, head: str) -> None:
         """This instance's own commit: the replica already holds what it wrote."""

@@ -49,6 +49,9 @@ global ({unlearn:NS}):
   :epochs  HASH  "topic:partition" -> {"epoch", "topic_id", "start"}: the partition's current life
                  (a re-created topic starts a new one; its keys read "topic#N:partition")
   :redriven HASH  dead letter "topic:partition:offset" -> when `unlearn redrive` sent it back
+  :consolidate STRING  the last `unlearn consolidate` request (JSON: id, sweeps, at)
+  :bell    STRING  counter rung by every write to the namespace; an idle instance reads it
+                   alone, and its inboxes and other shards only when it moved
 """
 
 from __future__ import annotations
@@ -99,6 +102,16 @@ class Layout:
     @property
     def redriven(self) -> str:
         return f"{self._global}:redriven"
+
+    @property
+    def consolidate(self) -> str:
+        """The last `unlearn consolidate` request: JSON {id, sweeps, at}."""
+        return f"{self._global}:consolidate"
+
+    @property
+    def bell(self) -> str:
+        """A counter every write to the namespace rings: idle instances read it alone."""
+        return f"{self._global}:bell"
 
     def id_map(self, side: str) -> str:
         return f"{self._global}:{side[0]}id"

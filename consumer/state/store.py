@@ -56,28 +56,30 @@ return out
 # inbox cursor (ARGV[7]: the last entry taken, ARGV[8]: the first to keep); the commit
 # counted and its changed rows logged, bounded in bytes (ARGV[6]).
 # KEYS: fence, gen, head, changes, changes-bytes, inbox, cursor, then the commands' keys.
-# ARGV: token, commit id, users (u4 bytes), items (u4 bytes), all rows?, log cap, cursor,
-#       trim below, commands... Returns the shard's new generation, or -1.
+# ARGV: token, commit id, users (u4 bytes), items (u4 bytes), all rows?, what the commit
+#       forgot (consolidation/forgetting.py, '' for nothing), log cap, cursor, trim below,
+#       commands... Returns the shard's new generation, or -1.
 _SHARD_COMMIT = """
 if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return -1
 end
-local n = 9
+local n = 10
 while n <= #ARGV do
   local count = tonumber(ARGV[n + 2])
   redis.call(ARGV[n], KEYS[tonumber(ARGV[n + 1])], unpack(ARGV, n + 3, n + 2 + count))
   n = n + 3 + count
 end
-if ARGV[7] ~= '' then
-  redis.call('SET', KEYS[7], ARGV[7])
-  redis.call('XTRIM', KEYS[6], 'MINID', ARGV[8])
+if ARGV[8] ~= '' then
+  redis.call('SET', KEYS[7], ARGV[8])
+  redis.call('XTRIM', KEYS[6], 'MINID', ARGV[9])
 end
 local generation = redis.call('INCR', KEYS[2])
 local previous = redis.call('GET', KEYS[3]) or ''
-redis.call('XADD', KEYS[4], generation .. '-1',
-           'users', ARGV[3], 'items', ARGV[4], 'all', ARGV[5], 'id', ARGV[2], 'prev', previous)
-local total = redis.call('INCRBY', KEYS[5], string.len(ARGV[3]) + string.len(ARGV[4]) + 64)
-while total > tonumber(ARGV[6]) do
+redis.call('XADD', KEYS[4], generation .. '-1', 'users', ARGV[3], 'items', ARGV[4],
+           'all', ARGV[5], 'id', ARGV[2], 'prev', previous, 'f', ARGV[6])
+local total = redis.call('INCRBY', KEYS[5],
+                         string.len(ARGV[3]) + string.len(ARGV[4]) + string.len(ARGV[6]) + 64)
+while total > tonumber(ARGV[7]) do
   local oldest = redis.call('XRANGE', KEYS[4], '-', '+', 'COUNT', 1)
   if #oldest == 0 then
     redis.call('SET', KEYS[5], 0)
@@ -85,7 +87,9 @@ while total > tonumber(ARGV[6]) do
   end
   local size, entry = 64, oldest[1][2]
   for j = 1, #entry, 2 do
-    if entry[j] == 'users' or entry[j] == 'items' then size = size + string.len(entry[j + 1]) end
+    if entry[j] == 'users' or entry[j] == 'items' or entry[j] == 'f' then
+      size = size + string.len(entry[j + 1])
+    end
   end
   redis.call('XDEL', KEYS[4], oldest[1][1])
   total = redis.call('DECRBY', KEYS[5], size)
@@ -231,6 +235,8 @@ class ShardWrite:
     loss_delta: float = 0.0
     status: dict[str, str] = field(default_factory=dict)
     all_rows: bool = False  # every factor of the shard changed (a reload for readers)
+    # What the commit forgot, for other owners' cycles (consolidation/forgetting.py)
+    forgetting: bytes = b""
 
     def empty(self) -> bool:
         return not (
@@ -378,6 +384,18 @@ class ModelState:
             return [_records(v) for v in values]
         slices = self.read_slices({s: indices.tolist() for s in range(shards)})
         return [merge_slices([slices.get((s, int(i))) for s in range(shards)]) for i in indices]
+
+    @_timed("read_rows")
+    def read_row_bytes(self, side: str, indices: np.ndarray, shards: int) -> list[bytes]:
+        """Each row's stored interactions as bytes (ROW_DTYPE records; b"" where it has
+        none). An item's row is its slices joined, in shard order, not sorted: what a
+        solve reads, at a fraction of `read_rows`' cost."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if side == "user":
+            values = self._hmget_by_shard(indices, shards, lambda k: k.rows("user"))
+            return [v or b"" for v in values]
+        found = self.read_slice_bytes({s: indices.tolist() for s in range(shards)})
+        return [b"".join(found.get((s, i), b"") for s in range(shards)) for i in indices.tolist()]
 
     def read_slices(self, wanted: Mapping[int, list[int]]) -> dict[tuple[int, int], np.ndarray]:
         """(shard, item) -> the item's slice in that shard, for the listed items of each
@@ -566,6 +584,13 @@ class ModelState:
         whose commit was `head`. None when the log no longer reaches back that far, when a
         commit changed every row, or when the commit after `after` does not follow `head`
         (Redis went back to an older state and moved on from there): reload the shard."""
+        found = self.read_change_log(shard, after, head)
+        return None if found is None else (found[0], found[1])
+
+    def read_change_log(
+        self, shard: int, after: int, head: str | None
+    ) -> tuple[set[int], set[int], list[bytes]] | None:
+        """`read_changes`, and what each of those commits forgot (its `forgetting`)."""
         key = self.layout.shard(shard).changes
         entries = self.client.xrange(key, min=f"{after + 1}-1")
         if not entries or entries[0][0].decode() != f"{after + 1}-1":
@@ -574,12 +599,15 @@ class ModelState:
             return None
         users: set[int] = set()
         items: set[int] = set()
+        forgot: list[bytes] = []
         for _, body in entries:
             if body[b"all"] == b"1":
                 return None
             users.update(np.frombuffer(body[b"users"], dtype="<u4").tolist())
             items.update(np.frombuffer(body[b"items"], dtype="<u4").tolist())
-        return users, items
+            if body.get(b"f"):
+                forgot.append(body[b"f"])
+        return users, items, forgot
 
     def read_shard_status(self, shards: Iterable[int]) -> dict[int, dict[str, str]]:
         shards = list(shards)
@@ -646,6 +674,15 @@ class ModelState:
         for (shard, _), entries in zip(order, pipe.execute(), strict=True):
             out[shard] = [(entry_id.decode(), body[b"m"]) for entry_id, body in entries]
         return out
+
+    def read_consolidation_request(self) -> str | None:
+        return _text(self.client.get(self.layout.consolidate))
+
+    def request_consolidation(self, sweeps: int) -> str:
+        """Ask the namespace's owners for ALS sweeps (0: until they settle); its id."""
+        request = {"id": os.urandom(6).hex(), "sweeps": sweeps, "at": time.time()}
+        self.client.set(self.layout.consolidate, json.dumps(request))
+        return request["id"]
 
     def inbox_lengths(self, shards: Iterable[int]) -> dict[int, int]:
         shards = list(shards)
@@ -736,6 +773,7 @@ class ModelState:
                 "" if token is None else token,
                 commit_id,
                 *_changed(write),
+                write.forgetting,
                 CHANGES_BYTES,
                 write.cursor or "",
                 _successor(write.cursor) if write.cursor else "",

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from consumer.cli import main
+from consumer.consolidation.worker import Consolidator
 from consumer.engine import Engine
 from consumer.events import Deletion, Source
 from consumer.model_file import save_model
@@ -63,10 +64,10 @@ class Forgotten:
             Deletion(self.users[u], self.items[i], 2e9, f"r-{n}", Source("deletions", 0, n))
             for n, (u, i) in enumerate(self.pairs)
         ]
-        engine.process([], deletions)
-        for _ in range(40):  # as the service consolidates when idle
-            if engine.consolidate().improvement < 1e-6:
-                break
+        outcome = engine.process([], deletions)
+        consolidator = Consolidator()  # as the service carries deletions through the model
+        consolidator.attach(engine)
+        consolidator.rest(outcome.forgetting)
 
 
 @pytest.fixture

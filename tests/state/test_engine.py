@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from consumer.consolidation.sweeps import Sweeps
 from consumer.engine import Engine
 from consumer.events import Deletion, Interaction, Source
 from consumer.state.bootstrap import export, load
@@ -221,7 +222,7 @@ def test_consolidation_lowers_the_loss_toward_retraining(loaded):
         return loss(exported_data, exported.user_factors, exported.item_factors, model.params)
 
     before = current_loss()
-    sweeps = [engine.consolidate(rows_per_slice=7) for _ in range(5)]
+    sweeps = [Sweeps(engine).sweep(rows_per_slice=7) for _ in range(5)]
     assert current_loss() < before
     # Exact block coordinate descent: the objective never increases, slice by slice, and
     # the engine's running objective is the objective of what Redis holds.
@@ -269,7 +270,7 @@ def test_each_shards_change_log_is_bounded_in_bytes(loaded, monkeypatch):
     engine, stream = Engine(state), Stream()
     for n in range(40):
         engine.process([stream.interact(f"u{n % 40}", f"i{n % 25}")], [])
-    engine.consolidate(rows_per_slice=64)  # a slice lists its block: 4 bytes a row
+    Sweeps(engine).sweep(rows_per_slice=64)  # a slice lists its block: 4 bytes a row
     for shard in range(4):
         keys = state.layout.shard(shard)
         entries = state.client.xrange(keys.changes)

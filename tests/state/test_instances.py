@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 
+from consumer.consolidation.sweeps import Sweeps
 from consumer.engine import Engine
 from consumer.events import Deletion, Interaction, Source
 from consumer.shards import batch as batch_module
@@ -89,7 +90,7 @@ def _item_rows(state: ModelState) -> dict[int, list[tuple[int, float]]]:
 
 def _settle(engine: Engine, sweeps: int = 60) -> None:
     for _ in range(sweeps):
-        if engine.consolidate().improvement < 1e-9:
+        if Sweeps(engine).sweep().improvement < 1e-9:
             return
 
 

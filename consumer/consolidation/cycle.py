@@ -1,0 +1,182 @@
+"""A forgetting cycle's schedule and its stopping rule, without Redis (the worker runs it).
+
+A cycle opens when a batch forgot something (deletions, purges, retention) and is made of
+*rounds*, users then items, as ALS alternates: a round re-solves, in slices, the rows of
+its side whose pressure over mass exceeds the tolerance (unlearn_core/active_set.py).
+After each pair of rounds the settle rule (unlearn_core/settle.py) is asked, on a sample
+of the cycle's deleted pairs against a sample of observed pairs of the rows it reached.
+The rounds end when it is met, when no row is pressed over the tolerance (rest reached
+on its own), or after `max_rounds` pairs; then the rows the deletions touched are
+re-solved once more against what the rounds left (`touch-up`: at rest they are the exact
+solve of their data), and what moved is committed at once (`flush`).
+
+Why it ends: each round re-solves only rows over the tolerance; the settle rule is met
+once the deleted pairs' movement is ALS's own churn and its projected tail is small, and
+`max_rounds` bounds the rounds whatever the scores do. docs/state.md has the measured
+number of rounds on models trained here, with `implicit` and with Spark.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from unlearn_core.settle import SettleRule, Settling
+
+REST, ROUNDS, TOUCH_UP, FLUSH = "rest", "rounds", "touch-up", "flush"
+
+
+@dataclass(frozen=True)
+class CyclePolicy:
+    tolerance: float = 1e-3  # re-solve a row once this share of its inputs moved
+    # The cycle's end writes a row only if it moved more than this, relatively, since it
+    # was last written (else it keeps its stored value): the factors topic carries changes.
+    write_tolerance: float = 1e-4
+    slice_ms: float = 10.0  # the time one slice should take
+    idle_ms: float = 0.0  # no slice this soon after the last event
+    max_rounds: int = 60  # pairs of rounds (users, then items) in one cycle
+    settle: SettleRule = field(default_factory=SettleRule)
+    sample: int = 4096  # deleted pairs, and observed pairs, the settle rule watches
+    touch_ups: int = 12  # alternations of the touched rows' last re-solve, at most
+    min_rows: int = 16
+    max_rows: int = 8192
+    first_rows: int = 256
+
+
+@dataclass
+class CycleFigures:
+    """What one cycle did: for the metrics, the log and the benchmarks."""
+
+    rounds: int = 0  # pairs of rounds
+    solved: int = 0  # rows re-solved (a row re-solved twice counts twice)
+    forgotten: int = 0  # deleted pairs it carried
+    written: int = 0  # rows its flush wrote
+    ended_by: str = ""  # settled | rest | max_rounds
+    seconds: float = 0.0  # wall time from its first slice to its flush
+
+    @property
+    def reach(self) -> float:
+        """Rows re-solved per deleted pair."""
+        return self.solved / max(self.forgotten, 1)
+
+
+class Sample:
+    """A bounded, uniform sample of pairs (reservoir): what the settle rule watches."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size = size
+        self.pairs = np.empty((0, 2), np.int64)
+        self.seen = 0
+        self._rng = np.random.default_rng(seed)
+
+    def add(self, pairs: np.ndarray) -> None:
+        pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+        room = self.size - len(self.pairs)
+        if room > 0:
+            self.pairs = np.concatenate([self.pairs, pairs[:room]])
+        for n, pair in enumerate(pairs[max(room, 0) :], start=self.seen + max(room, 0)):
+            slot = int(self._rng.integers(0, n + 1))
+            if slot < self.size:
+                self.pairs[slot] = pair
+        self.seen += len(pairs)
+
+    def clear(self) -> None:
+        self.pairs, self.seen = np.empty((0, 2), np.int64), 0
+
+
+@dataclass
+class Cycle:
+    policy: CyclePolicy
+    phase: str = REST
+    side: str = "user"
+    queue: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    position: int = 0
+    rows_per_slice: int = 0
+    empty_rounds: int = 0  # consecutive rounds that found no row over the tolerance
+    settling: Settling | None = None
+    pair_start: tuple[np.ndarray, np.ndarray] | None = None  # samples at the pair's start
+    scores_start: tuple[np.ndarray, np.ndarray] | None = None
+    figures: CycleFigures = field(default_factory=CycleFigures)
+    cycles: int = 0  # cycles ended since the start
+
+    def __post_init__(self) -> None:
+        self.rows_per_slice = self.policy.first_rows
+        self.deleted = Sample(self.policy.sample, 1)
+        self.observed = Sample(self.policy.sample, 2)
+
+    @property
+    def resting(self) -> bool:
+        return self.phase == REST
+
+    def open(self) -> None:
+        """New forgetting: a cycle starts, or the one under way goes on (its rounds pick up
+        the new pressure; a cycle past its rounds returns to them)."""
+        if self.phase == REST:
+            self.figures = CycleFigures()
+            self.settling = Settling(self.policy.settle)
+            self.side, self.queue, self.position, self.empty_rounds = "user", _NONE, 0, 0
+            self.pair_start = None
+        self.phase = ROUNDS
+
+    def due(self, since_last_event_ms: float, input_waiting: bool) -> bool:
+        return not self.resting and not input_waiting and since_last_event_ms >= self.policy.idle_ms
+
+    def next_rows(self) -> np.ndarray | None:
+        """The next slice of the round under way (None: the round is done)."""
+        if self.position >= len(self.queue):
+            return None
+        rows = self.queue[self.position : self.position + self.rows_per_slice]
+        self.position += len(rows)
+        return rows
+
+    def start_round(self, side: str, queue: np.ndarray) -> None:
+        self.side, self.queue, self.position = side, queue, 0
+
+    def sliced(self, seconds: float) -> None:
+        """Adapt the slice to take about slice_ms."""
+        target = self.policy.slice_ms / 1000
+        if seconds > 0:
+            scaled = int(self.rows_per_slice * min(max(target / seconds, 0.5), 2.0))
+            self.rows_per_slice = min(max(scaled, self.policy.min_rows), self.policy.max_rows)
+
+    def round_done(self, solved_any: bool) -> None:
+        self.empty_rounds = 0 if solved_any else self.empty_rounds + 1
+
+    def pair_done(
+        self, changed: tuple[np.ndarray, np.ndarray], observed: tuple[np.ndarray, np.ndarray]
+    ) -> bool:
+        """A pair of rounds ended (scores of the samples at its start and now): do the
+        rounds end? Sets `figures.ended_by` when they do."""
+        self.figures.rounds += 1
+        assert self.settling is not None
+        if len(changed[0]):
+            step = self.settling.step(changed, observed)
+            settled = step.settled
+        else:  # nothing deleted to watch (pressure another owner's commit brought)
+            settled = self.figures.rounds >= self.policy.settle.min_steps
+        if settled:
+            self.figures.ended_by = "settled"
+        elif self.empty_rounds >= 2:
+            self.figures.ended_by = "rest"
+        elif self.figures.rounds >= self.policy.max_rounds:
+            self.figures.ended_by = "max_rounds"
+        return bool(self.figures.ended_by)
+
+    def at_rest_early(self) -> bool:
+        """Both sides found nothing over the tolerance: the rounds end on their own."""
+        if self.empty_rounds >= 2:
+            self.figures.ended_by = self.figures.ended_by or "rest"
+            return True
+        return False
+
+    def end(self) -> CycleFigures:
+        figures = self.figures
+        self.phase, self.cycles = REST, self.cycles + 1
+        self.deleted.clear()
+        self.observed.clear()
+        self.settling, self.pair_start = None, None
+        return figures
+
+
+_NONE = np.empty(0, np.int64)
