@@ -62,9 +62,17 @@ RECLAIM_CHECK_S = 0.25  # how often shards a swap took are looked for, while any
 STATE_CHECK_S = 5.0  # how often an idle service checks that Redis did not go back in time
 TOPIC_CHECK_S = 5.0  # how often the input topics are checked for a new life (re-created)
 IDLE_WAIT_S = 0.1  # how long a read waits for input when there is nothing else to do
-# ... when this instance owns shards: their inboxes are looked at between reads, so work
-# routed here by another instance waits at most this long.
+# ... while this instance's shards had work in the last ACTIVE_S: work another instance
+# routes here is looked for this often between reads.
 OWNER_WAIT_S = 0.01
+ACTIVE_S = 2.0
+# How often an owner reads the namespace's bell (one GET: did another instance write?),
+# while active and once idle: an idle instance sends Redis a few commands a second.
+BELL_ACTIVE_S = 0.01
+BELL_IDLE_S = 0.25
+# A step with requests still waiting on other owners runs at least this often (to ask
+# again those not answered within part_retry_s).
+AWAITING_STEP_S = 1.0
 ACK_WAIT_S = 0.002  # how long the loop waits for acknowledgements between reads
 # The receipts read back on assignment serve the shards taken over in the same rebalance
 # (the previous owners finished before it): within this long, it is not read again.
@@ -73,6 +81,9 @@ READ_BACK_REUSE_S = 10.0
 # they share the namespace, a consolidation slice waits until a step found nothing for
 # this long, so routed work does not queue behind slices during a burst.
 SHARED_QUIET_MS = 50.0
+# What batches learned (no deletion among them) waits this long for the factors topic,
+# so that a deletion or a cycle's end soon after publishes those rows once, with its own.
+LEARNING_PUBLISH_S = 0.5
 # Retention steps run between batches, beside consolidation slices, at most this often:
 # expiring old data never holds up a deletion someone asked for.
 RETENTION_STEP_S = 0.2
@@ -145,6 +156,7 @@ class Application:
             else None
         )  # fmt: skip
         self._retention_stepped = float("-inf")
+        self._learned_unpublished: float | None = None  # since when learning waits
         self._held: list[Receipt] = []  # receipts waiting for their factors to be published
         self.consolidating = Consolidating(
             self.applier,
@@ -164,6 +176,9 @@ class Application:
         self._batch_opened = 0.0
         self._last_event = time.monotonic()
         self._last_work = self._last_event  # the last step that found work
+        self._wake = True  # the owned shards' inboxes may hold work: step
+        self._stepped = float("-inf")  # the last step
+        self._bell_checked = float("-inf")
         self._state_checked = time.monotonic()
         self._reclaim_checked = float("-inf")
         self._topics_checked = time.monotonic()
@@ -204,6 +219,7 @@ class Application:
     def _step(self) -> None:
         self.health.tick()
         self.checkpoint.poll()
+        self._publish_learning()
         self._release()
         self.observer.redis_memory(self.engine.state)
         self.source.resume_surged()
@@ -211,9 +227,10 @@ class Application:
         self._check_state()
         self._reclaim()
         self._check_topics()
-        worked = self._work()
+        worked = self._work(force=False)
         consolidating = self._consolidation_due(False)
-        idle = OWNER_WAIT_S if self.engine.owned else IDLE_WAIT_S
+        active = time.monotonic() - self._last_work < ACTIVE_S
+        idle = OWNER_WAIT_S if self.engine.owned and active else IDLE_WAIT_S
         wait = 0.0 if self._pending or consolidating or worked else idle
         if wait and (self.checkpoint.in_flight or self._held):
             # Receipts on their way: wait on the broker's acknowledgements (a short wait
@@ -240,6 +257,31 @@ class Application:
             # Offsets ran back without a seek of ours: the topic was re-created under us,
             # or the broker reuses offsets. Finish what came before, then check its life.
             self._check_lives(read.backwards, "offsets ran backwards")
+
+    def _work_due(self) -> bool:
+        if self._wake:
+            return True
+        now = time.monotonic()
+        if self.engine.awaiting() and now - self._stepped >= AWAITING_STEP_S:
+            return True
+        every = BELL_ACTIVE_S if now - self._last_work < ACTIVE_S else BELL_IDLE_S
+        if now - self._bell_checked < every:
+            return False
+        self._bell_checked = now
+        return self._bell()
+
+    def _bell(self) -> bool:
+        """Did another instance write? Then its commits are read into the replica (what it
+        forgot presses on this instance's rows) and the inboxes are looked at."""
+        try:
+            if not self.engine.state.bell_rang():
+                return False
+            self.engine.refresh()
+        except StateRolledBack as exc:
+            self._rolled_back(exc)
+        except TRANSIENT:
+            pass  # the step waits Redis out
+        return True
 
     def _since_last_event_ms(self) -> float:
         return (time.monotonic() - self._last_event) * 1000
@@ -283,15 +325,20 @@ class Application:
             (self.settings.topic_receipts, r.key, r.to_json(), None) for r in ingested.resent
         ]
         self.observer.ingested(ingested)
+        self._wake = self._wake or ingested.routed > 0
         self.stats.receipts_sent += len(ingested.resent)
         self.checkpoint.submit(_next_offsets(messages), records)
         self._after_batch(messages, parsed)
 
-    def _work(self) -> bool:
+    def _work(self, force: bool = True) -> bool:
         """One batch of the owned shards' inboxes; its receipts to the checkpoint. True if
-        there was something to do."""
-        if not self.engine.owned:
+        there was something to do. Unless forced, only when there may be: this instance
+        routed events to its inboxes, its last step found work, requests wait on other
+        owners, or the namespace's bell says another instance wrote."""
+        if not self.engine.owned or not (force or self._work_due()):
             return False
+        self._wake = False
+        self._stepped = time.monotonic()
         started = time.perf_counter()
         try:
             outcome = self.applier.step(self.settings.batch_max_events, self._unprocessable)
@@ -299,8 +346,9 @@ class Application:
             self._rolled_back(exc)
             return True
         receipts = [*outcome.receipts, *outcome.resent]
-        if not (outcome.events or receipts or outcome.phases):
+        if not (outcome.events or receipts or outcome.phases or outcome.parts_asked):
             return False
+        self._wake = True  # there may be more
         self.observer.stage("apply", time.perf_counter() - started)
         if outcome.expired and self.retention is not None:
             self.retention.expired(outcome.expired)
@@ -311,7 +359,10 @@ class Application:
         if outcome.events:
             self.observer.model(self.engine)
         self.stats.last_residual = outcome.residual
-        self._publish()
+        if receipts or outcome.forgetting:
+            self._publish()
+        elif self._learned_unpublished is None:  # learning alone: see _publish_learning
+            self._learned_unpublished = time.monotonic()
         self._await_factors(receipts)
         self._send(self._ready(receipts), outcome)
         if self.on_batch is not None:
@@ -335,8 +386,17 @@ class Application:
 
     # ----- publishing -------------------------------------------------------------------
 
+    def _publish_learning(self) -> None:
+        """What batches learned, on the factors topic within LEARNING_PUBLISH_S: a
+        deletion's batch or a cycle's end that comes meanwhile publishes it with its own
+        rows, so a row learned and then forgotten goes out once."""
+        since = self._learned_unpublished
+        if since is not None and time.monotonic() - since >= LEARNING_PUBLISH_S:
+            self._publish()
+
     def _publish(self) -> None:
         """The owned shards' commits not on the factors topic yet: to the producer."""
+        self._learned_unpublished = None
         if self.publisher is None:
             return
         started = time.perf_counter()
@@ -430,6 +490,7 @@ class Application:
         self.observer.shards_owned(len(self.engine.owned))
         self.observer.consolidation_owner(bool(self.engine.owned))
         self._read_back(set(self.engine.owned) - before)
+        self._wake = True
         # What the factors topic lacks of the shards taken (a fresh load: the whole model,
         # once; a previous owner's unpublished commits), before any event asks for it.
         self._publish()
@@ -461,6 +522,7 @@ class Application:
             self.observer.shards_owned(len(self.engine.owned))
             self._read_back(free)
             self._publish()
+            self._wake = True  # their inboxes hold what came meanwhile
 
     def _read_back(self, shards: set[int]) -> None:
         """Shards taken over: what the receipts topic answered since they last committed.
@@ -538,7 +600,8 @@ class Application:
         self.consolidating.check_request()
         try:
             self.engine.check_not_behind()
-            self.engine.refresh()
+            if self.engine.state.bell_rang():  # another writer: catch up with its commits
+                self.engine.refresh()
         except StateRolledBack as exc:
             self._heal_rollback(exc)
         except TRANSIENT as exc:  # Redis away: the next batch waits it out
@@ -605,6 +668,7 @@ class Application:
             log.info("retention step skipped: %s", type(exc).__name__)
             return
         self.metrics.retention_users.inc(made)
+        self._wake = self._wake or made > 0  # its deletions wait in this owner's inboxes
         if summary is not None:
             self.metrics.retention_passes.inc()
 

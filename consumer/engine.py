@@ -275,6 +275,11 @@ class Engine:
         waiting = any(r.deletion.source.topic == RETENTION_TOPIC for r in owned.pending.values())
         return owned.seen.get(key, -1) >= offset and not waiting
 
+    def awaiting(self) -> bool:
+        """Are requests of this owner waiting on parts asked of other shards, or receipts
+        to send again (a step must run now and then even with empty inboxes)?"""
+        return bool(self._asked or self._resend)
+
     def holds_unsent(self, source: str) -> bool:
         """Is this request's receipt stored, not yet acknowledged, in a shard owned here?"""
         shard = self._unsent.get(source)
@@ -748,6 +753,7 @@ class Engine:
                 for source, request in updated[shard].items():
                     if request.complete():
                         owned.pending.pop(source, None)
+                        self._asked.pop(source, None)  # answered: nothing to ask again
                     else:
                         owned.pending[source] = request
             out.receipts += [r for s, (shard, r) in stored2.items() if shard in written2]

@@ -1,5 +1,6 @@
 """Operator commands: `unlearn redrive` (dead letters back to their topic once the cause is
-fixed) and `unlearn skip-gap` (accept that the broker lost events the state needed)."""
+fixed), `unlearn skip-gap` (accept that the broker lost events the state needed) and
+`unlearn consolidate` (ask the running service for ALS sweeps)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,34 @@ def register(commands: argparse._SubParsersAction) -> None:
     skip.add_argument("--yes", action="store_true", help="really move the state's offset")
     settings_flags(skip)
     skip.set_defaults(handler=run_skip_gap)
+
+    consolidate = commands.add_parser(
+        "consolidate",
+        help="ask the running service to continue ALS on its model (full sweeps of the "
+        "shards each instance owns); it never sweeps unasked",
+    )
+    consolidate.add_argument(
+        "--sweeps", type=int, default=0, metavar="N",
+        help="sweeps to run (0, the default: until one lowers the objective by less than "
+        "consolidate_sweep_tolerance)",
+    )  # fmt: skip
+    settings_flags(consolidate)
+    consolidate.set_defaults(handler=run_consolidate)
+
+
+# ----- consolidate -------------------------------------------------------------------
+
+
+def run_consolidate(args: argparse.Namespace) -> int:
+    """Record the request; each running instance picks it up within a few seconds and
+    sweeps the shards it owns (its metrics: unlearn_sweeps_total)."""
+    if args.sweeps < 0:
+        raise InputError("command line", "--sweeps must be >= 0")
+    state = connect(settings_from(args))
+    state.meta()  # a namespace with a model, or the usual error
+    request = state.request_consolidation(args.sweeps)
+    print(json.dumps({"request": request, "sweeps": args.sweeps or "until settled"}))
+    return 0
 
 
 # ----- redrive -----------------------------------------------------------------------

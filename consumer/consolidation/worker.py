@@ -39,6 +39,9 @@ log = logging.getLogger("unlearn.consolidation")
 # to the solve with it; float32 storage itself rounds at 6e-8.
 TOUCH_UP_PRECISION = 1e-5
 F32_MAX = float(np.finfo(np.float32).max)
+# Rows' stored interactions a cycle keeps between its rounds (each round reads its rows'
+# data, and a row is re-solved in several rounds): bounded, and dropped as a whole beyond.
+ROW_CACHE_BYTES = 64 << 20
 
 
 @dataclass
@@ -65,6 +68,7 @@ class Consolidator:
         self.engine = None  # consumer.engine.Engine
         self.last: dict | None = None  # the last cycle's figures, for status and tests
         self._solved_in_round = 0
+        self.rows = _RowCache()
         self._pairs_watched = (np.empty((0, 2), np.int64), np.empty((0, 2), np.int64))
 
     def attach(self, engine) -> None:
@@ -73,6 +77,7 @@ class Consolidator:
         if engine is not self.engine:
             self.engine = engine
             self.stored = {side: {} for side in SIDES}
+            self.rows = _RowCache()
 
     @property
     def resting(self) -> bool:
@@ -125,6 +130,7 @@ class Consolidator:
             stored = self.stored[side]
             for row in rows.tolist():
                 stored.pop(row, None)
+            self.rows.forget(side, rows)  # their data may have changed too
 
     # ----- the cycle, a step at a time ------------------------------------------------------
 
@@ -221,7 +227,7 @@ class Consolidator:
             rows = rows[pressure.over(side, rows, tolerance)]
         if not len(rows):
             return 0
-        data = _RowData.read(engine, side, rows)
+        data = _RowData.read(engine, side, rows, self.rows)
         if pressed_only:
             pressure.know_mass(side, rows, data.mass(engine.replica.factors[other_side(side)]))
             chosen = pressure.ratio(side, rows) > tolerance
@@ -264,7 +270,7 @@ class Consolidator:
             rows = rows[np.isin(rows % engine.shards, list(engine.owned))]
             rows = rows[rows < len(engine.replica.factors[side])]
             if len(rows):
-                data[side] = _RowData.read(engine, side, rows)
+                data[side] = _RowData.read(engine, side, rows, self.rows)
         solved = 0
         for _ in range(self.policy.touch_ups if data else 0):
             moved = max(float(self._solve(side, d).max(initial=0.0)) for side, d in data.items())
@@ -347,10 +353,15 @@ class Consolidator:
         users, items = chosen["user"], chosen["item"]
         if not len(users) and not len(items):
             return {}
-        user_rows = dict(zip(users.tolist(), engine.state.read_rows("user", users, shards),
-                             strict=True))  # fmt: skip
-        item_rows = dict(zip(items.tolist(), engine.state.read_rows("item", items, shards),
-                             strict=True))  # fmt: skip
+        user_rows, item_rows = (
+            {
+                row: np.frombuffer(value, dtype=ROW_DTYPE)
+                for row, value in zip(
+                    chosen[side].tolist(), self.rows.get(engine, side, chosen[side]), strict=True
+                )
+            }
+            for side in SIDES
+        )
         now = {side: replica.factors[side][chosen[side]].copy() for side in SIDES}
 
         def terms() -> tuple[dict[int, float], float]:
@@ -404,8 +415,8 @@ class _RowData:
     confidence: np.ndarray
 
     @classmethod
-    def read(cls, engine, side: str, rows: np.ndarray) -> _RowData:
-        data = engine.state.read_row_bytes(side, rows, engine.shards)
+    def read(cls, engine, side: str, rows: np.ndarray, cache: _RowCache) -> _RowData:
+        data = cache.get(engine, side, rows)
         lengths = np.array([len(d) for d in data], dtype=np.int64) // ROW_DTYPE.itemsize
         joined = np.frombuffer(b"".join(data), dtype=ROW_DTYPE)
         neighbours = joined["other"].astype(np.int64)
@@ -432,3 +443,31 @@ class _RowData:
 def _join(slices: list[np.ndarray | None]) -> np.ndarray:
     parts = [s for s in slices if s is not None and len(s)]
     return np.concatenate(parts) if parts else _EMPTY
+
+
+class _RowCache:
+    """Rows' stored interactions, as read (bytes), kept while they do not change."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, dict[int, bytes]] = {side: {} for side in SIDES}
+        self.size = 0
+
+    def get(self, engine, side: str, rows: np.ndarray) -> list[bytes]:
+        known = self.rows[side]
+        missing = np.array([r for r in rows.tolist() if r not in known], dtype=np.int64)
+        if len(missing):
+            found = engine.state.read_row_bytes(side, missing, engine.shards)
+            if self.size + sum(len(b) for b in found) > ROW_CACHE_BYTES:
+                self.rows, self.size = {s: {} for s in SIDES}, 0
+                known = self.rows[side]
+            for row, value in zip(missing.tolist(), found, strict=True):
+                known[row] = value
+                self.size += len(value)
+        return [known[r] for r in rows.tolist()]
+
+    def forget(self, side: str, rows: np.ndarray) -> None:
+        known = self.rows[side]
+        for row in rows.tolist():
+            value = known.pop(row, None)
+            if value is not None:
+                self.size -= len(value)

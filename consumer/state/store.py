@@ -292,6 +292,10 @@ class ModelState:
         self._acquire = client.register_script(_ACQUIRE)
         self._ingested = client.register_script(_INGESTED)
         self._epoch = client.register_script(_EPOCH)
+        # The namespace's bell as last seen, once this instance's own rings are counted:
+        # a value beyond it means another writer wrote (layout.bell).
+        self.bell_seen: int | None = None
+        self.bell_heard = False  # someone else rang since `bell_rang` last said so
 
     # ----- metadata and ids -------------------------------------------------------------
 
@@ -741,8 +745,11 @@ class ModelState:
                 "EVAL", _ACQUIRE, 5, keys.fence, keys.owner, keys.gen, keys.head, keys.cursor,
                 holder,
             )  # fmt: skip
+        pipe.incr(self.layout.bell)
+        results = pipe.execute()
+        self._rang(results[-1])
         out = {}
-        for shard, (token, generation, head, cursor) in zip(shards, pipe.execute(), strict=True):
+        for shard, (token, generation, head, cursor) in zip(shards, results[:-1], strict=True):
             out[shard] = Acquired(int(token), int(generation), _text(head), _text(cursor))
         return out
 
@@ -781,9 +788,14 @@ class ModelState:
             # EVAL by name: Redis Cluster's pipeline routes it by its keys (one slot).
             pipe.execute_command("EVAL", _SHARD_COMMIT, len(keys), *keys, *head_args, *args)
             order.append(("shard", shard, commit_id))
+        if not order:
+            return {}, {}
+        pipe.incr(self.layout.bell)
+        results = pipe.execute()
+        self._rang(results[-1])
         written: dict[int, tuple[int, str]] = {}
         ids: dict[int, list[str]] = defaultdict(list)
-        for (kind, shard, commit_id), result in zip(order, pipe.execute(), strict=True):
+        for (kind, shard, commit_id), result in zip(order, results[:-1], strict=True):
             if kind == "message":
                 ids[shard].append(_text(result) or "")
             elif int(result) >= 0:
@@ -799,10 +811,40 @@ class ModelState:
             for payload in payloads:
                 pipe.xadd(self.layout.shard(shard).inbox, {"m": payload})
                 order.append(shard)
+        if not order:
+            return {}
+        pipe.incr(self.layout.bell)
+        results = pipe.execute()
+        self._rang(results[-1])
         ids: dict[int, list[str]] = defaultdict(list)
-        for shard, result in zip(order, pipe.execute(), strict=True):
+        for shard, result in zip(order, results[:-1], strict=True):
             ids[shard].append(_text(result) or "")
         return dict(ids)
+
+    # ----- the bell: has anyone else written? ---------------------------------------------
+
+    def _rang(self, value: Any) -> None:
+        """This instance rang the bell, which now reads `value`: if that is more than one
+        past what it had seen, someone else rang too."""
+        value = int(value)
+        if self.bell_seen is not None and value != self.bell_seen + 1:
+            self.bell_heard = True
+        self.bell_seen = value
+
+    def ring(self) -> None:
+        """Tell the namespace's other instances that something changed (a write that went
+        another way than commit, send or acquire: a swap's promotion)."""
+        self._rang(self.client.incr(self.layout.bell))
+
+    def bell_rang(self) -> bool:
+        """Did another writer touch the namespace since this instance last asked (or since
+        it last heard it ring)? One GET: what an idle instance reads instead of its inboxes
+        and every shard's counters. Also true the first time, and when the bell went back
+        (Redis restored from an older snapshot)."""
+        value = int(self.client.get(self.layout.bell) or 0)
+        heard = self.bell_heard or value != self.bell_seen
+        self.bell_seen, self.bell_heard = value, False
+        return heard
 
     @_timed("ingested")
     def record_ingested(

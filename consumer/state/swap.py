@@ -238,6 +238,8 @@ class Swap:
         except BaseException:
             self._release(tokens)  # the service takes its shards back now, not at the deadline
             raise
+        finally:
+            self.state.ring()  # the service reads its shards' new commits now
         green.held_s = time.monotonic() - started
         green.generations = generations
         self._clear_staged()

@@ -73,13 +73,13 @@ def test_deletions_rest_with_every_touched_row_the_exact_solve_of_its_data(loade
     assert figures["forgotten"] == len(pairs) and figures["solved"] > 0
     assert figures["reach"] == figures["solved"] / len(pairs)
     exported, stored = export(state)
-    # The auditor's check: each touched row is its data's exact solve (within 1e-5), and
+    # The auditor's check: each touched row is its data's exact solve (within 1e-4), and
     # clearly not the solve of the data with the deleted pair put back.
     for (u, i), w in zip(pairs, weights, strict=True):
         back = with_pair(stored, u, i, float(w), model.params.kind)
         for side, row in (("user", u), ("item", i)):
             now = fit(exported, stored, side, row)
-            assert now <= 1e-5, (side, row, now)
+            assert now <= 1e-4, (side, row, now)
             assert fit(exported, back, side, row) >= 10 * max(now, 1e-6), (side, row)
     # The running objective is the objective of what Redis holds.
     exact = loss(stored, exported.user_factors, exported.item_factors, model.params)

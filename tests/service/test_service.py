@@ -7,8 +7,10 @@ import threading
 import time
 
 import numpy as np
+import redis
 
 from consumer.application import Application
+from consumer.cli import main
 from consumer.engine import Engine
 from tests.consumer.malformed import MALFORMED
 from tests.service.conftest import service_running
@@ -163,3 +165,24 @@ def test_an_idle_service_rests_and_each_owner_carries_deletions_to_rest(setup):
         eventually(lambda: len(third.engine.owned) == 4, what="the new owner")
         time.sleep(2.0)  # idle: a namespace at rest is not swept by its new owner
         assert third.stats.slices == 0
+
+
+def test_als_sweeps_run_only_when_asked_and_then_the_service_rests_again(setup):
+    with service_running(setup.service()) as service:
+        eventually(lambda: len(service.engine.owned) == 4, what="owning every shard")
+        time.sleep(1.5)
+        assert service.stats.sweeps == 0 and service.stats.slices == 0
+        s = setup.settings
+        if isinstance(setup.state.client, redis.RedisCluster):
+            setup.state.request_consolidation(2)
+        else:  # as an operator asks for it
+            flags = ["--bootstrap-servers", s.kafka_bootstrap_servers, "--redis-url",
+                     s.redis_url.get_secret_value(), "--namespace", s.namespace]  # fmt: skip
+            assert main(["consolidate", "--sweeps", "2", *flags]) == 0
+        eventually(
+            lambda: service.stats.sweeps == 2 and service.consolidating.resting,
+            what="the two sweeps asked for", timeout=60,
+        )  # fmt: skip
+        slices = service.stats.slices
+        time.sleep(1.5)
+        assert service.stats.sweeps == 2 and service.stats.slices == slices

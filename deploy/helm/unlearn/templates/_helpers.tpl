@@ -140,8 +140,9 @@ UNLEARN_BATCH_MAX_MS: {{ .Values.settings.batchMaxMs | quote }}
 UNLEARN_CONSOLIDATE_IDLE_MS: {{ .Values.settings.consolidateIdleMs | quote }}
 UNLEARN_CONSOLIDATE_SLICE_MS: {{ .Values.settings.consolidateSliceMs | quote }}
 UNLEARN_CONSOLIDATE_TOLERANCE: {{ .Values.settings.consolidateTolerance | quote }}
-UNLEARN_CONSOLIDATE_RESUME_EVENTS: {{ .Values.settings.consolidateResumeEvents | quote }}
-UNLEARN_CONSOLIDATE_RESUME_IDLE_MS: {{ .Values.settings.consolidateResumeIdleMs | quote }}
+UNLEARN_CONSOLIDATE_WRITE_TOLERANCE: {{ .Values.settings.consolidateWriteTolerance | quote }}
+UNLEARN_CONSOLIDATE_MAX_ROUNDS: {{ .Values.settings.consolidateMaxRounds | quote }}
+UNLEARN_CONSOLIDATE_SWEEPS: {{ .Values.settings.consolidateSweeps | quote }}
 UNLEARN_RETENTION_DAYS: {{ .Values.settings.retentionDays | quote }}
 UNLEARN_REVOKE_BUDGET_S: {{ .Values.settings.revokeBudgetS | quote }}
 UNLEARN_SESSION_TIMEOUT_MS: {{ .Values.settings.sessionTimeoutMs | quote }}
