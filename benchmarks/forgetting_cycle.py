@@ -114,7 +114,9 @@ def _case(name: str, model: FactorModel, data: Interactions, count: int) -> dict
 
 def _separation(model, stored, pairs, weights) -> tuple[float, float]:
     """Over the touched rows: the largest relative distance to the exact solve of the
-    stored data, and the smallest to the solve with the deleted pair put back."""
+    stored data, and the smallest to the solve with the deleted pair put back. A pair
+    whose other side has nothing left (a zero factor: an item whose every pair was
+    deleted) says nothing about the row, put back or not: it is left out of the second."""
     params = model.params
     worst_fit, best_back = 0.0, np.inf
     by_user, by_item = stored.by_user.tolil(), stored.by_item.tolil()
@@ -132,7 +134,8 @@ def _separation(model, stored, pairs, weights) -> tuple[float, float]:
             if not np.linalg.norm(exact):
                 continue  # nothing left to fit (a row with no data): a zero factor
             worst_fit = max(worst_fit, _distance(mine[row], exact))
-            best_back = min(best_back, _distance(mine[row], back))
+            if other[other_row].any():
+                best_back = min(best_back, _distance(mine[row], back))
     return worst_fit, float(best_back)
 
 

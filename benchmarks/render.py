@@ -453,6 +453,121 @@ def swap(data: dict[str, Any]) -> str:
     return table + "\n\n" + text + "\n\n" + _machine(data)
 
 
+def rest(data: dict[str, Any]) -> str:
+    """The service at rest: idle, after a few events, after a burst; the hardest case."""
+    out = []
+    idle_rows = []
+    for key, name in (("ml100k_train", "ML-100K, `unlearn train`"),
+                      ("ml100k_implicit", "ML-100K, `implicit` imported"),
+                      ("ml1m_train", "ML-1M, `unlearn train`")):  # fmt: skip
+        case = data.get(key)
+        if not case or "idle" not in case:
+            continue
+        i = case["idle"]
+        idle_rows.append((
+            name, f"{i['seconds']:.0f}", f"{i['sweeps'] + i['slices']:.0f}",
+            f"{case['load_records']:,} ({case['rows']:,} rows)", f"{i['factor_records']:,}",
+            f"{i['redis_input_mb_per_min']:.3f}", f"{i['redis_commands_per_s']:.1f}",
+            f"{i['cpu_share_of_a_core']:.1%}", _share(i.get("bare_consumer_cpu_share")),
+        ))  # fmt: skip
+    if idle_rows:
+        out.append(_table(
+            ("model", "idle s", "sweeps + slices", "load's own records", "factor records after",
+             "Redis input MB/min", "Redis commands/s", "service CPU (share of a core)",
+             "a bare librdkafka consumer alone"),
+            idle_rows,
+        ))  # fmt: skip
+    events = (data.get("ml100k_train") or {}).get("events")
+    if events:
+        e = events
+        out.append(_table(
+            ("20 deletions + 40 interactions (ML-100K)", "figure"),
+            [
+                ("receipts in", f"{e['receipts_seconds']:.2f} s"),
+                ("at rest (cycle ended, consolidation settled)",
+                 f"**{e['rest_seconds']:.1f} s**"),
+                ("Redis input from the events until rest",
+                 f"**{e['redis_input_mb_until_rest']:.2f} MB**"),
+                ("Redis input after rest",
+                 f"**{e['redis_input_mb_per_min_after_rest']:.3f} MB/min** "
+                 f"({e['redis_commands_per_s_after_rest']:.1f} commands/s)"),
+                ("rows moved more than the write tolerance", f"{e['rows_moved_over_tolerance']:,}"),
+                ("factor records for them: total, most per row", f"{e['factor_records']:,}, "
+                 f"**{e['factor_records_per_changed_row_max']}**"),
+                ("records of rows that did not move", f"{e['records_of_rows_not_changed']:,}"),
+                ("rows re-solved per deleted pair (reach)", f"{e['reach']:,.0f}"),
+                ("service CPU until rest", f"{e['service_cpu_seconds_until_rest']:.1f} s"),
+            ],
+        ))  # fmt: skip
+    burst = (data.get("ml1m_train") or {}).get("burst")
+    if burst:
+        b = burst
+        out.append(_table(
+            ("1,000 pair deletions at once (ML-1M)", "figure"),
+            [
+                ("receipts in", f"{b['receipts_seconds']:.1f} s"),
+                ("at rest", f"**{b['rest_seconds']:.1f} s**"),
+                ("rows re-solved per deleted pair (reach)",
+                 f"**{b['rows_solved_per_deletion']:.1f}** ({b['rows_solved']:,.0f} re-solves, "
+                 f"{b['rows_written']:,.0f} rows written)"),
+                ("Redis input until rest", f"{b['redis_input_mb_until_rest']:.1f} MB"),
+                ("service CPU until rest", f"{b['service_cpu_seconds_until_rest']:.1f} s"),
+            ],
+        ))  # fmt: skip
+    hard = data.get("hardest")
+    if hard:
+        low, high = hard["retrain_range"]
+        rows = [
+            (f"retrain seed {n}", f"{r['deleted_mean_score']:.4f}", f"{r['attack_auc']:.4f}",
+             "", "")
+            for n, r in enumerate(hard["retrains"])
+        ]  # fmt: skip
+        for name in ("offline", "service"):
+            c = hard[name]
+            rows.append((
+                f"{'`unlearn forget`' if name == 'offline' else 'the service, at rest'}",
+                f"**{c['deleted_mean_score']:.4f}**", f"**{c['attack_auc']:.4f}**",
+                ("within" if c["score_within"] else "**outside**") + f" [{low - 0.005:.4f}, "
+                f"{high + 0.005:.4f}]",
+                ("within" if c["attack_within"] else "**outside**") + " 0.01 of "
+                f"{hard['retrain_attack_mean']:.4f}",
+            ))  # fmt: skip
+        out.append(_table(
+            (f"5 % of ML-100K's training pairs ({hard['removed']:,}), k = 64, reg 0.01",
+             "deleted pairs' mean score", "attack AUC (deleted vs held-out)",
+             "score: retrains' range +- 0.005", "attack: retrains' mean +- 0.01"),
+            rows,
+        ))  # fmt: skip
+        off, svc = hard["offline"], hard["service"]
+        out.append(
+            f"Offline: {off['sweeps']} sweeps, {off['seconds']:.2f} s. The service: "
+            f"{svc['cycles']:.0f} cycle(s), {svc['rows_solved']:,.0f} rows re-solved, at rest "
+            f"{svc['rest_seconds']:.1f} s after the deletions were sent."
+        )
+    return "\n\n".join(out) + "\n\nBroker: " + data.get("broker", "noida") + ". " + _machine(data)
+
+
+def _share(value: float | None) -> str:
+    return "" if value is None else f"{value:.1%}"
+
+
+def forgetting_cycle(data: dict[str, Any]) -> str:
+    rows = []
+    for c in data["cases"]:
+        rows.append((
+            c["model"], f"{c['deletions']:,}", f"{c['rounds']} ({c['ended_by']})",
+            f"{c['reach']:,.1f}", f"{c['written']:,}", f"{c['cycle_seconds']:.2f}",
+            f"{c['touched_fit_max']:.1e}", f"{c['with_pair_back_min']:.1e}",
+            f"**{c['separation']:,.0f}x**",
+        ))  # fmt: skip
+    return _table(
+        ("model", "deleted pairs", "round pairs (ended by)", "rows re-solved per pair",
+         "rows written", "cycle s", "touched rows: largest distance to their exact solve",
+         "smallest distance to the solve with the pair back", "separation"),
+        rows,
+    ) + "\n\n" + _machine(data)  # fmt: skip
+
+
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -484,6 +599,9 @@ SECTIONS: dict[str, tuple[Path, Callable[[dict[str, Any]], str]]] = {
     "scaling_rebalance_noida": (DOC, scaling),
     "scaling_20m": (DOC, scaling),
     "offline_forget": (DOC, offline_forget),
+    "rest": (DOC, rest),
+    "rest_tansu": (DOC, rest),
+    "forgetting_cycle": (DOC, forgetting_cycle),
     "swap": (DOC, swap),
     "fault_campaign": (RELIABILITY, fault_campaign),
     "fault_campaign_soak": (RELIABILITY, fault_campaign),

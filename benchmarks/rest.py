@@ -45,7 +45,7 @@ from threadpoolctl import threadpool_limits
 
 from benchmarks._common import DATA_DIR, load, machine, require, write_json
 from benchmarks.e2e_load import _cpu_seconds, _ready, create_topics, start_service
-from consumer.embedded import free_port, local_noida, local_redis, wait_until
+from consumer.embedded import free_port, local_kafka, local_noida, local_redis, wait_until
 from consumer.importers import from_implicit
 from consumer.state.bootstrap import export
 from consumer.state.bootstrap import load as load_state
@@ -68,11 +68,12 @@ def main() -> None:
     parser.add_argument("--idle-seconds", type=float, default=300)
     parser.add_argument("--after-rest-seconds", type=float, default=60)
     parser.add_argument("--parts", default="idle,events,burst,hardest")
+    parser.add_argument("--broker", choices=("noida", "tansu"), default="noida")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/rest.json"))
     args = parser.parse_args()
     threadpool_limits(1, "blas")
     parts = set(args.parts.split(","))
-    out: dict = {"machine": machine(), "idle_seconds": args.idle_seconds}
+    out: dict = {"machine": machine(), "idle_seconds": args.idle_seconds, "broker": args.broker}
     ml100k, users100k, items100k = load(require(ML100K), "implicit")
     if parts & {"idle", "events"}:
         model, _ = train(ml100k, users100k, items100k, DEFAULTS, 15, seed=0)
@@ -141,11 +142,14 @@ class Stack:
 
 
 @contextlib.contextmanager
-def serving(model: FactorModel, data: Interactions, name: str) -> Iterator[tuple[Stack, int]]:
+def serving(
+    model: FactorModel, data: Interactions, name: str, broker: str
+) -> Iterator[tuple[Stack, int]]:
     """A fresh redis-server and noida-db, the model loaded into 16 shards, `unlearn run`
     in its own process once it owns them and published the load's own records; yields
     the stack and the service's pid."""
-    with local_redis() as redis_url, local_noida() as bootstrap:
+    local_broker = local_noida if broker == "noida" else local_kafka
+    with local_redis() as redis_url, local_broker() as bootstrap:
         client = redis.Redis.from_url(redis_url)
         state = ModelState(client, name)
         load_state(state, model, data, np.full(data.nnz, STAMP), shards=16)
@@ -169,7 +173,7 @@ def serving(model: FactorModel, data: Interactions, name: str) -> Iterator[tuple
 
 def _run(model: FactorModel, data: Interactions, args, name: str, after_idle) -> dict:
     """Idle on a fresh stack, then the events, if any."""
-    with serving(model, data, name) as (stack, pid):
+    with serving(model, data, name, args.broker) as (stack, pid):
         result = {
             "rows": len(model.user_factors) + len(model.item_factors),
             "load_records": stack.records(),
@@ -190,6 +194,9 @@ def _idle(stack: Stack, pid: int, seconds: float) -> dict:
         _cpu_seconds(pid)  # fmt: skip
     return {
         "seconds": elapsed,
+        # A bare librdkafka consumer of the same topics on the same broker, alone, over the
+        # same kind of wait: what the client library costs before the service does anything.
+        "bare_consumer_cpu_share": _bare_consumer_cpu(stack.bootstrap, min(seconds, 30)),
         "slices": m1.get("unlearn_slices_total", 0) - m0.get("unlearn_slices_total", 0),
         "sweeps": m1.get("unlearn_sweeps_total", 0) - m0.get("unlearn_sweeps_total", 0),
         "cycles": m1.get("unlearn_consolidation_cycles_total", 0)
@@ -199,6 +206,22 @@ def _idle(stack: Stack, pid: int, seconds: float) -> dict:
         "redis_commands_per_s": (cmd1 - cmd0) / elapsed,
         "cpu_share_of_a_core": (cpu1 - cpu0) / elapsed,
     }
+
+
+def _bare_consumer_cpu(bootstrap: str, seconds: float) -> float:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bare-{time.time()}",
+                         "fetch.wait.max.ms": 100, "session.timeout.ms": 6000})  # fmt: skip
+    try:
+        consumer.subscribe(["interactions", "deletions"])
+        started = time.monotonic()
+        while time.monotonic() - started < 8:  # joined, fetching
+            consumer.consume(1, 0.1)
+        cpu, started = time.process_time(), time.monotonic()
+        while time.monotonic() - started < seconds:
+            consumer.consume(1, 0.1)
+        return (time.process_time() - cpu) / seconds
+    finally:
+        consumer.close()
 
 
 def _produce(bootstrap: str, topic: str, messages: list[tuple[str, dict]]) -> None:
@@ -419,7 +442,7 @@ def _hardest(data: Interactions, users, items, args) -> dict:
     started = time.perf_counter()
     offline, _, report = forget(model, train_data, deletions, SweepPolicy(track_loss=False))
     offline_s = time.perf_counter() - started
-    service, service_figures = _hardest_in_service(model, train_data, du, di)
+    service, service_figures = _hardest_in_service(model, train_data, du, di, args.broker)
     scores = [r["deleted_mean_score"] for r in retrains]
     attack = float(np.mean([r["attack_auc"] for r in retrains]))
 
@@ -441,8 +464,8 @@ def _hardest(data: Interactions, users, items, args) -> dict:
     }
 
 
-def _hardest_in_service(model, data, du, di) -> tuple[FactorModel, dict]:
-    with serving(model, data, "hardest") as (stack, _):
+def _hardest_in_service(model, data, du, di, broker: str) -> tuple[FactorModel, dict]:
+    with serving(model, data, "hardest", broker) as (stack, _):
         messages = [
             (str(model.user_ids[u]), {"user": str(model.user_ids[u]),
              "item": str(model.item_ids[i]), "request_id": f"h{n}"})

@@ -38,7 +38,7 @@ class CyclePolicy:
     max_rounds: int = 60  # pairs of rounds (users, then items) in one cycle
     settle: SettleRule = field(default_factory=SettleRule)
     sample: int = 4096  # deleted pairs, and observed pairs, the settle rule watches
-    touch_ups: int = 12  # alternations of the touched rows' last re-solve, at most
+    touch_ups: int = 50  # alternations of the touched rows' last re-solve, at most
     min_rows: int = 16
     max_rows: int = 8192
     first_rows: int = 256

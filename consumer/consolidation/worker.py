@@ -331,8 +331,12 @@ class Consolidator:
             moved = np.linalg.norm(now - before, axis=1) / scale
             touched = np.isin(rows, list(self.touched[side]))
             limit = np.where(touched, TOUCH_UP_PRECISION, self.policy.write_tolerance)
-            keep = (moved > limit) & np.isin(rows % engine.shards, list(engine.owned))
-            replica.set_rows(side, rows[~keep], before[~keep])  # back to what Redis holds
+            owned = np.isin(rows % engine.shards, list(engine.owned))
+            keep = (moved > limit) & owned
+            back = ~keep & owned
+            replica.set_rows(side, rows[back], before[back])  # back to what Redis holds
+            for shard in set((rows[~owned] % engine.shards).tolist()):
+                replica.known.pop(shard, None)  # another owner's now: read it again
             chosen[side] = rows[keep]
         writes = self._writes(chosen)
         self.stored = {side: {} for side in SIDES}

@@ -15,7 +15,10 @@ from consumer.state.store import ModelState
 
 log = logging.getLogger("unlearn.observation")
 
-REDIS_MEMORY_EVERY_S = 60.0  # a scan of a few dozen keys
+REDIS_MEMORY_EVERY_S = 60.0  # the server's memory: one INFO
+# The namespace's own: a MEMORY USAGE per key (a few hundred with 16 shards), so an idle
+# instance's few commands a second are not mostly these.
+NAMESPACE_MEMORY_EVERY_S = 600.0
 
 
 class Observer:
@@ -23,6 +26,7 @@ class Observer:
         self.metrics = metrics
         self.kinds = kinds  # topic -> "interactions" | "deletions"
         self._redis_checked = -REDIS_MEMORY_EVERY_S  # sample at the first tick
+        self._namespace_checked = -NAMESPACE_MEMORY_EVERY_S
 
     def time_adjusted(self, kind: str, adjustment: str) -> None:
         self.metrics.time_adjusted.labels(kind, adjustment).inc()
@@ -137,6 +141,8 @@ class Observer:
         self._redis_checked = now
         try:
             self.metrics.redis_memory.set(float(state.server_memory()))
-            self.metrics.namespace_memory.set(float(state.memory_usage()))
+            if now - self._namespace_checked >= NAMESPACE_MEMORY_EVERY_S:
+                self._namespace_checked = now
+                self.metrics.namespace_memory.set(float(state.memory_usage()))
         except Exception:  # a missed sample is not worth failing the loop for
             log.debug("could not sample Redis memory", exc_info=True)

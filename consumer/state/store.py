@@ -881,10 +881,11 @@ class ModelState:
 
     def memory_usage(self) -> int:
         """Bytes of all the namespace's keys (MEMORY USAGE, Redis's default sampling)."""
-        total = 0
-        for key in self.client.scan_iter(match=self.layout.scan_pattern(), count=1000):
-            total += int(self.client.memory_usage(key) or 0)
-        return total
+        keys = list(self.client.scan_iter(match=self.layout.scan_pattern(), count=1000))
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.memory_usage(key)
+        return sum(int(v or 0) for v in pipe.execute()) if keys else 0
 
     def count_interactions(self) -> int:
         """Stored interactions, counted from the user rows (12 bytes per record)."""
