@@ -559,13 +559,19 @@ def forgetting_cycle(data: dict[str, Any]) -> str:
             f"{c['reach']:,.1f}", f"{c['written']:,}", f"{c['cycle_seconds']:.2f}",
             f"{c['touched_fit_max']:.1e}", f"{c['with_pair_back_min']:.1e}",
             f"**{c['separation']:,.0f}x**",
+            _fits(c.get("loaded_fit_median")),
         ))  # fmt: skip
     return _table(
         ("model", "deleted pairs", "round pairs (ended by)", "rows re-solved per pair",
          "rows written", "cycle s", "touched rows: largest distance to their exact solve",
-         "smallest distance to the solve with the pair back", "separation"),
+         "smallest distance to the solve with the pair back", "separation",
+         "loaded model's rows from their exact solve (median: users / items)"),
         rows,
     ) + "\n\n" + _machine(data)  # fmt: skip
+
+
+def _fits(fits: dict[str, float] | None) -> str:
+    return "" if not fits else f"{fits['user']:.1e} / {fits['item']:.1e}"
 
 
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:

@@ -33,10 +33,11 @@ from unlearn_core.solve import solve_rows
 
 log = logging.getLogger("unlearn.consolidation")
 
-# The touched rows' last re-solve stops alternating once no row moves more than this
-# (relative): a deleted pair moves its rows by 1e-3 or more on MovieLens (docs/state.md),
-# so a row within 1e-5 of its exact solve without the pair is 100 times closer to it than
-# to the solve with it; float32 storage itself rounds at 6e-8.
+# The touched rows' last re-solve alternates until what is left of their movement (the
+# last step's, projected at its rate of shrinking) is below this, relatively: a deleted
+# pair moves its rows by 1e-3 or more on MovieLens (docs/state.md), so a row within 1e-5
+# of its exact solve without the pair is 100 times closer to it than to the solve with it;
+# float32 storage itself rounds at 6e-8.
 TOUCH_UP_PRECISION = 1e-5
 F32_MAX = float(np.finfo(np.float32).max)
 # Rows' stored interactions a cycle keeps between its rounds (each round reads its rows'
@@ -271,12 +272,20 @@ class Consolidator:
             rows = rows[rows < len(engine.replica.factors[side])]
             if len(rows):
                 data[side] = _RowData.read(engine, side, rows, self.rows)
-        solved = 0
+        solved, previous = 0, None
         for _ in range(self.policy.touch_ups if data else 0):
             moved = max(float(self._solve(side, d).max(initial=0.0)) for side, d in data.items())
             solved += sum(len(d.rows) for d in data.values())
-            if moved <= TOUCH_UP_PRECISION:
+            # Alternating solves converge linearly: what is left after a step that moved
+            # m, shrinking by q a step, is about m q / (1 - q).
+            if previous is None or previous == 0.0:
+                left = moved
+            else:
+                shrink = min(moved / previous, 0.99)
+                left = moved * shrink / (1.0 - shrink)
+            if left <= TOUCH_UP_PRECISION:
                 break
+            previous = moved
         self.cycle.figures.solved += solved
         self.cycle.phase = FLUSH
         return Step(TOUCH_UP, rows=solved, solved=solved)

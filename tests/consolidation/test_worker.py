@@ -113,3 +113,33 @@ def test_rows_that_moved_less_than_the_write_tolerance_keep_their_stored_value(l
         assert not small, (side, small)
         # ... and the replica agrees with Redis row for row.
         assert np.array_equal(engine.replica.factors[side][: len(now)], now)
+
+
+def test_another_owners_forgetting_reaches_this_owners_rows_through_the_change_log(loaded):
+    state, _, data = loaded
+    first, second = Engine(state, owned=[0, 1]), Engine(state, owned=[2, 3])
+    keys = [int(k) for k in data.entry_keys if (k // data.shape[1]) % SHARDS in (0, 1)][::13][:6]
+    deletions = [
+        Deletion(f"u{k // data.shape[1]}", f"i{k % data.shape[1]}", 2e9, f"r{n}",
+                 Source("deletions", 0, n))
+        for n, k in enumerate(keys)
+    ]  # fmt: skip
+    out = first.process([], deletions)
+    assert out.forgetting
+    theirs = second.drain()  # the parts asked of its shards: the items it owns
+    second.refresh()
+    foreign = second.take_foreign()
+    moved = set(foreign.moved["user"].rows.tolist())
+    assert moved and all(u % SHARDS in (0, 1) for u in moved)  # the first owner's users
+    assert {tuple(p) for p in foreign.pairs.tolist()} <= {
+        (k // data.shape[1], k % data.shape[1]) for k in keys
+    }
+    before = generations(state)
+    consolidator = Consolidator()
+    consolidator.attach(second)
+    figures = consolidator.rest([*theirs.forgetting, foreign])
+    assert figures["solved"] > 0 and figures["written"] > 0 and consolidator.resting
+    # It re-solved and wrote only its own rows: the first owner's shards did not move.
+    after = generations(state)
+    assert after[0] == before[0] and after[1] == before[1]
+    assert after[2] != before[2] or after[3] != before[3]
