@@ -304,8 +304,7 @@ class Application:
         parsed = self.parser.parse(pending)
         self.observer.stage("parse", time.perf_counter() - started)
         raw = {
-            source: Raw(m.key(), m.value() or b"", m.headers())
-            for source, m in parsed.messages.items()
+            source: Raw(m.key(), m.value(), m.headers()) for source, m in parsed.messages.items()
         }
         applying = time.perf_counter()
         try:
@@ -636,7 +635,7 @@ class Application:
                 "an interaction" if isinstance(event, Interaction) else "a deletion",
                 event.source.key, detail, scope_name(self.parser.salt, event.user, event.item),
             )  # fmt: skip
-            raw = routed.raw or Raw(None, b"")
+            raw = routed.raw or Raw(None, None)
             redriven = any(k == REDRIVEN_HEADER for k, _ in raw.headers or ())
             self.observer.dead_letter("unprocessable", redriven)
             self.stats.dead_lettered += 1
@@ -651,7 +650,7 @@ class Application:
         self.observer.dead_letter(reason, redriven)
         self.stats.dead_lettered += 1
         headers = dead_letter_headers(message.headers(), reason, detail, source)
-        return (self.settings.topic_dlq, message.key(), message.value() or b"", headers)
+        return (self.settings.topic_dlq, message.key(), message.value(), headers)
 
     # ----- retention ----------------------------------------------------------------------
 

@@ -6,13 +6,16 @@ deletion) or move a deletion where it suppresses learning for good (a tombstone 
 future drops every later interaction). The rule:
 
 1. The time is read from the message: a JSON number (seconds since the epoch), or an
-   ISO-8601 string; missing or null falls back to the Kafka message timestamp
-   (interactions) or to the time the message was received (deletions: "now").
+   ISO-8601 string; missing or null falls back to the Kafka message timestamp, which
+   every read of the message (a replay too) sees alike; to the time the message was
+   received only where it has none.
 2. A number is read in the unit its magnitude allows: below 1e11 seconds (up to the year
    5138), then milliseconds, microseconds, nanoseconds. A producer that writes
    milliseconds (the most common mistake) is read correctly.
-3. A time is never later than the moment the service received the event. One further
-   ahead than the allowed clock skew, negative, or unreadable counts as that moment.
+3. A time is never later than the message's own timestamp nor than the moment the
+   service received it. One further ahead of the message's timestamp than the allowed
+   clock skew, negative, or unreadable counts as that timestamp. Times are kept to the
+   millisecond.
 
 So a stored interaction's time is at most its arrival, and a later deletion (whose time
 is at most *its* arrival) can always reach it; and a deletion's effective time is at most
@@ -87,28 +90,42 @@ def event_time(
     received: float,
     skew_s: float = DEFAULT_CLOCK_SKEW_S,
     fallback: float | None = None,
+    reference: float | None = None,
 ) -> EventTime:
     """Apply the rule to a raw time (seconds-or-other-unit, None when missing).
 
     `fallback` (seconds) stands in for a missing time: the Kafka message timestamp.
+    `reference` (seconds): the message's own timestamp, which every read of the message
+    sees alike. A time is judged against it rather than the moment of reading, so a replay
+    read minutes later gives the event the same time; and it is never later than either.
+    Times are kept to the millisecond.
     """
+    limit = received if reference is None else min(reference, received)
+    horizon = (received if reference is None else reference) + skew_s
     if raw is None:
         if fallback is None:
-            return EventTime(received, "missing")
-        return _bounded(fallback, received, skew_s, None)
+            return EventTime(_ms(limit), "missing")
+        return _bounded(fallback, limit, horizon, None)
     if math.isnan(raw):
-        return EventTime(received, "unreadable")
+        return EventTime(_ms(limit), "unreadable")
     if raw < 0:
-        return EventTime(received, "negative")
+        return EventTime(_ms(limit), "negative")
     for bound, scale, unit in _UNITS:
         if raw < bound:
-            return _bounded(raw * scale, received, skew_s, unit)
-    return EventTime(received, "future")
+            return _bounded(raw * scale, limit, horizon, unit)
+    return EventTime(_ms(limit), "future")
 
 
-def _bounded(seconds: float, received: float, skew_s: float, unit: str | None) -> EventTime:
-    if seconds > received + skew_s:
-        return EventTime(received, "future")
+def _bounded(seconds: float, limit: float, horizon: float, unit: str | None) -> EventTime:
+    if seconds > horizon:
+        return EventTime(_ms(limit), "future")
     # Within the skew a clock that runs ahead is not an error, but the time still may
-    # not pass the arrival: that is what keeps it inside a later deletion's reach.
-    return EventTime(min(seconds, received), unit)
+    # not pass the message's own (or its arrival): that is what keeps it inside a later
+    # deletion's reach.
+    return EventTime(_ms(min(seconds, limit)), unit)
+
+
+def _ms(seconds: float) -> float:
+    """Down to the millisecond, as the state keeps times (never later than `seconds`)."""
+    kept = math.floor(seconds * 1000.0) / 1000.0
+    return kept if kept <= seconds else math.nextafter(kept, -math.inf)

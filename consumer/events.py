@@ -5,12 +5,13 @@ interactions topic: {"user": "42", "item": "1193", "weight": 4.0, "ts": 97830076
 deletions topic:    {"user": "42", "item": "1193", "ts": 978400000.0, "request_id": "r-17"}
     without "item": the user's whole history; without "user": the item's. An explicit
     null for either is ambiguous (a bug upstream, not a wider request): dead-lettered.
-    ts defaults to the moment the request is received ("now"); a numeric request_id is
-    read as its decimal string.
+    ts defaults to the message timestamp (every replay reads the same); a numeric
+    request_id is read as its decimal string.
 
 Times go through the time rule (event_time.py): numbers in any unit, ISO-8601 strings, and
-never later than the event's arrival. A deletion is never dead-lettered for its time: an
-unreadable one counts as "now", and the receipt says so.
+never later than the message's own timestamp or the event's arrival, to the millisecond.
+A deletion is never dead-lettered for its time: an unreadable one counts as its message's
+timestamp, and the receipt says so.
 
 A rejection carries a reason from a fixed set (it becomes the dead-letter header and a
 metric label, so the set must stay bounded) and a human-readable detail.
@@ -161,7 +162,9 @@ def parse_interaction(
         if kind == "explicit" and weight == 0:
             raise _Invalid("bad_weight", "an explicit rating must be non-zero")
         try:
-            time = event_time(_raw_time(obj), arrival, skew_s, fallback=message_ts)
+            time = event_time(
+                _raw_time(obj), arrival, skew_s, fallback=message_ts, reference=message_ts
+            )
         except UnreadableTime as exc:  # an interaction is not learned at a guessed time
             raise _Invalid("bad_ts", f'"ts": {exc}') from None
     except _Invalid as exc:
@@ -201,9 +204,12 @@ def parse_deletion(
     except _Invalid as exc:
         return Rejected(exc.reason, str(exc), source)
     try:
-        time = event_time(_raw_time(obj), arrival, skew_s)
+        raw = _raw_time(obj)
+        time = event_time(raw, arrival, skew_s, fallback=message_ts, reference=message_ts)
+        if raw is None:  # the receipt says the request gave none: its message's time counts
+            time = EventTime(time.seconds, "missing")
     except UnreadableTime:
-        time = EventTime(arrival, "unreadable")
+        time = event_time(float("nan"), arrival, skew_s, reference=message_ts)
     requested = (
         event_time(message_ts, arrival, skew_s).seconds if message_ts is not None else arrival
     )

@@ -26,7 +26,9 @@ class Health:
         self.deadline_s = deadline_s
         self.redis_ok = redis_ok
         self.assigned = 0
-        self.recovering = False
+        # What the service waits for before it can serve (None: nothing): loading the
+        # model, the brokers, missing topics. /readyz says it.
+        self.waiting: str | None = None
         self.paused: list[str] = []  # "topic:partition (why)": input held back
         self.gaps: list[str] = []  # partitions whose needed events the broker lost
         self._last_tick = time.monotonic()
@@ -35,14 +37,14 @@ class Health:
         self._last_tick = time.monotonic()
 
     def alive(self) -> tuple[bool, str]:
-        if self.recovering:  # loading the factor replica or finishing a batch: not stuck
-            return True, "starting"
+        if self.waiting is not None:  # starting: waiting is not being stuck
+            return True, f"starting: {self.waiting}"
         age = time.monotonic() - self._last_tick
         return age <= self.deadline_s, f"loop ticked {age:.1f} s ago (deadline {self.deadline_s} s)"
 
     def ready(self) -> tuple[bool, str]:
-        if self.recovering:
-            return False, "recovering an interrupted batch"
+        if self.waiting is not None:
+            return False, f"starting: {self.waiting}"
         if self.gaps:
             return False, "events the state needs are gone from the broker: " + ", ".join(self.gaps)
         if self.assigned == 0:

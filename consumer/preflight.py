@@ -36,7 +36,11 @@ def topics_of(settings: Settings) -> list[str]:
     ]
 
 
-def check_kafka(settings: Settings, clock=time.monotonic, sleep=time.sleep) -> None:
+def check_kafka(
+    settings: Settings, clock=time.monotonic, sleep=time.sleep, waiting=lambda what: None
+) -> None:
+    """`waiting(what)`: told what the check waits for (the service's /readyz says it)."""
+    waiting(f"the brokers ({settings.kafka_bootstrap_servers}) to answer")
     admin = AdminClient(settings.kafka_common())
     existing = _topics(admin, settings, settings.kafka_connect_timeout_s)
     missing = [t for t in topics_of(settings) if t not in existing]
@@ -46,6 +50,7 @@ def check_kafka(settings: Settings, clock=time.monotonic, sleep=time.sleep) -> N
     if not missing:
         return
     deadline = clock() + settings.topics_wait_s
+    waiting(f"topics to exist: {', '.join(missing)} (checked every {TOPIC_RECHECK_S:.0f} s)")
     log.error(
         "topics missing: %s. Create them, or set create_topics = true "
         "(UNLEARN_CREATE_TOPICS=true); checking again every %.0f s for up to %.0f s",

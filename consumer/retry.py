@@ -36,11 +36,13 @@ def retry(
     max_delay_s: float = 5.0,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
+    what: str = "",
 ) -> T:
     """Call `attempt` until it succeeds, backing off 0.05, 0.1, 0.2 ... 5 s with full jitter.
 
     Gives up with RetriesExhausted once `budget_s` has passed; errors that are not
-    transient propagate at once.
+    transient propagate at once. `what`: the server and the operation, for the log line
+    (e.g. "Redis redis://cache:6379/0, batch").
     """
     deadline = clock() + budget_s
     delay = first_delay_s
@@ -54,6 +56,10 @@ def retry(
                 raise RetriesExhausted(f"gave up after {failures} attempts: {exc}") from exc
             if on_retry is not None:
                 on_retry(exc, failures)
-            log.warning("transient failure (%s), retry %d", type(exc).__name__, failures)
+            left = max(deadline - clock(), 0.0)
+            log.warning(
+                "%s: transient failure (%s: %s), retry %d; giving up in %.0f s of the %.0f s "
+                "budget", what or "call", type(exc).__name__, exc, failures, left, budget_s,
+            )  # fmt: skip
             sleep(min(random.uniform(0, delay), max(deadline - clock(), 0)))
             delay = min(delay * 2, max_delay_s)

@@ -31,11 +31,11 @@ def merge_events(
     all_weight = np.concatenate(
         [np.asarray(weights, np.float64), np.asarray(new_weights, np.float64)]
     )
-    all_time = np.concatenate([np.asarray(times, np.int64), np.asarray(new_times, np.int64)])
+    all_time = np.concatenate([np.asarray(times, np.float64), np.asarray(new_times, np.float64)])
     keys, inverse = np.unique(all_other, return_inverse=True)
     if kind == "implicit":
         merged_weight = np.bincount(inverse, weights=all_weight, minlength=len(keys))
-        merged_time = np.full(len(keys), np.iinfo(np.int64).max, dtype=np.int64)
+        merged_time = np.full(len(keys), np.inf)
         np.minimum.at(merged_time, inverse, all_time)
     else:  # the stored entries come first, the events after in order: the last one wins
         last = np.zeros(len(keys), dtype=np.int64)

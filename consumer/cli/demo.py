@@ -215,7 +215,7 @@ def _stream_and_report(
     user_id = data.user_ids[user]
     month_item_ids = {data.item_ids[i] for i in month_items}
     # Both lists leave out what the user keeps; the month about to be forgotten is ranked.
-    before = recommend(state, user_id, TOP_N, keep=month_item_ids) or []
+    before = recommend(state, user_id, TOP_N, keep=month_item_ids).items
     rng = np.random.default_rng(args.seed)
     others = np.flatnonzero(interactions.row_counts() > 0)
     whole_user = data.user_ids[int(rng.choice(others[others != user]))]
@@ -262,7 +262,7 @@ def _stream_and_report(
     _produce(settings, deletions, learned)
     collector.join(timeout=120)
     _watch_convergence(service, trail, seconds=args.converge_seconds)
-    after = recommend(state, user_id, TOP_N, keep=month_item_ids) or []
+    after = recommend(state, user_id, TOP_N, keep=month_item_ids).items
     unlearned, current = export(state)
     retrained_model, _ = train(
         current,

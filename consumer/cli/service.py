@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import time
 from datetime import UTC, datetime
@@ -125,6 +126,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     recommend_cmd.add_argument("--user", required=True)
     recommend_cmd.add_argument("-n", type=int, default=10)
+    recommend_cmd.add_argument(
+        "--include-deleted",
+        action="store_true",
+        help="rank the items the user deleted too (left out by default)",
+    )
     settings_flags(recommend_cmd)
     recommend_cmd.set_defaults(handler=run_recommend)
 
@@ -325,14 +331,16 @@ def run_service(args: argparse.Namespace) -> int:
     health = Health(deadline_s=60.0, redis_ok=lambda: bool(state.client.ping()))
     server = _metrics_server(settings, metrics, health)
     try:
-        health.recovering = True
+        health.waiting = f"the model in namespace {settings.namespace!r} read into memory"
         engine = retry(
             lambda: _engine_when_loaded(state, settings),
             TRANSIENT,
             settings.redis_retry_budget_s,
+            what=f"Redis {state.server}, reading the model",
         )
-        check_kafka(settings)  # the model first: `unlearn load` is the first thing to fix
-        health.recovering = False
+        # The model first: `unlearn load` is the first thing to fix.
+        check_kafka(settings, waiting=lambda what: setattr(health, "waiting", what))
+        health.waiting = None
         health.tick()
         service = Application(settings, engine, metrics=metrics, health=health)
         service.install_signal_handlers()
@@ -404,8 +412,27 @@ def run_status(args: argparse.Namespace) -> int:
         errors["kafka"] = no_broker(settings, exc, STATUS_TIMEOUT_S)
     if errors:
         out["errors"] = errors
-    print(json.dumps(out, indent=2))
+    # Strict JSON: what is not known (a NaN, no committed offset) is null.
+    print(json.dumps(_strict(out), indent=2, allow_nan=False))
     return 2 if errors else 0
+
+
+def _finite(value: str | float | None) -> float | None:
+    if value is None:
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def _strict(value: Any) -> Any:
+    """NaN and infinities, anywhere in it (a last batch's figures), as null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict(v) for v in value]
+    return value
 
 
 def _state_status(state: ModelState) -> dict[str, Any]:
@@ -415,8 +442,8 @@ def _state_status(state: ModelState) -> dict[str, Any]:
         "users": meta.users,
         "items": meta.items,
         "interactions": int(status.get("interactions", 0)),
-        "residual": float(status["residual"]) if "residual" in status else None,
-        "loss": float(status["loss"]) if "loss" in status else None,
+        "residual": _finite(status.get("residual")),
+        "loss": _finite(status.get("loss")),
         "last_batch": json.loads(status["last_batch"]) if "last_batch" in status else None,
         "updated_at": float(status["updated_at"]) if "updated_at" in status else None,
         "shards": meta.shards,
@@ -460,7 +487,7 @@ def _lag(settings: Settings) -> dict[str, Any]:
             _, high = consumer.get_watermark_offsets(tp, timeout=10)
             done = tp.offset if tp.offset >= 0 else 0
             lag[f"{tp.topic}:{tp.partition}"] = {
-                "committed": tp.offset,
+                "committed": tp.offset if tp.offset >= 0 else None,  # None: nothing committed
                 "end": high,
                 "lag": max(high - done, 0),
             }
@@ -473,9 +500,9 @@ def run_recommend(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise InputError("command line", "-n must be >= 1")
     state = connect(settings_from(args))
-    top = recommend(state, args.user, args.n)
-    if top is None:
-        raise InputError("command line", f"user {args.user!r} is not in the model")
-    for rank, entry in enumerate(top, start=1):
+    answer = recommend(state, args.user, args.n, include_deleted=args.include_deleted)
+    if answer.why:  # nothing to show, and the reason: an empty list is the answer
+        print(f"unlearn: {answer.why}", file=sys.stderr)
+    for rank, entry in enumerate(answer.items, start=1):
         print(f"{rank:>3}  {entry.item}\t{entry.score:.4f}")
     return 0

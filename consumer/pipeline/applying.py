@@ -85,6 +85,12 @@ class Applier:
             return call()
 
         try:
-            return retry(attempt, TRANSIENT, self.budget_s, lambda exc, n: self.on_retry(operation))
+            return retry(
+                attempt, TRANSIENT, self.budget_s, lambda exc, n: self.on_retry(operation),
+                what=f"Redis {self.engine.state.server}, {operation}",
+            )  # fmt: skip
         except RetriesExhausted as exc:
-            raise Unavailable(f"Redis unavailable for too long: {exc}") from exc
+            raise Unavailable(
+                f"Redis {self.engine.state.server} unavailable for longer than "
+                f"redis_retry_budget_s ({self.budget_s:g} s): {exc}"
+            ) from exc

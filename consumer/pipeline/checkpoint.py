@@ -27,7 +27,8 @@ from consumer.events import Partition
 
 log = logging.getLogger("unlearn.checkpoint")
 
-Record = tuple[str, bytes | str | None, bytes | str, list[tuple[str, bytes]] | None]
+# topic, key, value (None: a tombstone, as a dead letter of one keeps it), headers
+Record = tuple[str, bytes | str | None, bytes | str | None, list[tuple[str, bytes]] | None]
 # (topic, key, value, headers)
 
 

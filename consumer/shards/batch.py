@@ -546,9 +546,9 @@ def _merge(row: np.ndarray, events: list[tuple[int, float, float]], kind: str) -
     """Events (other index, weight, time) into a stored row (unlearn_core.rows)."""
     other = np.fromiter((e[0] for e in events), np.int64, len(events))
     weight = np.fromiter((e[1] for e in events), np.float64, len(events))
-    ts = np.clip(np.fromiter((e[2] for e in events), np.float64, len(events)), 0, 2**32 - 1)
+    ts = np.maximum(np.fromiter((e[2] for e in events), np.float64, len(events)), 0.0)
     keys, merged_weight, merged_ts = merge_events(
-        row["other"], row["weight"], row["ts"], other, weight, ts.astype(np.int64),
+        row["other"], row["weight"], row["ts"], other, weight, ts,
         kind,  # type: ignore[arg-type]
     )  # fmt: skip
     out = np.empty(len(keys), dtype=ROW_DTYPE)

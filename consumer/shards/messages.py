@@ -31,7 +31,7 @@ class Raw:
     """A Kafka message as it arrived."""
 
     key: bytes | None
-    value: bytes
+    value: bytes | None  # None: a Kafka tombstone (a null value), kept as it came
     headers: Headers | None = None
 
 
@@ -133,9 +133,7 @@ def _decode(raw: dict[str, Any]) -> Message:
         message = None
         if "x" in raw:
             key, value, headers = raw["x"]
-            message = Raw(
-                _bytes(key), _bytes(value) or b"", [(k, _bytes(v) or b"") for k, v in headers]
-            )
+            message = Raw(_bytes(key), _bytes(value), [(k, _bytes(v) or b"") for k, v in headers])
         return Routed(event, raw["ui"], raw["ii"], message, bool(raw.get("ra")))
     if kind == "s":
         return Solve(tuple(raw["items"]), _unwaiter(raw["w"]))

@@ -62,6 +62,13 @@ def load(
     state.set_counts(len(model.user_ids), len(model.item_ids))
 
 
+def stored_times(timestamps: np.ndarray) -> np.ndarray:
+    """Times as the state keeps them: seconds to the millisecond, none before 1970 (a row
+    without a time keeps 0, which every deletion of its scope covers)."""
+    seconds = np.maximum(np.nan_to_num(np.asarray(timestamps, dtype=np.float64)), 0.0)
+    return np.floor(seconds * 1000.0) / 1000.0
+
+
 def write_shards(
     state: ModelState,
     model: FactorModel,
@@ -73,7 +80,7 @@ def write_shards(
     """Every shard's factors, user rows, item slices, interactions count and share of the
     objective, unfenced: into a namespace no owner writes yet (a fresh load, or the keys
     a swap stages beside the live model)."""
-    stamps = np.clip(np.asarray(timestamps, dtype=np.float64), 0, 2**32 - 1)
+    stamps = stored_times(timestamps)
     by_user = data.by_user
     factors = {"user": model.user_factors, "item": model.item_factors}
     shares = objective_shares(model, data, shards)

@@ -27,7 +27,7 @@ def subject_record(state: ModelState, side: str, subject: str) -> dict[str, Any]
         (row,) = state.read_rows(side, np.array([index]), meta.shards)
         ids = state.ids_of(other, row["other"].tolist())
         out["interactions"] = [
-            {other: i, "weight": float(w), "ts": int(t) or None}
+            {other: i, "weight": float(w), "ts": float(t) or None}
             for i, w, t in zip(ids, row["weight"].tolist(), row["ts"].tolist(), strict=True)
         ]
     out["tombstones"] = _tombstones(state, side, index, meta.shards)

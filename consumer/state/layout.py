@@ -61,10 +61,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# One interaction as stored: the other side's index, the weight, the event time (seconds).
-ROW_DTYPE = np.dtype([("other", "<u4"), ("weight", "<f4"), ("ts", "<u4")])
+# One interaction as stored: the other side's index, the weight, the event time (seconds
+# since the epoch, to the millisecond: the time rule compares it with deletions' times).
+ROW_DTYPE = np.dtype([("other", "<u4"), ("weight", "<f4"), ("ts", "<f8")])
 FACTOR_DTYPE = np.dtype("<f4")
-FORMAT_VERSION = 2
+# 3: times to the millisecond (16-byte records; 2 kept whole seconds in 12 bytes).
+FORMAT_VERSION = 3
 # The prefix of a shard's keys while `unlearn load --swap` builds a new model beside the
 # live one (same hash tag, same slot): promotion renames the model's keys in one script.
 STAGED = "next:"

@@ -26,7 +26,14 @@ import numpy as np
 import redis
 
 from consumer.pipeline.positions import MARKS_KEPT, Marks
-from consumer.state.layout import FACTOR_DTYPE, FORMAT_VERSION, ROW_DTYPE, Layout, ShardKeys
+from consumer.state.layout import (
+    FACTOR_DTYPE,
+    FORMAT_VERSION,
+    ROW_DTYPE,
+    Layout,
+    ShardKeys,
+    shard_of,
+)
 from unlearn_core.params import Hyperparameters
 
 SIDES = ("user", "item")
@@ -297,6 +304,16 @@ class ModelState:
         self.bell_seen: int | None = None
         self.bell_heard = False  # someone else rang since `bell_rang` last said so
 
+    @property
+    def server(self) -> str:
+        """Which Redis this is, for log lines (host and port, never a password)."""
+        if isinstance(self.client, redis.RedisCluster):
+            nodes = self.client.get_nodes()[:3]
+            return "cluster " + ",".join(f"{n.host}:{n.port}" for n in nodes)
+        kwargs = self.client.connection_pool.connection_kwargs
+        where = kwargs.get("path") or f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
+        return f"{where}/{kwargs.get('db', 0)}"
+
     # ----- metadata and ids -------------------------------------------------------------
 
     def exists(self) -> bool:
@@ -519,6 +536,22 @@ class ModelState:
                 {n: float(v) for n, v in zip(names, values, strict=True) if v is not None}
             )
         return found
+
+    def deleted_items_of(self, user: int) -> np.ndarray:
+        """The items of this user's pair deletions (their tombstones, in the user's shard)."""
+        key = self.layout.shard(shard_of(user, self.meta().shards)).tombstones
+        prefix = f"p:{user}:"
+        found = [
+            int(field.decode()[len(prefix) :])
+            for field, _ in self.client.hscan_iter(key, match=f"{prefix}*", count=1000)
+        ]
+        return np.array(sorted(found), dtype=np.int64)
+
+    def user_erased_at(self, user: int) -> float | None:
+        """The time of this user's whole-history deletion, if any."""
+        key = self.layout.shard(shard_of(user, self.meta().shards)).tombstones
+        value = self.client.hget(key, f"u:{user}")
+        return float(value) if value is not None else None
 
     def read_receipt(self, shard: int, key: str) -> str | None:
         value = self.client.hget(self.layout.shard(shard).receipts, key)
@@ -888,7 +921,7 @@ class ModelState:
         return sum(int(v or 0) for v in pipe.execute()) if keys else 0
 
     def count_interactions(self) -> int:
-        """Stored interactions, counted from the user rows (12 bytes per record)."""
+        """Stored interactions, counted from the user rows (ROW_DTYPE records)."""
         meta = self.meta()
         total = 0
         for shard in range(meta.shards):

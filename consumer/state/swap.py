@@ -36,7 +36,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import redis
 
-from consumer.state.bootstrap import objective_shares, pair_timestamps, user_row, write_shards
+from consumer.state.bootstrap import (
+    objective_shares,
+    pair_timestamps,
+    stored_times,
+    user_row,
+    write_shards,
+)
 from consumer.state.history import covered_entries
 from consumer.state.layout import ROW_DTYPE, STAGED, shard_of
 from consumer.state.store import ModelState, ShardWrite, StateError
@@ -349,7 +355,7 @@ class Swap:
         users' rows, the touched items' slices in every shard, each shard's status."""
         shards = self.meta.shards
         writes: dict[int, ShardWrite] = defaultdict(ShardWrite)
-        by_user, stamps = green.data.by_user, np.clip(green.stamps, 0, 2**32 - 1)
+        by_user, stamps = green.data.by_user, stored_times(green.stamps)
         for side, rows, factors in (("user", users, green.model.user_factors),
                                     ("item", items, green.model.item_factors)):  # fmt: skip
             for n in rows.tolist():

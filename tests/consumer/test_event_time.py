@@ -38,7 +38,8 @@ def test_a_plausible_time_in_any_unit_is_read_back(true):
     for scale, unit in ((1, None), (1e3, "milliseconds"), (1e6, "microseconds")):
         time = event_time(true * scale, ARRIVAL, SKEW)
         assert time.adjustment == unit
-        assert time.seconds == pytest.approx(true, rel=1e-12, abs=1e-6)
+        # Kept to the millisecond, down: never later than the time given.
+        assert true - 1e-3 - 1e-6 <= time.seconds <= true + 1e-6
 
 
 def test_what_cannot_be_a_time_counts_at_arrival():

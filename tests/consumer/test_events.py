@@ -90,14 +90,26 @@ def test_a_deletion_is_never_dead_lettered_for_a_harmless_form(value, scope, req
     assert (event.scope, event.request_id, event.ts_adjusted) == (scope, request_id, adjusted)
     assert event.ts <= event.received == NOW
     if adjusted in ("missing", "unreadable", "future", "negative"):
-        assert event.ts == NOW  # counts as "now": it covers everything received before
+        # counts as its message's own timestamp: it covers everything sent before it
+        assert event.ts == NOW - 5
 
 
-def test_a_deletion_without_a_time_covers_everything_up_to_its_arrival():
-    # The message's own timestamp is not its scope's bound: "now" is.
-    event = parse("deletions", b'{"user": "1"}', message_ts=NOW - 60)
-    assert isinstance(event, Deletion)
-    assert (event.ts, event.requested_at) == (NOW, NOW - 60)
+def test_a_deletion_without_a_time_takes_its_messages_timestamp_on_every_replay():
+    first = parse_deletion(b'{"user": "1"}', SRC, NOW - 60, received=NOW)
+    replayed = parse_deletion(b'{"user": "1"}', SRC, NOW - 60, received=NOW + 600)
+    assert isinstance(first, Deletion) and isinstance(replayed, Deletion)
+    assert (first.ts, first.ts_adjusted, first.requested_at) == (NOW - 60, "missing", NOW - 60)
+    assert replayed.ts == first.ts  # read ten minutes later: the same time, the same effect
+
+
+def test_a_deletion_without_any_time_counts_at_its_arrival():
+    event = parse_deletion(b'{"user": "1"}', SRC, None, received=NOW)
+    assert isinstance(event, Deletion) and (event.ts, event.ts_adjusted) == (NOW, "missing")
+
+
+def test_times_are_kept_to_the_millisecond_down():
+    event = parse_deletion(b'{"user": "1", "ts": 1796157000.12345}', SRC, NOW, received=NOW)
+    assert isinstance(event, Deletion) and event.ts == 1796157000.123
 
 
 def test_explicit_ratings_must_be_non_zero():

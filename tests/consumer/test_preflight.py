@@ -59,9 +59,19 @@ def test_missing_topics_are_waited_for_and_seen_within_seconds(kafka_bootstrap, 
     later = threading.Timer(3.0, create_topics, (kafka_bootstrap, topics_of(settings)[:2]))
     later.start()
     started = time.monotonic()
+    health = Health(60.0, lambda: True)
+    health.assigned = 1
+    said: list[str] = []
+
+    def waiting(what: str) -> None:  # what /readyz says meanwhile
+        health.waiting = what
+        said.append(health.ready()[1])
+
     with caplog.at_level(logging.INFO, logger="unlearn.preflight"):
-        check_kafka(settings)
+        check_kafka(settings, waiting=waiting)
     assert time.monotonic() - started < 20  # re-checked every 5 s, not every 5 minutes
+    assert said[-1].startswith("starting: topics to exist: ")
+    assert settings.topic_interactions in said[-1] and "batch" not in said[-1]
     (missing,) = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert settings.topic_interactions in missing.getMessage()
     assert "UNLEARN_CREATE_TOPICS" in missing.getMessage()

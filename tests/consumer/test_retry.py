@@ -65,3 +65,15 @@ def test_other_errors_propagate_at_once():
     with pytest.raises(redis.ResponseError):
         retry(attempt, TRANSIENT_REDIS, budget_s=30, sleep=fake.sleep, clock=fake.clock)
     assert calls["n"] == 1 and not fake.sleeps
+
+
+def test_each_retry_names_the_server_and_the_budget_left(caplog):
+    fake = FakeTime()
+    attempt, _ = flaky(2, redis.ConnectionError("Connection refused"))
+    with caplog.at_level("WARNING", logger="unlearn.retry"):
+        retry(attempt, TRANSIENT_REDIS, budget_s=300, sleep=fake.sleep, clock=fake.clock,
+              what="Redis cache:6379/0, batch")  # fmt: skip
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2
+    assert lines[0].startswith("Redis cache:6379/0, batch: transient failure (ConnectionError")
+    assert "giving up in 300 s of the 300 s budget" in lines[0]

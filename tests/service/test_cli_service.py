@@ -125,8 +125,13 @@ def test_load_status_run_audit_export(setup, tmp_path, capsys, monkeypatch):
     shown = {line.split("\t")[0].strip().split(" ", 1)[1].strip() for line in lines}
     assert all(item.startswith("item ") for item in shown)
     assert not owned & shown  # nothing the user already has
-    assert main(["recommend", "--user", "nobody", *flags(setup)]) == 2
-    assert "not in the model" in capsys.readouterr().err
+    # An unknown user, and one erased whole: an empty list, and why.
+    assert main(["recommend", "--user", "nobody", *flags(setup)]) == 0
+    answer = capsys.readouterr()
+    assert answer.out == "" and "not in the model" in answer.err
+    assert main(["recommend", "--user", "user-2", *flags(setup)]) == 0
+    answer = capsys.readouterr()
+    assert answer.out == "" and "was erased" in answer.err
 
     assert main(["export", "--out", str(out_path), *flags(setup)]) == 0
     before, after = load_model(model_path), load_model(out_path)
