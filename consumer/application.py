@@ -550,7 +550,7 @@ class Application:
         if gone:
             self._own(self.source.held(self.settings.topic_deletions) - gone)
             # Held receipts of shards that went are sent by their next owner.
-            self._held = [r for r in self._held if self.engine.holds_unsent(r.source)]
+            self._held = [r for r in self._held if self.engine.holds_unsent(r.key_in_trail)]
 
     # ----- what goes wrong ------------------------------------------------------------
 

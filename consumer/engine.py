@@ -19,6 +19,7 @@ engine that owns every shard completes most requests in the step that reads them
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -254,7 +255,7 @@ class Engine:
             self._asked_checked = float("-inf")
             for text in self.state.read_unsent(shard):
                 receipt = Receipt.from_json(text)
-                self._unsent[receipt.source] = shard
+                self._unsent[receipt.key_in_trail] = shard
                 self._resend.append(receipt.again())
         self._read_ledgers(new)
 
@@ -302,8 +303,17 @@ class Engine:
     def _store_requests(
         self, requests: dict[int, dict[str, Request]], writes: dict[int, ShardWrite]
     ) -> dict[str, tuple[int, Receipt]]:
-        """Add each request to its shard's write: a receipt when every part is done."""
+        """Add each request to its shard's write: a receipt when every part is done. The
+        audit trail is append-only: a request whose receipt the trail holds already (the
+        state lost its effect but not its record: a reload that kept the history) is
+        recorded beside it, marked reapplied, never over it."""
         stored = {}
+        done = {
+            shard: [s for s, r in mine.items()
+                    if r.complete() and r.deletion.source.topic != RETENTION_TOPIC]
+            for shard, mine in requests.items()
+        }  # fmt: skip
+        recorded = self.state.receipts_recorded(done)
         for shard, mine in requests.items():
             write = writes.setdefault(shard, ShardWrite())
             for source, request in mine.items():
@@ -313,9 +323,15 @@ class Engine:
                     write.pending[source] = None
                     self._expired[shard] = self._expired.get(shard, 0) + request.removed
                 elif request.complete():
+                    if source in recorded.get(shard, ()):
+                        request.reapplied = True
                     receipt = self._receipt(request)
-                    write.receipts[source] = receipt.to_json()
-                    write.unsent.append(source)
+                    if source in recorded.get(shard, ()):
+                        receipt = dataclasses.replace(
+                            receipt, record=f"{source}@{int(receipt.applied_at * 1000)}"
+                        )
+                    write.receipts[receipt.key_in_trail] = receipt.to_json()
+                    write.unsent.append(receipt.key_in_trail)
                     write.pending[source] = None
                     stored[source] = (shard, receipt)
                 else:
@@ -706,9 +722,9 @@ class Engine:
         self._after_commit(batch, work, writes, written, requests)
         self._durable_rows(batch, written, out)
         out.receipts += [r for s, (shard, r) in stored.items() if shard in written]
-        for source, (shard, _) in stored.items():
+        for _, (shard, receipt) in stored.items():
             if shard in written:
-                self._unsent[source] = shard
+                self._unsent[receipt.key_in_trail] = shard
         _count_expired(out, expired, written)
         # Round 2: parts that became durable in round 1 in another shard than their
         # request's; a request of this owner's that they complete is answered now.
@@ -758,9 +774,9 @@ class Engine:
                         owned.pending[source] = request
             out.receipts += [r for s, (shard, r) in stored2.items() if shard in written2]
             _count_expired(out, expired, written2)
-            for source, (shard, _) in stored2.items():
+            for _, (shard, receipt) in stored2.items():
                 if shard in written2:
-                    self._unsent[source] = shard
+                    self._unsent[receipt.key_in_trail] = shard
         if lost:
             self._lose(lost)
             out.lost |= lost
@@ -960,9 +976,9 @@ class Engine:
         """The broker acknowledged these receipts: they need not be sent again."""
         by_shard: dict[int, list[str]] = defaultdict(list)
         for receipt in receipts:
-            shard = self._unsent.pop(receipt.source, None)
+            shard = self._unsent.pop(receipt.key_in_trail, None)
             if shard is not None:
-                by_shard[shard].append(receipt.source)
+                by_shard[shard].append(receipt.key_in_trail)
         if by_shard:
             self.state.sent(by_shard)
 

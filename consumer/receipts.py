@@ -42,6 +42,13 @@ class Receipt:
     # read the factors topic up to these generations of those shards shows the effect.
     # The receipt is published only after those factors are.
     generations: tuple[tuple[str, int], ...] = ()
+    # The audit trail's key of this record when it is not `source`: a request applied
+    # again is recorded beside its first receipt ("source@applied_ms"), never over it.
+    record: str | None = None
+
+    @property
+    def key_in_trail(self) -> str:
+        return self.record or self.source
 
     def to_json(self) -> str:
         body = dataclasses.asdict(self)
@@ -51,6 +58,8 @@ class Receipt:
             for name, at in self.parts
         ]
         del body["generations"]
+        if body["record"] is None:
+            del body["record"]
         return json.dumps(body)
 
     @classmethod

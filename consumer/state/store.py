@@ -537,6 +537,19 @@ class ModelState:
             )
         return found
 
+    def receipts_recorded(self, sources: Mapping[int, list[str]]) -> dict[int, set[str]]:
+        """shard -> which of these requests' receipts its audit trail holds already."""
+        order = [(s, keys) for s, keys in sources.items() if keys]
+        if not order:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        for shard, keys in order:
+            pipe.hmget(self.layout.shard(shard).receipts, keys)
+        return {
+            shard: {k for k, v in zip(keys, values, strict=True) if v is not None}
+            for (shard, keys), values in zip(order, pipe.execute(), strict=True)
+        }
+
     def deleted_items_of(self, user: int) -> np.ndarray:
         """The items of this user's pair deletions (their tombstones, in the user's shard)."""
         key = self.layout.shard(shard_of(user, self.meta().shards)).tombstones
