@@ -22,9 +22,12 @@ and closes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import os
 import signal
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -121,6 +124,7 @@ class Application:
         self.on_batch = on_batch
         self.stats = Stats()
         self._stopping = False
+        self.instance = f"{settings.instance_id}:{os.getpid()}"  # its name among the writers
         self.source = Source(settings, engine.state, self.metrics, self.health)
         self.observer = Observer(self.metrics, self.source.kinds)
         self.batching = BatchPolicy(settings.batch_max_events, settings.batch_max_ms)
@@ -197,6 +201,7 @@ class Application:
         signal.signal(signal.SIGINT, self.request_stop)
 
     def run(self, max_seconds: float | None = None) -> None:
+        self._beat()
         self.source.subscribe(revoking=self._revoking, assigned=self._assigned)
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
         try:
@@ -213,6 +218,8 @@ class Application:
         finally:
             self.source.close()
             self.producer.flush(10)
+            with contextlib.suppress(*TRANSIENT):  # gone from the namespace's writers
+                self.engine.state.leave(self.instance)
 
     # ----- the loop -------------------------------------------------------------------
 
@@ -597,6 +604,7 @@ class Application:
             return
         self._state_checked = now
         self.consolidating.check_request()
+        self._beat()
         try:
             self.engine.check_not_behind()
             if self.engine.state.bell_rang():  # another writer: catch up with its commits
@@ -605,6 +613,17 @@ class Application:
             self._heal_rollback(exc)
         except TRANSIENT as exc:  # Redis away: the next batch waits it out
             log.info("state check skipped: %s", type(exc).__name__)
+
+    def _beat(self) -> None:
+        """This instance is alive on the namespace: `unlearn load` will not rewrite it."""
+        try:
+            self.engine.state.beat(self.instance, {
+                "instance": self.settings.instance_id, "host": socket.gethostname(),
+                "pid": os.getpid(), "load": self.engine.meta.load,
+                "shards": sorted(self.engine.owned),
+            })  # fmt: skip
+        except TRANSIENT as exc:
+            log.info("heartbeat not written: %s", type(exc).__name__)
 
     def _check_topics(self) -> None:
         """Now and then: was an input topic deleted and created again under us? What was

@@ -52,7 +52,14 @@ from consumer.shards.messages import (
 )
 from consumer.shards.replica import Replica
 from consumer.shards.requests import Request, item_part, part_shard
-from consumer.state.store import SIDES, ModelState, ShardLost, ShardWrite, StateError
+from consumer.state.store import (
+    SIDES,
+    ModelState,
+    NamespaceReplaced,
+    ShardLost,
+    ShardWrite,
+    StateError,
+)
 from unlearn_core.convergence import relative_change
 from unlearn_core.model import pair_scores
 
@@ -175,6 +182,7 @@ class Engine:
         self.solve_threads = solve_threads  # BLAS stays at one thread per call
         self.holder = holder
         self.part_retry_s = part_retry_s
+        state.load_id()  # an older namespace gets its load's id now, before it is compared
         self.meta = state.meta()
         self.params = self.meta.params
         self.shards = self.meta.shards
@@ -444,7 +452,9 @@ class Engine:
     def check_not_behind(self) -> dict[str, int]:
         """The state's applied offsets; StateRolledBack when they are older than this
         engine's own commits (Redis restored from an older snapshot, a lossy failover)."""
-        applied = self.state.read_applied()
+        applied, load = self.state.read_applied_and_load()
+        if load != self.meta.load:
+            self._replaced(self._current_meta())
         behind = {
             key: (applied.get(key, -1), offset)
             for key, offset in self.committed.items()
@@ -543,8 +553,10 @@ class Engine:
 
     def _refresh(self) -> None:
         """Catch up with what other owners committed; notice a state that went back."""
+        meta = self._current_meta()  # first: another model's factors are not read as ours
+        if (meta.load, meta.params, meta.shards) != (self.meta.load, self.params, self.shards):
+            self._replaced(meta)
         now = self.replica.refresh(skip=self.owned)
-        meta = self.state.meta()
         self.replica.grow("user", meta.users)
         self.replica.grow("item", meta.items)
         behind = {
@@ -568,6 +580,28 @@ class Engine:
         if moved:
             self._read_ledgers(moved)
         self._seen_at = dict(now)
+
+    def _current_meta(self):
+        """The namespace's metadata now; a namespace gone or half-written under a running
+        service is being replaced."""
+        try:
+            return self.state.meta()
+        except NamespaceReplaced:
+            raise
+        except StateError as exc:
+            raise NamespaceReplaced(
+                f"namespace {self.state.layout.namespace!r} was removed or is being replaced "
+                f"under this service ({exc}): it stopped without applying anything more; "
+                "start it again once the load is done"
+            ) from None
+
+    def _replaced(self, meta) -> None:
+        raise NamespaceReplaced(
+            f"namespace {self.state.layout.namespace!r} was replaced under this service "
+            f"(load {self.meta.load} -> {meta.load}, rank {self.params.factors} -> "
+            f"{meta.params.factors}, {self.shards} -> {meta.shards} shards): it stopped "
+            "without applying anything to the new model; start it again"
+        )
 
     def _classify(
         self, entries: dict[int, list[tuple[str, bytes]]], out: BatchOutcome, max_events: int

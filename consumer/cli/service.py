@@ -98,6 +98,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="load only into a namespace that holds no model; otherwise do nothing, exit 0 "
         "(for install and upgrade hooks)",
     )
+    load_cmd.add_argument(
+        "--force",
+        action="store_true",
+        help="rewrite the namespace even while services are alive on it (their heartbeats "
+        "are younger than 20 s); they stop when they see it replaced",
+    )
     settings_flags(load_cmd)
     load_cmd.set_defaults(handler=run_load)
 
@@ -214,6 +220,31 @@ def _cluster_enabled(client: redis.Redis) -> bool:
         return False
 
 
+# A service writes its heartbeat every few seconds (Application._beat); one seen this
+# recently is alive.
+ALIVE_S = 20.0
+
+
+def _refuse_under_writers(state: ModelState, settings: Settings, force: bool) -> None:
+    """A namespace is rewritten only while no service writes it (`--force`: whoever knows
+    better, e.g. a service that was killed a moment ago)."""
+    alive = state.live_instances(ALIVE_S)
+    if not alive or force:
+        return
+    named = ", ".join(
+        f"{name} (host {info.get('host')}, pid {info.get('pid')}, seen "
+        f"{time.time() - float(info['beat_at']):.0f} s ago)"
+        for name, info in sorted(alive.items())
+    )
+    raise InputError(
+        "redis",
+        f"namespace {settings.namespace!r} is being written by {len(alive)} running "
+        f"instance(s): {named}. Stop them first (SIGTERM; on Kubernetes scale the deployment "
+        "to 0), or put a retrained model in while they run with --swap; --force rewrites "
+        "it anyway",
+    )
+
+
 def run_load(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     if args.swap:
@@ -248,6 +279,7 @@ def run_load(args: argparse.Namespace) -> int:
     if args.swap and state.exists():  # into an empty namespace a swap is a plain load
         print(json.dumps(swap_model(state, model, data, stamps, trained_at, args.hold)))
         return 0
+    _refuse_under_writers(state, settings, args.force)
     started = time.perf_counter()
     history = DeletionHistory()
     saved = None
@@ -451,6 +483,7 @@ def _state_status(state: ModelState) -> dict[str, Any]:
         "applied_offsets": state.read_applied(),
         "generation": state.generation(),  # commits of the shards, summed
         "owners": _owners(state, meta.shards),
+        "instances": state.live_instances(ALIVE_S),  # the services alive on it
     }
 
 

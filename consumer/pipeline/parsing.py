@@ -32,10 +32,10 @@ _ADJUSTED = {
     "milliseconds": "were read as milliseconds",
     "microseconds": "were read as microseconds",
     "nanoseconds": "were read as nanoseconds",
-    "future": "lay beyond the clock skew and count at their arrival",
-    "negative": "were negative and count at their arrival",
-    "unreadable": "were unreadable and count at their arrival",
-    "missing": "were missing and count at their arrival",
+    "future": "lay beyond the clock skew and count at their message's timestamp",
+    "negative": "were negative and count at their message's timestamp",
+    "unreadable": "were unreadable and count at their message's timestamp",
+    "missing": "were missing and count at their message's timestamp",
 }
 
 

@@ -50,6 +50,8 @@ global ({unlearn:NS}):
                  (a re-created topic starts a new one; its keys read "topic#N:partition")
   :redriven HASH  dead letter "topic:partition:offset" -> when `unlearn redrive` sent it back
   :consolidate STRING  the last `unlearn consolidate` request (JSON: id, sweeps, at)
+  :instances HASH  instance -> heartbeat (JSON: host, pid, load, beat_at): the services alive
+                   on the namespace; `unlearn load` refuses to rewrite it while any is
   :bell    STRING  counter rung by every write to the namespace; an idle instance reads it
                    alone, and its inboxes and other shards only when it moved
 """
@@ -109,6 +111,11 @@ class Layout:
     def consolidate(self) -> str:
         """The last `unlearn consolidate` request: JSON {id, sweeps, at}."""
         return f"{self._global}:consolidate"
+
+    @property
+    def instances(self) -> str:
+        """instance -> its heartbeat (JSON): the services alive on the namespace."""
+        return f"{self._global}:instances"
 
     @property
     def bell(self) -> str:

@@ -191,6 +191,12 @@ class StateError(RuntimeError):
     """The namespace is missing, or holds something this version cannot read."""
 
 
+class NamespaceReplaced(StateError):
+    """The namespace holds another model than the one this engine was started on (a
+    `load --replace --force` under a running service): it stops rather than apply input
+    to a model it never read."""
+
+
 class ShardLost(RuntimeError):
     """Another instance took these shards since this one did: nothing of the batch was
     written to them. The work stays in their inboxes for the new owner."""
@@ -206,6 +212,7 @@ class Meta:
     shards: int
     users: int
     items: int
+    load: str | None = None  # the load's id (a new one with every `unlearn load`)
 
     def count(self, side: str) -> int:
         return self.users if side == "user" else self.items
@@ -345,7 +352,9 @@ class ModelState:
             regularization=float(raw["regularization"]),
             alpha=float(raw["alpha"]),
         )
-        return Meta(params, int(raw["shards"]), int(raw["users"]), int(raw["items"]))
+        return Meta(
+            params, int(raw["shards"]), int(raw["users"]), int(raw["items"]), raw.get("load")
+        )
 
     def log_salt(self) -> bytes:
         """The namespace's key for naming subjects in logs (redaction.py), made once."""
@@ -446,6 +455,12 @@ class ModelState:
         out = np.zeros((len(indices), k), dtype=np.float32)
         for n, value in enumerate(values):
             if value:
+                if len(value) != k * FACTOR_DTYPE.itemsize:
+                    raise NamespaceReplaced(
+                        f"namespace {self.layout.namespace!r} holds factors of rank "
+                        f"{len(value) // FACTOR_DTYPE.itemsize} where this reader expects {k}: "
+                        "it was replaced by another model; start again"
+                    )
                 out[n] = np.frombuffer(value, dtype=FACTOR_DTYPE)
         return out
 
@@ -488,7 +503,15 @@ class ModelState:
     @_timed("read_applied")
     def read_applied(self) -> dict[str, int]:
         """ "topic:partition" -> the last offset taken into the state."""
-        return {k.decode(): int(v) for k, v in self.client.hgetall(self.layout.applied).items()}
+        return self.read_applied_and_load()[0]
+
+    def read_applied_and_load(self) -> tuple[dict[str, int], str | None]:
+        """The applied offsets, and the id of the load they belong to (one round trip)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(self.layout.applied)
+        pipe.hget(self.layout.meta, "load")
+        applied, load = pipe.execute()
+        return {k.decode(): int(v) for k, v in applied.items()}, _text(load)
 
     def read_marks(self, keys: list[str]) -> dict[str, Marks]:
         """The recorded fingerprints of these partition keys (absent: none yet)."""
@@ -723,6 +746,27 @@ class ModelState:
         out = {}
         for (shard, _), entries in zip(order, pipe.execute(), strict=True):
             out[shard] = [(entry_id.decode(), body[b"m"]) for entry_id, body in entries]
+        return out
+
+    # ----- who writes: the instances alive on the namespace -----------------------------------
+
+    def beat(self, instance: str, info: Mapping[str, Any]) -> None:
+        """This instance is alive and serving the namespace (every few seconds)."""
+        self.client.hset(
+            self.layout.instances, instance, json.dumps({**info, "beat_at": time.time()})
+        )
+
+    def leave(self, instance: str) -> None:
+        self.client.hdel(self.layout.instances, instance)
+
+    def live_instances(self, within_s: float) -> dict[str, dict[str, Any]]:
+        """Instances whose heartbeat is at most `within_s` old: who is writing now."""
+        now = time.time()
+        out = {}
+        for name, value in self.client.hgetall(self.layout.instances).items():
+            info = json.loads(value)
+            if now - float(info.get("beat_at", 0.0)) <= within_s:
+                out[name.decode()] = info
         return out
 
     def read_consolidation_request(self) -> str | None:

@@ -90,7 +90,9 @@ def test_dashboard_shows_what_operators_need():
         "unlearn_forget_latency_seconds_bucket",
         "unlearn_consumer_lag",
         "unlearn_model_residual",
-        "unlearn_sweep_loss",
+        "unlearn_batch_loss",  # the objective
+        "unlearn_consolidation_rows_solved_total",  # forgetting cycles at work, or at rest
+        "unlearn_consolidation_reach",
         "unlearn_events_dead_lettered_total",
         "unlearn_batch_phase_seconds_bucket",
     ):
