@@ -45,6 +45,13 @@ def swap_model(
         "trained_at": green.trained_at,
         "dropped_as_forgotten": green.dropped,
         "carried_over": green.carried,
+        # arrived after the snapshot with an event time before --trained-at: kept
+        "carried_over_older": green.carried_older,
+        # every interaction the live model held at the promotion is one of these three
+        "live_interactions": green.live,
+        "live_in_new_data": green.in_both,
+        "live_newer_than_new_data": green.live_newer,
+        "live_older_not_in_new_data": green.live_older,
         "reconcile_rounds": green.rounds,
         "held_seconds": round(green.held_s, 3),
         "generations": {str(s): g for s, g in sorted(green.generations.items())},

@@ -7,10 +7,12 @@ The running service keeps applying deletions to the live (blue) model while the 
    get new ones), so tombstones, receipts, pending requests and inbox entries keep naming
    the same rows: they are never copied and never swapped, and the audit trail stays one.
 2. reconcile, repeated while the service runs: every interaction of green that a live
-   tombstone covers is dropped; every interaction the live model learned after the
-   snapshot (`--trained-at`) that green lacks is carried over; the rows either touched are
-   re-solved exactly (Unlearn-ALS's touched step) and only they are staged again. The
-   first pass does the bulk, later ones what arrived since.
+   tombstone covers is dropped; every interaction the live model holds that green lacks
+   is carried over (learned after the snapshot, `--trained-at`; or older but arrived after
+   it was taken, counted apart): nothing the live model holds is lost, and the report
+   accounts for all of it (live = in both + carried over + carried over older). The rows
+   either touched are re-solved exactly (Unlearn-ALS's touched step) and only they are
+   staged again. The first pass does the bulk, later ones what arrived since.
 3. hold: the loader draws every shard's fence token (owner "swap:<deadline>"); from then on
    the service's writes are refused and its work waits in the inboxes. A last reconcile
    takes what the live model did before the hold.
@@ -123,6 +125,17 @@ class Green:
     trained_at: float
     dropped: int = 0  # interactions of the new data the deletion history had forgotten
     carried: int = 0  # interactions the live model learned after the snapshot
+    # ... and those it holds that the new data lacks although they are older than the
+    # snapshot (they arrived after it was taken, or it left them out): kept all the same
+    carried_older: int = 0
+    # What the live model held at the promotion, split by where green has it from: the new
+    # data (in_both), or carried over (newer than the snapshot, or older): every one of
+    # them is one of these, live = in_both + live_newer + live_older
+    live: int = 0
+    in_both: int = 0
+    live_newer: int = 0
+    live_older: int = 0
+    snapshot_keys: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     rounds: int = 0
     staged: bool = False
     held_s: float = 0.0
@@ -177,7 +190,9 @@ class Swap:
         times = np.minimum(times, trained_at)  # a snapshot holds nothing newer
         moved_stamps = pair_timestamps(moved, new_users, new_items, times, model.params.kind)
         self._clear_staged()
-        return Green(live, moved, moved_stamps, float(trained_at))
+        green = Green(live, moved, moved_stamps, float(trained_at))
+        green.snapshot_keys = moved.entry_keys.copy()  # sorted: what the new data holds
+        return green
 
     def reconcile(self, green: Green) -> int:
         """Bring green up to the live deletion history and carry over what the live model
@@ -210,7 +225,9 @@ class Swap:
         touched_items = np.unique(np.concatenate([columns[covered], carry_items]))
         green.model, green.data, green.stamps = model, data, times
         green.dropped += removed
-        green.carried += len(carry_users)
+        older = int((carry_ts <= green.trained_at).sum()) if len(carry_ts) else 0
+        green.carried += len(carry_users) - older
+        green.carried_older += older
         if green.staged:
             self._stage_rows(green, touched_users, touched_items)
         return removed + len(carry_users)
@@ -327,24 +344,32 @@ class Swap:
         return user_t, item_t, keys[order], times[order]
 
     def _learned_after(self, green: Green) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """The live model's interactions newer than the snapshot that green lacks (the
-        live rows hold nothing a tombstone covers), sorted by pair."""
+        """The live model's interactions that green lacks, sorted by pair: those learned
+        after the snapshot, and those older than it that it does not hold (they arrived
+        after it was taken): the live rows hold nothing a tombstone covers, so nothing of
+        what the live model holds is lost. Also counts what the live model holds."""
         shape = green.data.shape
         users, items, weights, stamps = [], [], [], []
+        live = 0
         for shard in range(self.meta.shards):
             for user, row in self.state.read_shard_rows("user", shard).items():
-                fresh = row[row["ts"] > green.trained_at]
-                if len(fresh):
-                    users.append(np.full(len(fresh), user, np.int64))
-                    items.append(fresh["other"].astype(np.int64))
-                    weights.append(fresh["weight"].astype(np.float64))
-                    stamps.append(fresh["ts"].astype(np.float64))
+                live += len(row)
+                if len(row):
+                    users.append(np.full(len(row), user, np.int64))
+                    items.append(row["other"].astype(np.int64))
+                    weights.append(row["weight"].astype(np.float64))
+                    stamps.append(row["ts"].astype(np.float64))
+        green.live = live
         if not users:
             empty = np.empty(0, np.int64)
             return empty, empty, np.empty(0), np.empty(0)
         u, i = np.concatenate(users), np.concatenate(items)
         w, t = np.concatenate(weights), np.concatenate(stamps)
         keys = u * shape[1] + i
+        _, in_snapshot = locate(green.snapshot_keys, keys)
+        green.in_both = int(in_snapshot.sum())
+        green.live_newer = int((~in_snapshot & (t > green.trained_at)).sum())
+        green.live_older = int((~in_snapshot & (t <= green.trained_at)).sum())
         _, present = locate(green.data.entry_keys, keys)
         keep = ~present & (u < shape[0]) & (i < shape[1])
         order = np.argsort(keys[keep])

@@ -16,6 +16,7 @@ import redis
 from consumer.application import Application
 from consumer.cli import main
 from consumer.engine import Engine
+from consumer.events import Interaction, Source
 from consumer.model_file import save_model
 from consumer.serving.records import FactorRecord
 from consumer.state.bootstrap import export, load
@@ -180,3 +181,33 @@ def test_a_swap_that_fails_while_holding_gives_the_shards_back(redis_client, ran
         swap.promote(green, hold_s=0.5)  # less than the margin it keeps: never promotes
     assert not any(state.read_owners(SHARDS).values())  # released at once, not at the deadline
     assert state.read_generations(range(SHARDS)) == before  # nothing promoted
+
+
+def test_every_interaction_the_live_model_holds_is_accounted_for_in_a_swap(
+    redis_client, random_data
+):
+    """An interaction that arrived after the snapshot with an event time before it
+    (`--trained-at`) is in neither the new data nor past the snapshot: it is carried over
+    all the same, and counted, like every other one."""
+    _, data = random_data(n_users=20, n_items=12, density=0.4, seed=8)
+    users, items, params = _ids(20, "u"), _ids(12, "i"), params_for("implicit")
+    model, _ = train(data, users, items, params, 5)
+    state = ModelState(redis_client, unique("ns"))
+    load(state, model, data, np.full(data.nnz, 900.0), shards=SHARDS)
+    free = next((u, i) for u in range(20) for i in range(12) if not data.weights_of([u], [i])[0])
+    late, fresh = (f"u{free[0]}", f"i{free[1]}"), ("u3", "new-item")
+    Engine(state).process(
+        [Interaction(*late, 2.0, 940.0, Source("interactions", 0, 0)),  # before --trained-at
+         Interaction(*fresh, 1.0, 990.0, Source("interactions", 0, 1))],  # after it
+        [],
+    )  # fmt: skip
+    swap = Swap(state)
+    green = swap.prepare(model, data, np.full(data.nnz, 900.0), 950.0)  # the snapshot
+    swap.reconcile(green)
+    swap.stage(green)
+    swap.promote(green)
+    assert (green.carried, green.carried_older) == (1, 1)
+    assert (green.live_newer, green.live_older) == (1, 1)
+    assert green.live == green.in_both + green.live_newer + green.live_older == data.nnz + 2
+    stored = {(u, i) for u, i, _, _ in stored_interactions(state)}
+    assert late in stored and fresh in stored  # nothing the live model held is lost
