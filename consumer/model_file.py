@@ -74,7 +74,10 @@ def load_model(path: str | Path) -> FactorModel:
 
 def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     directory = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise InputError(path, f"cannot be written: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)

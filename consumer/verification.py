@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from consumer.errors import InputError
 from unlearn_core import FactorModel, Interactions
 from unlearn_core.evaluation import (
     membership_attack_auc,
@@ -42,6 +43,8 @@ from unlearn_core.retrain_check import (
     HELD_OUT_FLOOR,
     HeldOut,
 )
+from unlearn_core.solve import solve_rows
+from unlearn_core.sweep import SweepContext, default_solver
 from unlearn_core.train import train
 
 LOSS_MARGIN = 0.01  # the current model's objective at most 1 % above the retrains' highest
@@ -80,6 +83,7 @@ class Witness:
 
     def summary(self) -> dict[str, Any]:
         return {
+            "deleted_pairs": len(self.scores),  # the model before may know fewer of them
             "deleted_mean_score": _round(float(self.scores.mean())),
             "deleted_median_rank": float(np.median(self.ranks)),
             "deleted_in_top_20": int((self.ranks <= 20).sum()),
@@ -144,16 +148,61 @@ def truth(
     }
 
 
+# Retrains run in steps of this many iterations until they are as converged as the model
+# judged (or RETRAIN_MAX_ITERATIONS): judged against retrains less or more converged than
+# itself, a model's verdict would say more about the iteration count than about forgetting.
+RETRAIN_STEP = 5
+RETRAIN_MAX_ITERATIONS = 200
+CONVERGENCE_SAMPLE = 1000  # users whose distance from their exact solve measures it
+SMALL_SAMPLE = 30  # fewer judged pairs than this: the report warns
+
+
+def convergence(x: np.ndarray, y: np.ndarray, data: Interactions, params) -> float:
+    """How close a model is to its fixed point on `data`: the median over (a sample of)
+    users of |x_u - exact solve| / |exact solve| against its own item factors."""
+    rows = np.flatnonzero(data.row_counts() > 0)
+    if len(rows) > CONVERGENCE_SAMPLE:
+        rows = np.random.default_rng(0).choice(rows, CONVERGENCE_SAMPLE, replace=False)
+    if not len(rows):
+        return 0.0
+    exact = solve_rows(data.by_user, rows, y.astype(np.float32), params)
+    scale = np.maximum(np.linalg.norm(exact, axis=1), 1e-30)
+    return float(np.median(np.linalg.norm(x[rows] - exact, axis=1) / scale))
+
+
 def retrain(
-    data: Interactions, model: FactorModel, method: str, iterations: int, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
+    data: Interactions,
+    model: FactorModel,
+    method: str,
+    iterations: int | None,
+    seed: int,
+    target: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray, int]:
     """A model fitted from scratch on `data` with the same objective: `implicit`'s ALS
     (its confidence alpha * r given 1 + alpha * w directly, with alpha 1: exact), or
-    this product's own ALS (`unlearn`; the only choice for explicit ratings)."""
+    this product's own ALS (`unlearn`; the only choice for explicit ratings). With
+    `iterations` None it runs until it is as converged as `target` says (at most
+    RETRAIN_MAX_ITERATIONS). Returns its factors and the iterations it ran."""
+    params = model.params
+    if method == "implicit" and params.kind != "implicit":
+        raise InputError("command line", "the implicit library fits implicit feedback only: "
+                         "--retrain unlearn")  # fmt: skip
+    budget = RETRAIN_MAX_ITERATIONS if iterations is None else iterations
+    step = budget if iterations is not None else RETRAIN_STEP
+    done, x, y = 0, None, None
+    while done < budget:
+        step = min(step, budget - done)
+        x, y = _retrain_step(data, model, method, step, seed, x, y)
+        done += step
+        if iterations is not None or convergence(x, y, data, params) <= target:
+            break
+    return x, y, done
+
+
+def _retrain_step(data, model, method, iterations, seed, x, y):
+    """`iterations` more sweeps of a retrain, from (x, y) when given, else from scratch."""
     params = model.params
     if method == "implicit":
-        if params.kind != "implicit":
-            raise ValueError("the implicit library fits implicit feedback only: --retrain unlearn")
         from implicit.cpu.als import AlternatingLeastSquares
 
         confidence = sp.csr_matrix(data.by_user, dtype=np.float32, copy=True)
@@ -162,10 +211,18 @@ def retrain(
             factors=params.factors, regularization=params.regularization, alpha=1.0,
             iterations=iterations, random_state=seed,
         )  # fmt: skip
+        if x is not None:  # implicit's fit goes on from factors it is given
+            fitted.user_factors, fitted.item_factors = x, y
         fitted.fit(confidence, show_progress=False)
         return np.asarray(fitted.user_factors), np.asarray(fitted.item_factors)
-    fresh, _ = train(data, model.user_ids, model.item_ids, params, iterations, seed=seed)
-    return fresh.user_factors, fresh.item_factors
+    if x is None:
+        fresh, _ = train(data, model.user_ids, model.item_ids, params, iterations, seed=seed)
+        return fresh.user_factors, fresh.item_factors
+    x, y = x.copy(), y.copy()
+    context = SweepContext(data, params, default_solver(params), 0)
+    for _ in range(iterations):
+        context.sweep(x, y)
+    return x, y
 
 
 def witness(
@@ -199,23 +256,37 @@ def verify(
     before: FactorModel | None = None,
     held_out: HeldOut | None = None,
     method: str = "implicit",
-    iterations: int = 15,
+    iterations: int | None = None,
     seeds: tuple[int, ...] = (0, 1, 2),
     thresholds: Thresholds = Thresholds(),
 ) -> tuple[dict[str, Any], dict[str, Witness]]:
-    """The comparison part of the report, and each model's view (for the plot)."""
+    """The comparison part of the report, and each model's view (for the plot).
+    `iterations` None: retrains as converged as the model judged."""
     if not len(deleted.users):
-        raise ValueError("no deleted pair to judge (the sample or the file named none the "
-                         "model knows)")  # fmt: skip
+        raise InputError(
+            "verify",
+            "no deleted pair to judge (the sample or the file named none the model knows)",
+        )
     outsiders = never_seen_pairs(current, deleted.users, seed=0)
     views = {"now": witness("now", now.user_factors, now.item_factors, current, deleted,
                             outsiders, held_out, now.params)}  # fmt: skip
+    notes: dict[str, Any] = {}
     if before is not None:
-        views["before"] = witness("before", before.user_factors, before.item_factors, current,
-                                  deleted, outsiders, held_out, now.params)  # fmt: skip
+        aligned = align(before, now)
+        kept = aligned.known_user[deleted.users] & aligned.known_item[deleted.items]
+        notes["before_pairs_left_out"] = int((~kept).sum())  # ids the model before lacks
+        if kept.any():
+            mine = Deleted(deleted.users[kept], deleted.items[kept])
+            views["before"] = witness(
+                "before", aligned.users, aligned.items, current, mine,
+                never_seen_pairs(current, mine.users, seed=0), held_out, now.params,
+            )  # fmt: skip
+    target = convergence(now.user_factors, now.item_factors, current, now.params)
+    ran = []
     for seed in seeds:
         started = time.perf_counter()
-        x, y = retrain(current, now, method, iterations, seed)
+        x, y, done = retrain(current, now, method, iterations, seed, target)
+        ran.append(done)
         views[f"retrain seed {seed}"] = witness(
             f"retrain seed {seed}", x, y, current, deleted, outsiders, held_out, now.params,
             time.perf_counter() - started,
@@ -224,11 +295,56 @@ def verify(
     checks = _checks(views["now"], retrains, thresholds)
     report = {
         "models": {name: view.summary() for name, view in views.items()},
-        "retrain": {"method": method, "iterations": iterations, "seeds": list(seeds)},
+        "retrain": {
+            "method": method,
+            "seeds": list(seeds),
+            "iterations": ran,
+            "until": "a fixed count" if iterations is not None else "as converged as the model",
+            # median distance of users' rows from their exact solve: the model's, and the
+            # retrains' stopping point when not a fixed count
+            "model_convergence": _round(target),
+        },
         "thresholds": asdict(thresholds),
         "checks": checks,
+        **notes,
     }
     return report, views
+
+
+@dataclass(frozen=True)
+class Aligned:
+    """A model's factors in another model's index space (rows it lacks: zero, unknown)."""
+
+    users: np.ndarray
+    items: np.ndarray
+    known_user: np.ndarray
+    known_item: np.ndarray
+
+
+def align(model: FactorModel, to: FactorModel) -> Aligned:
+    """`model`'s rows laid out as `to` indexes its ids (ids absent from `model`: unknown,
+    left out of what is judged). A model of another rank, or sharing no id with `to`, is
+    not `to` before its deletions (a namespace keeps its rank): it cannot be judged."""
+    rank, theirs = model.user_factors.shape[1], to.user_factors.shape[1]
+    if rank != theirs:
+        raise InputError("--before", f"a model of rank {rank}, the namespace's has rank "
+                         f"{theirs}: not this model before its deletions")  # fmt: skip
+    out = []
+    for ids, factors, target in (
+        (model.user_ids, model.user_factors, to.user_ids),
+        (model.item_ids, model.item_factors, to.item_ids),
+    ):
+        index = {value: n for n, value in enumerate(ids.tolist())}
+        rows = np.array([index.get(value, -1) for value in target.tolist()], dtype=np.int64)
+        known = rows >= 0
+        laid = np.zeros((len(target), factors.shape[1]), dtype=np.float32)
+        laid[known] = factors[rows[known]]
+        out.append((laid, known))
+    (users, known_user), (items, known_item) = out
+    if not known_user.any() or not known_item.any():
+        raise InputError("--before", "the model shares no user or no item id with the "
+                         "namespace's: nothing of it can be judged")  # fmt: skip
+    return Aligned(users, items, known_user, known_item)
 
 
 def _checks(mine: Witness, theirs: list[Witness], t: Thresholds) -> dict[str, bool]:
@@ -272,7 +388,7 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(float(value), 6)
 
 
-def plot(views: dict[str, Witness], verdict: str, path: str) -> None:
+def plot(views: dict[str, Witness], verdict: str, path: str, failed: list[str] = ()) -> None:
     """Three panels: deleted pairs' scores, their ranks, the attack's AUC per model."""
     import matplotlib
 
@@ -294,7 +410,10 @@ def plot(views: dict[str, Witness], verdict: str, path: str) -> None:
     axes[2].tick_params(axis="x", rotation=20)
     for axis in axes[:2]:
         axis.legend(fontsize=8)
-    fig.suptitle(f"unlearn verify: {verdict}")
+    failing = f" ({', '.join(failed)})" if failed else ""
+    title = f"unlearn verify: {verdict}{failing}"
+    fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    # The title also as the PNG's own Title, for whoever files the picture without the report.
+    fig.savefig(path, dpi=110, metadata={"Title": title})
     plt.close(fig)

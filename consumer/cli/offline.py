@@ -131,6 +131,8 @@ def run_train(args: argparse.Namespace) -> int:
         raise InputError("command line", "--iterations must be >= 0")
     started = time.perf_counter()
     rows = read_interactions(args.interactions, params.kind)
+    if not len(rows.users):
+        raise InputError(args.interactions, "no interactions: nothing to train on")
     users, items = IdIndex(), IdIndex()
     data = _interactions(rows, users, items, params)
     _say(f"read {len(rows.users)} interactions: {data.shape[0]} users x {data.shape[1]} items")

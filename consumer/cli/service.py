@@ -446,6 +446,9 @@ def run_status(args: argparse.Namespace) -> int:
         out["errors"] = errors
     # Strict JSON: what is not known (a NaN, no committed offset) is null.
     print(json.dumps(_strict(out), indent=2, allow_nan=False))
+    if errors:
+        print(f"unlearn: error: status: cannot reach {' and '.join(sorted(errors))} (the "
+              "output's errors say why)", file=sys.stderr)  # fmt: skip
     return 2 if errors else 0
 
 

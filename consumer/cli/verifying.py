@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -19,6 +20,7 @@ from consumer.state.inspection import stored_interactions
 from consumer.state.store import ModelState
 from consumer.tsv import read_deletions, read_interactions
 from consumer.verification import (
+    SMALL_SAMPLE,
     pairs_of,
     plot,
     sample_receipts,
@@ -35,7 +37,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="a report that deletions left the model: truth, retraining, attack, utility",
         description="Judge the namespace's model on a set of deletions against retrains "
         "from scratch on its current data; write a JSON report and a PNG. Exit status 0 "
-        "when the verdict is pass, 1 when it is fail.",
+        "when the verdict is pass, 1 when it is fail, 2 when it could not judge.",
     )
     which = cmd.add_mutually_exclusive_group()
     which.add_argument("--deletions", metavar="FILE",
@@ -58,7 +60,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         default=None,
         help="who fits the retrains (default: implicit for implicit feedback)",
     )
-    cmd.add_argument("--iterations", type=int, default=15)
+    cmd.add_argument(
+        "--iterations",
+        type=int,
+        default=None,
+        help="retrains' ALS iterations (default: as many as make them as converged as the "
+        "model judged, the report says how many)",
+    )
     cmd.add_argument("--seeds", type=int, default=3, help="retrains, one seed each")
     cmd.add_argument("--seed", type=int, default=0, help="seed of the receipt sample")
     settings_flags(cmd)
@@ -66,6 +74,13 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run_verify(args: argparse.Namespace) -> int:
+    if args.deletions is None and args.sample < 1:
+        raise InputError("command line", "--sample must be >= 1")
+    if args.seeds < 1 or (args.iterations is not None and args.iterations < 1):
+        raise InputError("command line", "--seeds and --iterations must be >= 1")
+    for path in (args.report, args.plot):
+        if path and not Path(path).resolve().parent.is_dir():
+            raise InputError(path, "cannot be written: its directory does not exist")
     state = connect(settings_from(args))
     before = load_model(args.before) if args.before else None
     report = verify_namespace(
@@ -75,6 +90,8 @@ def run_verify(args: argparse.Namespace) -> int:
     )  # fmt: skip
     print(json.dumps({"report": args.report, "plot": report["plot"],
                       "verdict": report["verdict"], "checks": report["checks"]}))  # fmt: skip
+    for warning in report["warnings"]:
+        print(f"unlearn: warning: {warning}", file=sys.stderr)
     return 0 if report["verdict"] == "pass" else 1
 
 
@@ -87,7 +104,7 @@ def verify_namespace(
     before: FactorModel | None = None,
     held_out: str | None = None,
     method: str | None = None,
-    iterations: int = 15,
+    iterations: int | None = None,
     seeds: int = 3,
     seed: int = 0,
 ) -> dict[str, Any]:
@@ -123,7 +140,15 @@ def verify_namespace(
         **body["checks"],
     }
     verdict = "pass" if all(checks.values()) else "fail"
+    failed = [name for name, held in checks.items() if not held]
     plot_path = plot_path or str(Path(report_path).with_suffix(".png"))
+    warnings = []
+    if len(deleted.users) < SMALL_SAMPLE:
+        warnings.append(
+            f"only {len(deleted.users)} deleted pair(s) judged: the scores' mean and the "
+            f"attack's AUC move by chance at that size (below {SMALL_SAMPLE}, judge more: "
+            "--sample, or --deletions)"
+        )
     report = {
         "namespace": state.layout.namespace,
         "created_at": started,
@@ -143,11 +168,13 @@ def verify_namespace(
         **body,
         "held_out": held_out,
         "checks": checks,
+        "failed": failed,
         "verdict": verdict,
+        "warnings": warnings,
         "plot": plot_path,
     }
     try:
-        plot(views, verdict, plot_path)
+        plot(views, verdict, plot_path, failed)
     except ImportError:  # matplotlib is the demo extra: the report stands without it
         report["plot"] = None
     report["seconds"] = round(time.time() - started, 2)

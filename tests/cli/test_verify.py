@@ -139,3 +139,41 @@ def test_a_model_that_kept_the_deleted_pairs_scores_fails(forgotten, monkeypatch
     assert report["checks"]["no_deleted_pair_is_stored"] is True  # the data is right...
     assert report["checks"]["deleted_score"] is False  # ...the model is not
     assert report["checks"]["attack_auc"] is False
+
+
+def test_verify_aligns_ids_retrains_to_the_models_convergence_and_names_what_fails(
+    forgotten, monkeypatch, tmp_path
+):
+    from PIL import Image
+
+    from consumer.verification import SMALL_SAMPLE
+    from unlearn_core.model import FactorModel
+
+    forgotten.forget(forgotten.loaded("judged"))
+    # The model before lacks the first 100 items (say, exported before they were learned):
+    # pairs on them are left out of its view and counted, never an index error.
+    m = forgotten.model
+    before = FactorModel.create(list(m.user_ids), list(m.item_ids[100:]), m.user_factors,
+                                m.item_factors[100:], m.params)  # fmt: skip
+    save_model(before, forgotten.before)
+    code, report = run_verify(forgotten, monkeypatch, tmp_path, "judged", "--sample", "500")
+    on_missing = sum(1 for _, i in forgotten.pairs if i < 100)
+    assert on_missing > 0 and report["before_pairs_left_out"] == on_missing
+    assert report["models"]["before"]["deleted_pairs"] == DELETED - on_missing
+    # Retrains ran until as converged as the model, not a fixed count, and say so.
+    retrain = report["retrain"]
+    assert retrain["until"] == "as converged as the model"
+    assert retrain["model_convergence"] > 0 and all(n >= 5 for n in retrain["iterations"])
+    assert report["warnings"] == []
+    assert report["failed"] == [name for name, ok in report["checks"].items() if not ok]
+    assert code == (0 if report["verdict"] == "pass" else 1)
+    # A handful of pairs is judged with a warning; the PNG's title names every failing check.
+    code, small = run_verify(forgotten, monkeypatch, tmp_path, "judged", "--sample", "5",
+                             "--iterations", "1")  # fmt: skip
+    assert small["deletions"]["pairs_judged"] == 5 < SMALL_SAMPLE
+    assert len(small["warnings"]) == 1 and "only 5 deleted pair(s)" in small["warnings"][0]
+    assert small["retrain"]["until"] == "a fixed count" and small["retrain"]["iterations"] == [1, 1]
+    title = Image.open(small["plot"]).text["Title"]
+    assert title.startswith(f"unlearn verify: {small['verdict']}")
+    assert all(name in title for name in small["failed"])
+    assert (code == 1) == bool(small["failed"])
