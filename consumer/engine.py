@@ -52,6 +52,7 @@ from consumer.shards.messages import (
 )
 from consumer.shards.replica import Replica
 from consumer.shards.requests import Request, item_part, part_shard
+from consumer.state.layout import coordinator_shard, unseen_shard
 from consumer.state.store import (
     SIDES,
     ModelState,
@@ -406,24 +407,23 @@ class Engine:
         acknowledged: Mapping[str, tuple[int, int]],
         raw: Mapping[Source, Raw],
     ) -> dict[int, list[Message]]:
-        state = self.state
-        users = state.allocate(
-            "user", [e.user for e in interactions] + [d.user for d in deletions if d.user]
+        state, shards = self.state, self.shards
+        users, items, limits = state.allocate_pairs(
+            [e.user for e in interactions], [e.item for e in interactions]
         )
-        items = state.allocate(
-            "item", [e.item for e in interactions] + [d.item for d in deletions if d.item]
-        )
-        u_iter, i_iter = iter(users.tolist()), iter(items.tolist())
         out: dict[int, list[Message]] = defaultdict(list)
-        for event in interactions:
-            u, i = next(u_iter), next(i_iter)
-            out[u % self.shards].append(Routed(event, u, i, raw.get(event.source)))
-        for d in deletions:
-            u = next(u_iter) if d.user is not None else -1
-            i = next(i_iter) if d.item is not None else -1
+        for event, u, i, limit in zip(
+            interactions, users.tolist(), items.tolist(), limits.tolist(), strict=True
+        ):
+            out[u % shards].append(Routed(event, u, i, raw.get(event.source), unseen_limit=limit))
+        # A deletion names its ids, it never creates them (an id never seen keeps its
+        # tombstone by id, and the request is coordinated where the id hashes to).
+        named = [(d.scope, d.user, d.item, d.ts) for d in deletions]
+        d_users, d_items = state.resolve_deletions(named)
+        for d, u, i in zip(deletions, d_users.tolist(), d_items.tolist(), strict=True):
             again = _within(d.source.offset, acknowledged.get(d.source.partition_key))
-            subject = u if u >= 0 else i
-            out[subject % self.shards].append(Routed(d, u, i, raw.get(d.source), again))
+            shard = coordinator_shard(d.scope, u, i, d.user, d.item, shards)
+            out[shard].append(Routed(d, u, i, raw.get(d.source), again))
         return out
 
     def _stored_receipts(self, deletions: list[Deletion]) -> list[Receipt]:
@@ -434,9 +434,12 @@ class Engine:
         items = self.state.lookup("item", [d.item or "" for d in deletions])
         wanted: dict[int, list[str]] = defaultdict(list)
         for d, u, i in zip(deletions, users.tolist(), items.tolist(), strict=True):
-            subject = u if d.user is not None else i
-            if subject >= 0:
-                wanted[subject % self.shards].append(d.source.key)
+            # Its subject's shard, or, had the subject not been seen when it was applied,
+            # the shard its id hashes to: the receipt is in one of them.
+            subject = d.item if d.scope == "item" else d.user
+            for shard in {coordinator_shard(d.scope, u, i, d.user, d.item, self.shards),
+                          unseen_shard(subject or "", self.shards)}:  # fmt: skip
+                wanted[shard].append(d.source.key)
         return [r.again() for r in self._receipts_of(wanted)]
 
     def _receipts_of(self, wanted: Mapping[int, list[str]]) -> list[Receipt]:
@@ -709,6 +712,8 @@ class Engine:
             for request in mine.values():
                 if request.scope != "item" or request.parts.get(item_part(shard)) is not None:
                     continue
+                if request.names_unseen:
+                    continue  # an item never seen: nothing to solve
                 purges = [p for p in request.parts if p.startswith("purge@")]
                 if all(request.parts[p] is not None or p in local[request.source] for p in purges):
                     out[request.item] = Waiter(shard, request.source, item_part(shard))

@@ -128,6 +128,8 @@ class Batch:
                 event = routed.event
                 if not isinstance(event, Deletion) or event.scope != "item":
                     continue
+                if routed.names_unseen:
+                    continue  # nothing to purge (_edit_shard)
                 request = self._request(shard, routed)
                 request.parts = {purge_part(t): None for t in range(self.shards)}
                 request.parts[item_part(shard)] = None
@@ -155,6 +157,8 @@ class Batch:
         for shard, work in self.work.items():
             for routed in work.events:
                 u, i, event = routed.user, routed.item, routed.event
+                if routed.names_unseen:
+                    continue  # nothing of it is stored
                 if isinstance(event, Interaction):
                     fields[shard] |= {pair_tombstone(u, i), user_tombstone(u), item_tombstone(i)}
                     users[shard].add(u)
@@ -180,7 +184,7 @@ class Batch:
         for shard, work in self.work.items():
             for routed in work.events:
                 event = routed.event
-                if isinstance(event, Deletion) and event.scope == "user":
+                if isinstance(event, Deletion) and event.scope == "user" and routed.user >= 0:
                     row = self.user_rows[routed.user]
                     more_items[shard] |= set(row["other"][row["ts"] <= event.ts].tolist())
             for purge in work.purges:
@@ -218,7 +222,16 @@ class Batch:
         covering: list[tuple[int, int, float, set[tuple[int, int]]]] = []
         for routed in work.events:
             event = routed.event
-            if not isinstance(event, Deletion) or event.scope == "item":
+            if not isinstance(event, Deletion):
+                continue
+            if routed.names_unseen:
+                # Nothing of it is stored: its tombstone by id was kept as it was routed
+                # (ModelState.resolve_deletions); the coordinator's part is the request.
+                request = self._request(shard, routed)
+                request.parts[user_part(shard)] = None
+                self._removed_by[request.source] = set()
+                continue
+            if event.scope == "item":
                 continue
             u, i, t = routed.user, routed.item, event.ts
             request = self._request(shard, routed)
@@ -265,6 +278,7 @@ class Batch:
                 stored.get(pair_tombstone(u, i), -np.inf),
                 stored.get(user_tombstone(u), -np.inf),
                 stored.get(item_tombstone(i), -np.inf),
+                routed.unseen_limit,  # deletions that named the ids before they were seen
             )
             if event.ts <= limit:
                 figures.interactions_late += 1  # an earlier batch's deletion covers it
@@ -349,7 +363,7 @@ class Batch:
         # Pairs and users: the coordinator's own part, and the items whose slices changed.
         asked: dict[int, set[int]] = defaultdict(set)  # remote shard -> items with a waiter
         for request in self.requests.values():
-            if request.scope == "item":
+            if request.scope == "item" and not request.names_unseen:
                 continue
             removed = self._removed_by[request.source]
             request.removed = len(removed)
@@ -389,6 +403,8 @@ class Batch:
 
     def _kept(self, request: Request) -> int:
         """The scope's pairs still stored after the batch (each newer than the deletion)."""
+        if request.names_unseen:
+            return 0
         row = self.user_rows[request.user]
         if request.scope == "pair":
             return int(np.isin(request.item, row["other"]))

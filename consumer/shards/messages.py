@@ -47,10 +47,29 @@ class Waiter:
 @dataclass(frozen=True, slots=True)
 class Routed:
     event: Interaction | Deletion
-    user: int  # the user's index, -1 for an item's deletion
-    item: int  # the item's index, -1 for a user's deletion
+    user: int  # the user's index, -1 for an item's deletion or a user never seen
+    item: int  # the item's index, -1 for a user's deletion or an item never seen
     raw: Raw | None = None
     reapplied: bool = False
+    # An interaction: the latest time of the tombstones by id that reach its pair (left by
+    # deletions that named an id before the model had seen it); -inf for none.
+    unseen_limit: float = float("-inf")
+
+    @property
+    def names_unseen(self) -> bool:
+        """A deletion whose subject the model had never seen (names_unseen)."""
+        event = self.event
+        return isinstance(event, Deletion) and names_unseen(event.scope, self.user, self.item)
+
+
+def names_unseen(scope: str, user: int, item: int) -> bool:
+    """Whether a deletion of this scope, with these indices (-1: never seen), names an id
+    the model has never seen: its tombstone is kept by id, and it changes no row."""
+    if scope == "user":
+        return user < 0
+    if scope == "item":
+        return item < 0
+    return user < 0 or item < 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +122,8 @@ def _encode(message: Message) -> dict[str, Any]:
             out.update(q=e.request_id, t0=e.requested_at)
         if message.reapplied:
             out["ra"] = 1
+        if message.unseen_limit > float("-inf"):
+            out["ul"] = message.unseen_limit
         if message.raw is not None:
             out["x"] = [
                 _b64(message.raw.key), _b64(message.raw.value),
@@ -134,7 +155,8 @@ def _decode(raw: dict[str, Any]) -> Message:
         if "x" in raw:
             key, value, headers = raw["x"]
             message = Raw(_bytes(key), _bytes(value), [(k, _bytes(v) or b"") for k, v in headers])
-        return Routed(event, raw["ui"], raw["ii"], message, bool(raw.get("ra")))
+        limit = float(raw.get("ul", float("-inf")))
+        return Routed(event, raw["ui"], raw["ii"], message, bool(raw.get("ra")), limit)
     if kind == "s":
         return Solve(tuple(raw["items"]), _unwaiter(raw["w"]))
     if kind == "p":

@@ -23,6 +23,7 @@ from typing import Any
 
 from consumer.events import Deletion, Source
 from consumer.receipts import Receipt
+from consumer.shards.messages import names_unseen
 
 
 def user_part(shard: int) -> str:
@@ -70,6 +71,11 @@ class Request:
     @property
     def scope(self) -> str:
         return self.deletion.scope
+
+    @property
+    def names_unseen(self) -> bool:
+        """Its subject was never seen: nothing to remove, the coordinator's part only."""
+        return names_unseen(self.scope, self.user, self.item)
 
     def waiting(self) -> list[str]:
         return [p for p, at in self.parts.items() if at is None]

@@ -6,8 +6,8 @@ trail of earlier erasures. So `unlearn load --replace` reads the history first (
 tombstone, by id, and every receipt), drops each interaction of the new data that a
 tombstone covers (its time at or before the deletion's), re-solves the rows that lost
 interactions exactly (Unlearn-ALS's touched step), loads, and writes the history back
-under the new model's indices. Ids a tombstone names that the new model lacks are kept as
-rows without data, so their tombstones still stop a late interaction.
+under the new model's indices. A tombstone naming an id the new model lacks is kept by id
+(layout `:unseen`), so it still stops a late interaction without adding a row.
 
 An interaction's time is its file's timestamp, capped at `--trained-at` (a snapshot holds
 nothing newer than the moment it was taken); an interaction without a time is taken as
@@ -21,7 +21,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from consumer.state.layout import item_tombstone, pair_tombstone, shard_of, user_tombstone
+from consumer.state.layout import (
+    item_tombstone,
+    pair_tombstone,
+    shard_of,
+    unseen_shard,
+    user_tombstone,
+)
 from consumer.state.store import ModelState, ShardWrite
 from unlearn_core import FactorModel, Interactions
 from unlearn_core.interactions import Change, locate
@@ -85,6 +91,10 @@ def read_history(state: ModelState) -> DeletionHistory:
         out.users[u] = t
     for i, (_, t) in zip(state.ids_of("item", [int(k[2:]) for k, _ in items]), items, strict=True):
         out.items[i] = t
+    for (scope, user, item), t in state.read_unseen().items():  # kept by id
+        found = out.users if scope == "user" else out.items if scope == "item" else out.pairs
+        key = user if scope == "user" else item if scope == "item" else (user, item)
+        found[key] = max(found.get(key, float("-inf")), t)  # type: ignore[index]
     return out
 
 
@@ -106,30 +116,27 @@ def drop_forgotten(
     trained_at: float | None = None,
 ) -> Cleaned:
     """The new model and data with every interaction a tombstone covers removed and the
-    rows that lost one re-solved exactly; ids the history names are added if missing."""
-    users_named, items_named = history.ids()
+    rows that lost one re-solved exactly (tombstones of ids the model lacks reach nothing
+    of it: they are kept by id, write_history)."""
     user_index = {u: n for n, u in enumerate(model.user_ids.tolist())}
     item_index = {i: n for n, i in enumerate(model.item_ids.tolist())}
-    new_users = sorted(users_named - user_index.keys())
-    new_items = sorted(items_named - item_index.keys())
-    if new_users or new_items:
-        model = model.with_ids(new_users, new_items)
-        user_index.update((u, len(user_index) + n) for n, u in enumerate(new_users))
-        item_index.update((i, len(item_index) + n) for n, i in enumerate(new_items))
-    data = data.resized(model.shape)
     times = np.asarray(stamps, dtype=np.float64)
     if trained_at is not None:
         times = np.minimum(times, trained_at)
     user_t = np.full(data.shape[0], -np.inf)
     for u, t in history.users.items():
-        user_t[user_index[u]] = t
+        if u in user_index:
+            user_t[user_index[u]] = t
     item_t = np.full(data.shape[1], -np.inf)
     for i, t in history.items.items():
-        item_t[item_index[i]] = t
+        if i in item_index:
+            item_t[item_index[i]] = t
+    known = [(u, i, t) for (u, i), t in history.pairs.items()
+             if u in user_index and i in item_index]  # fmt: skip
     pair_keys = np.array(
-        [user_index[u] * data.shape[1] + item_index[i] for u, i in history.pairs], dtype=np.int64
+        [user_index[u] * data.shape[1] + item_index[i] for u, i, _ in known], dtype=np.int64
     )
-    pair_t = np.fromiter(history.pairs.values(), dtype=np.float64, count=len(pair_keys))
+    pair_t = np.array([t for _, _, t in known], dtype=np.float64)
     covered = covered_entries(data, times, user_t, item_t, pair_keys, pair_t)
     users = np.repeat(np.arange(data.shape[0]), np.diff(data.by_user.indptr))
     items = data.by_user.indices.astype(np.int64)
@@ -164,6 +171,11 @@ def covered_entries(
     return times <= reach
 
 
+def _ids_and_found(state: ModelState, side: str, ids: set[str]) -> tuple[list[str], list[int]]:
+    ordered = sorted(ids)
+    return ordered, state.lookup(side, ordered).tolist()
+
+
 def write_history(state: ModelState, history: DeletionHistory) -> None:
     """The history under the freshly loaded model's indices: each tombstone where the
     engine looks for it, each receipt with its request's coordinator shard."""
@@ -174,23 +186,31 @@ def write_history(state: ModelState, history: DeletionHistory) -> None:
     def write(shard: int) -> ShardWrite:
         return writes.setdefault(int(shard), ShardWrite())
 
-    def index(side: str, ids: list[str]) -> list[int]:
-        found = state.lookup(side, ids)
-        if (found < 0).any():
-            raise RuntimeError(f"{side} ids of the deletion history are missing after the load")
-        return found.tolist()
-
-    pair_users = index("user", [u for u, _ in history.pairs])
-    pair_items = index("item", [i for _, i in history.pairs])
-    for u, i, t in zip(pair_users, pair_items, history.pairs.values(), strict=True):
-        write(shard_of(u, shards)).tombstones[pair_tombstone(u, i)] = t
-    for u, t in zip(index("user", list(history.users)), history.users.values(), strict=True):
-        write(shard_of(u, shards)).tombstones[user_tombstone(u)] = t
-    for i, t in zip(index("item", list(history.items)), history.items.values(), strict=True):
+    # Tombstones of ids the model has, by index where the engine looks for them; of ids it
+    # lacks, by id (layout `:unseen`): they name, they do not create.
+    users = dict(zip(*_ids_and_found(state, "user", history.ids()[0]), strict=True))
+    items = dict(zip(*_ids_and_found(state, "item", history.ids()[1]), strict=True))
+    unseen: dict[tuple[str, str | None, str | None], float] = {}
+    for (user, item), t in history.pairs.items():
+        u, i = users[user], items[item]
+        if u >= 0 and i >= 0:
+            write(shard_of(u, shards)).tombstones[pair_tombstone(u, i)] = t
+        else:
+            unseen[("pair", user, item)] = t
+    for user, t in history.users.items():
+        if users[user] >= 0:
+            write(shard_of(users[user], shards)).tombstones[user_tombstone(users[user])] = t
+        else:
+            unseen[("user", user, None)] = t
+    for item, t in history.items.items():
+        if items[item] < 0:
+            unseen[("item", None, item)] = t
+            continue
         for shard in range(shards):  # copied to every shard, as the engine writes them
-            write(shard).tombstones[item_tombstone(i)] = t
+            write(shard).tombstones[item_tombstone(items[item])] = t
+    state.write_unseen(unseen)
     # Each receipt goes to its request's coordinator: the user's shard (a pair's or a
-    # user's request), the item's (an item's). The subjects are looked up in one call a side.
+    # user's request), the item's (an item's), or where an unseen subject's id hashes to.
     subjects: dict[str, list[tuple[str, str, str]]] = {"user": [], "item": []}
     for source, text in history.receipts.items():
         receipt = json.loads(text)
@@ -199,7 +219,8 @@ def write_history(state: ModelState, history: DeletionHistory) -> None:
         subjects[side].append((source, text, subject if subject is not None else ""))
     for side, entries in subjects.items():
         found = state.lookup(side, [subject for _, _, subject in entries]).tolist()
-        for (source, text, _), n in zip(entries, found, strict=True):
-            write(shard_of(max(n, 0), shards)).receipts[source] = text
+        for (source, text, subject), n in zip(entries, found, strict=True):
+            shard = shard_of(n, shards) if n >= 0 else unseen_shard(subject, shards)
+            write(shard).receipts[source] = text
     for shard, one in writes.items():
         state.commit({shard: one}, {shard: None})

@@ -30,7 +30,9 @@ def subject_record(state: ModelState, side: str, subject: str) -> dict[str, Any]
             {other: i, "weight": float(w), "ts": float(t) or None}
             for i, w, t in zip(ids, row["weight"].tolist(), row["ts"].tolist(), strict=True)
         ]
-    out["tombstones"] = _tombstones(state, side, index, meta.shards)
+    out["tombstones"] = _merged(
+        _tombstones(state, side, index, meta.shards) + state.unseen_of(side, subject)
+    )
     out["receipts"] = [r for r in state.read_receipts(meta.shards) if r.get(side) == subject]
     return out
 
@@ -61,6 +63,19 @@ def _tombstones(state: ModelState, side: str, index: int, shards: int) -> list[d
     found += [{"scope": "pair", other_side: name, "ts": at}
               for name, (_, at) in zip(names, pairs, strict=True)]  # fmt: skip
     return found
+
+
+def _merged(tombstones: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One tombstone per scope (the latest): a deletion may have named the subject before
+    the model saw it (kept by id) and again after (by index); it reads the same either way.
+    The whole history's first, then the pairs' by the other id."""
+    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    for t in tombstones:
+        other = str(t.get("user", t.get("item", ""))) if t["scope"] == "pair" else ""
+        key = (t["scope"], other)
+        if key not in latest or t["ts"] > latest[key]["ts"]:
+            latest[key] = t
+    return [latest[key] for key in sorted(latest, key=lambda k: (k[0] == "pair", k[1]))]
 
 
 def stored_interactions(state: ModelState) -> Iterator[tuple[str, str, float, int]]:

@@ -54,6 +54,11 @@ global ({unlearn:NS}):
                    on the namespace; `unlearn load` refuses to rewrite it while any is
   :bell    STRING  counter rung by every write to the namespace; an idle instance reads it
                    alone, and its inboxes and other shards only when it moved
+  :unseen  HASH  the tombstones of deletions that named an id the model had never seen, by
+                 id: "u:USER", "i:ITEM", "p:LEN:USERITEM" (LEN: the user id's length in
+                 bytes) -> deletion time T. Such a deletion adds no row; an interaction's
+                 ids are allocated and its `:unseen` tombstones read in one script, so a
+                 late copy is never learned (state/store.py, _ALLOCATE_PAIRS)
 """
 
 from __future__ import annotations
@@ -121,6 +126,10 @@ class Layout:
     def bell(self) -> str:
         """A counter every write to the namespace rings: idle instances read it alone."""
         return f"{self._global}:bell"
+
+    @property
+    def unseen(self) -> str:
+        return f"{self._global}:unseen"
 
     def id_map(self, side: str) -> str:
         return f"{self._global}:{side[0]}id"
@@ -248,6 +257,23 @@ def owned_shards(shards: int, partitions: int, assigned: set[int]) -> set[int]:
     return {s for s in range(shards) if s % max(partitions, 1) in assigned}
 
 
+def coordinator_shard(
+    scope: str, user: int, item: int, user_id: str | None, item_id: str | None, shards: int
+) -> int:
+    """The shard that coordinates a deletion: its subject's (a pair's and a user's: the
+    user's; an item's: the item's), or, for a subject the model has never seen (index -1),
+    the shard its id hashes to."""
+    index, name = (item, item_id) if scope == "item" else (user, user_id)
+    if index >= 0:
+        return index % shards
+    return unseen_shard(name or "", shards)
+
+
+def unseen_shard(subject_id: str, shards: int) -> int:
+    """Where the request of a deletion naming an unseen subject is coordinated."""
+    return zlib.crc32(subject_id.encode()) % shards
+
+
 def receipt_shard(source_key: str, shards: int) -> int:
     """Where a format-1 namespace kept the receipt of the request at `source_key`."""
     return zlib.crc32(source_key.encode()) % shards
@@ -263,3 +289,41 @@ def user_tombstone(user: int) -> str:
 
 def item_tombstone(item: int) -> str:
     return f"i:{item}"
+
+
+# Tombstones by id, for ids the model has never seen (`:unseen`). A pair's field carries
+# the user id's length in bytes: ids may hold any character, so no separator is safe.
+# _ALLOCATE_PAIRS builds the same names in Lua (`#user` is the length in bytes).
+
+
+def unseen_user(user: str) -> str:
+    return f"u:{user}"
+
+
+def unseen_item(item: str) -> str:
+    return f"i:{item}"
+
+
+def unseen_pair(user: str, item: str) -> str:
+    return f"p:{len(user.encode())}:{user}{item}"
+
+
+def unseen_name(scope: str, user: str | None, item: str | None) -> str:
+    """The `:unseen` field of a deletion of this scope."""
+    if scope == "user":
+        return unseen_user(user or "")
+    if scope == "item":
+        return unseen_item(item or "")
+    return unseen_pair(user or "", item or "")
+
+
+def parse_unseen(name: bytes) -> tuple[str, str | None, str | None]:
+    """(scope, user id, item id) of an `:unseen` field."""
+    kind, _, rest = name.partition(b":")
+    if kind == b"u":
+        return "user", rest.decode(), None
+    if kind == b"i":
+        return "item", None, rest.decode()
+    size, _, both = rest.partition(b":")
+    cut = int(size)
+    return "pair", both[:cut].decode(), both[cut:].decode()

@@ -18,7 +18,7 @@ import json
 import os
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +32,9 @@ from consumer.state.layout import (
     ROW_DTYPE,
     Layout,
     ShardKeys,
+    parse_unseen,
     shard_of,
+    unseen_name,
 )
 from unlearn_core.params import Hyperparameters
 
@@ -54,6 +56,64 @@ for n = 2, #ARGV do
     redis.call('HSET', KEYS[2], index, ARGV[n])
   end
   out[#out + 1] = tonumber(index)
+end
+return out
+"""
+
+# Interactions' ids, as ALLOCATE, a pair at a time, with the latest time of the tombstones
+# a deletion of an unseen id left for the pair (layout: `:unseen`; '' for none). One script:
+# a deletion naming the id either ran before (its tombstone is read here) or finds the id.
+# KEYS: uid, uix, iid, iix, meta, unseen. ARGV: user, item, user, item...
+# Returns user index, item index, latest tombstone time (as stored, or ''), per pair.
+_ALLOCATE_PAIRS = """
+local function index(map, back, counter, id)
+  local n = redis.call('HGET', map, id)
+  if not n then
+    n = redis.call('HINCRBY', KEYS[5], counter, 1) - 1
+    redis.call('HSET', map, id, n)
+    redis.call('HSET', back, n, id)
+  end
+  return tonumber(n)
+end
+local unseen = redis.call('EXISTS', KEYS[6]) == 1
+local out = {}
+for n = 1, #ARGV, 2 do
+  local user, item = ARGV[n], ARGV[n + 1]
+  out[#out + 1] = index(KEYS[1], KEYS[2], 'users', user)
+  out[#out + 1] = index(KEYS[3], KEYS[4], 'items', item)
+  local latest = ''
+  if unseen then
+    local found = redis.call('HMGET', KEYS[6], 'u:' .. user, 'i:' .. item,
+                             'p:' .. #user .. ':' .. user .. item)
+    for k = 1, 3 do
+      local at = found[k]
+      if at and (latest == '' or tonumber(at) > tonumber(latest)) then latest = at end
+    end
+  end
+  out[#out + 1] = latest
+end
+return out
+"""
+
+# Deletions' ids as indices, never creating one: a deletion whose subject the model has
+# never seen (its user, its item, or either of a pair) keeps its tombstone by id in
+# `:unseen` (the latest time), atomic with _ALLOCATE_PAIRS.
+# KEYS: uid, iid, unseen. ARGV per deletion: scope, user ('' none), item ('' none), ts,
+# the `:unseen` field. Returns user index, item index (-1: never seen), per deletion.
+_RESOLVE = """
+local out = {}
+for n = 1, #ARGV, 5 do
+  local scope, user, item, ts, field = ARGV[n], ARGV[n + 1], ARGV[n + 2], ARGV[n + 3], ARGV[n + 4]
+  local u, i = -1, -1
+  if user ~= '' then u = tonumber(redis.call('HGET', KEYS[1], user) or -1) end
+  if item ~= '' then i = tonumber(redis.call('HGET', KEYS[2], item) or -1) end
+  if (scope == 'user' and u < 0) or (scope == 'item' and i < 0)
+      or (scope == 'pair' and (u < 0 or i < 0)) then
+    local at = redis.call('HGET', KEYS[3], field)
+    if not at or tonumber(at) < tonumber(ts) then redis.call('HSET', KEYS[3], field, ts) end
+  end
+  out[#out + 1] = u
+  out[#out + 1] = i
 end
 return out
 """
@@ -288,6 +348,11 @@ def _timed(operation: str) -> Callable:
 _META_KEYS = ("kind", "factors", "regularization", "alpha", "shards", "users", "items")
 
 
+def _glob_escape(text: str) -> str:
+    """`text` matched literally by a Redis glob (SCAN's MATCH)."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
 class ModelState:
     """One model namespace in Redis (a single server or a cluster)."""
 
@@ -302,6 +367,8 @@ class ModelState:
         self.layout = Layout(namespace, stage)
         self.observer = observer
         self._allocate = client.register_script(_ALLOCATE)
+        self._allocate_pairs = client.register_script(_ALLOCATE_PAIRS)
+        self._resolve = client.register_script(_RESOLVE)
         self._commit = client.register_script(_SHARD_COMMIT)
         self._acquire = client.register_script(_ACQUIRE)
         self._ingested = client.register_script(_INGESTED)
@@ -385,6 +452,93 @@ class ModelState:
             chunk = ids[start : start + _PIPELINE_CHUNK]
             out[start : start + len(chunk)] = self._allocate(keys=keys, args=[counter, *chunk])
         return out
+
+    @_timed("allocate")
+    def allocate_pairs(
+        self, users: list[str], items: list[str]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Indices of each interaction's user and item (created if new), and the latest
+        time of the tombstones by id that reach the pair (-inf: none; layout `:unseen`)."""
+        n = len(users)
+        out = np.empty((n, 2), dtype=np.int64)
+        limits = np.full(n, -np.inf)
+        layout = self.layout
+        keys = [layout.id_map("user"), layout.index_map("user"), layout.id_map("item"),
+                layout.index_map("item"), layout.meta, layout.unseen]  # fmt: skip
+        step = _PIPELINE_CHUNK // 2
+        for start in range(0, n, step):
+            args = [v for pair in zip(users[start : start + step], items[start : start + step],
+                                      strict=True) for v in pair]  # fmt: skip
+            found = self._allocate_pairs(keys=keys, args=args)
+            count = len(found) // 3
+            out[start : start + count] = np.array(
+                [found[3 * k : 3 * k + 2] for k in range(count)], dtype=np.int64
+            ).reshape(count, 2)
+            for k in range(count):
+                if found[3 * k + 2]:
+                    limits[start + k] = float(found[3 * k + 2])
+        return out[:, 0], out[:, 1], limits
+
+    def resolve_deletions(
+        self, deletions: Sequence[tuple[str, str | None, str | None, float]]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Indices of each deletion's user and item, -1 where the id was never seen, never
+        creating one: a deletion naming an unseen id keeps its tombstone by id instead
+        (layout `:unseen`). `deletions`: (scope, user, item, ts)."""
+        users = np.full(len(deletions), -1, dtype=np.int64)
+        items = np.full(len(deletions), -1, dtype=np.int64)
+        layout = self.layout
+        keys = [layout.id_map("user"), layout.id_map("item"), layout.unseen]
+        step = _PIPELINE_CHUNK // 5
+        for start in range(0, len(deletions), step):
+            args: list[str] = []
+            for scope, user, item, ts in deletions[start : start + step]:
+                field = unseen_name(scope, user, item)
+                args += [scope, user or "", item or "", repr(float(ts)), field]
+            found = self._resolve(keys=keys, args=args)
+            count = len(found) // 2
+            users[start : start + count] = found[0::2]
+            items[start : start + count] = found[1::2]
+        return users, items
+
+    def read_unseen(self) -> dict[tuple[str, str | None, str | None], float]:
+        """Every tombstone by id: (scope, user, item) -> its deletion time."""
+        return {
+            parse_unseen(name): float(at)
+            for name, at in self.client.hgetall(self.layout.unseen).items()
+        }
+
+    def unseen_of(self, side: str, subject: str) -> list[dict[str, Any]]:
+        """The tombstones by id of one subject's scope: its whole history's and its pairs'
+        (as inspection lists tombstones)."""
+        key = self.layout.unseen
+        out: list[dict[str, Any]] = []
+        whole = self.client.hget(key, unseen_name(side, subject, subject))
+        if whole is not None:
+            out.append({"scope": side, "ts": float(whole)})
+        escaped = _glob_escape(subject)
+        pattern = (f"p:{len(subject.encode())}:{escaped}*" if side == "user"
+                   else f"p:*{escaped}")  # fmt: skip
+        for name, at in self.client.hscan_iter(key, match=pattern, count=1000):
+            _, user, item = parse_unseen(name)
+            if (user if side == "user" else item) == subject:
+                other = ("item", item) if side == "user" else ("user", user)
+                out.append({"scope": "pair", other[0]: other[1], "ts": float(at)})
+        return out
+
+    def write_unseen(self, tombstones: Mapping[tuple[str, str | None, str | None], float]) -> None:
+        """Tombstones by id, each kept at its latest time (a load's deletion history)."""
+        fields = {unseen_name(*key): float(at) for key, at in tombstones.items()}
+        if not fields:
+            return
+        stored = self.client.hmget(self.layout.unseen, list(fields))
+        newer = {
+            name: repr(at)
+            for (name, at), was in zip(fields.items(), stored, strict=True)
+            if was is None or float(was) < at
+        }
+        if newer:
+            self.client.hset(self.layout.unseen, mapping=newer)
 
     def lookup(self, side: str, ids: list[str]) -> np.ndarray:
         """Indices of the ids, -1 for ids never seen."""

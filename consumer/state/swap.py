@@ -338,6 +338,27 @@ class Swap:
                     user_t[int(rest[0])] = max(user_t[int(rest[0])], t)
                 elif kind == "i" and int(rest[0]) < shape[1]:
                     item_t[int(rest[0])] = max(item_t[int(rest[0])], t)
+        # Deletions that named an id before the live namespace had seen it: green's ids are
+        # allocated by now, so their tombstones by id reach green's rows too.
+        unseen = self.state.read_unseen()
+        if unseen:
+            found = {
+                side: dict(zip(ids, self.state.lookup(side, ids).tolist(), strict=True))
+                for side, ids in (
+                    ("user", sorted({u for _, u, _ in unseen if u is not None})),
+                    ("item", sorted({i for _, _, i in unseen if i is not None})),
+                )
+            }
+            for (scope, user, item), t in unseen.items():
+                u = found["user"].get(user, -1) if user is not None else -1
+                i = found["item"].get(item, -1) if item is not None else -1
+                if scope == "user" and 0 <= u < shape[0]:
+                    user_t[u] = max(user_t[u], t)
+                elif scope == "item" and 0 <= i < shape[1]:
+                    item_t[i] = max(item_t[i], t)
+                elif scope == "pair" and 0 <= u < shape[0] and 0 <= i < shape[1]:
+                    key = u * shape[1] + i
+                    pairs[key] = max(pairs.get(key, -np.inf), t)
         keys = np.fromiter(pairs, dtype=np.int64, count=len(pairs))
         times = np.fromiter(pairs.values(), dtype=np.float64, count=len(pairs))
         order = np.argsort(keys)
