@@ -34,7 +34,7 @@ from consumer.consolidation.forgetting import Forgetting
 from consumer.consolidation.forgetting import decode as decode_forgetting
 from consumer.consolidation.forgetting import encode as encode_forgetting
 from consumer.consolidation.forgetting import merge as merge_forgetting
-from consumer.events import RETENTION_TOPIC, Deletion, Interaction, Source
+from consumer.events import RETENTION_TOPIC, Deletion, Interaction, Source, order_key
 from consumer.receipts import Receipt
 from consumer.shards.batch import Batch, LocalPart, ShardWork, Unprocessable
 from consumer.shards.isolation import find_culprit
@@ -185,6 +185,7 @@ class Engine:
         self.part_retry_s = part_retry_s
         state.load_id()  # an older namespace gets its load's id now, before it is compared
         self.meta = state.meta()
+        state.watch_replacement = True
         self.params = self.meta.params
         self.shards = self.meta.shards
         self._sample_seed = np.random.default_rng(0).integers(0, 2**31, 2)
@@ -411,11 +412,12 @@ class Engine:
         users, items, limits = state.allocate_pairs(
             [e.user for e in interactions], [e.item for e in interactions]
         )
-        out: dict[int, list[Message]] = defaultdict(list)
+        routed: list[tuple[int, Routed]] = []
         for event, u, i, limit in zip(
             interactions, users.tolist(), items.tolist(), limits.tolist(), strict=True
         ):
-            out[u % shards].append(Routed(event, u, i, raw.get(event.source), unseen_limit=limit))
+            routed.append((u % shards, Routed(event, u, i, raw.get(event.source),
+                                              unseen_limit=limit)))  # fmt: skip
         # A deletion names its ids, it never creates them (an id never seen keeps its
         # tombstone by id, and the request is coordinated where the id hashes to).
         named = [(d.scope, d.user, d.item, d.ts) for d in deletions]
@@ -423,7 +425,14 @@ class Engine:
         for d, u, i in zip(deletions, d_users.tolist(), d_items.tolist(), strict=True):
             again = _within(d.source.offset, acknowledged.get(d.source.partition_key))
             shard = coordinator_shard(d.scope, u, i, d.user, d.item, shards)
-            out[shard].append(Routed(d, u, i, raw.get(d.source), again))
+            routed.append((shard, Routed(d, u, i, raw.get(d.source), again)))
+        # In the input's time order (pipeline/ordering.py): a shard applies its events in
+        # the order they are routed, so a batch counts what a deletion removed as one
+        # event at a time would, wherever the batch was cut.
+        routed.sort(key=lambda r: _order(r[1].event))
+        out: dict[int, list[Message]] = defaultdict(list)
+        for shard, message in routed:
+            out[shard].append(message)
         return out
 
     def _stored_receipts(self, deletions: list[Deletion]) -> list[Receipt]:
@@ -1178,6 +1187,11 @@ def _advance(applied: dict[str, int], sources: list[Source]) -> dict[str, int]:
         key = source.partition_key
         out[key] = max(out.get(key, applied.get(key, -1)), source.offset)
     return out
+
+
+def _order(event: Interaction | Deletion) -> tuple[int, bool, str, int, int]:
+    s = event.source
+    return order_key(s.stamp, isinstance(event, Deletion), s.topic, s.partition, s.offset)
 
 
 def _within(offset: int, span: tuple[int, int] | None) -> bool:

@@ -76,6 +76,9 @@ class Source:
     # The message's fingerprint (positions.fingerprint): recorded with the offsets, so a
     # re-created topic's messages are never taken for the ones applied before.
     fingerprint: str = field(default="", compare=False, repr=False)
+    # The message's timestamp (ms; -1: none): where it stands in the input merged in time
+    # order (pipeline/ordering.py), which a batch keeps (Engine routes in that order).
+    stamp: int = field(default=-1, compare=False, repr=False)
 
     @property
     def partition_key(self) -> str:
@@ -89,6 +92,15 @@ class Source:
 
 
 Partition = tuple[str, int]  # (topic, partition number)
+
+
+def order_key(
+    stamp_ms: int, is_deletion: bool, topic: str, partition: int, offset: int
+) -> tuple[int, bool, str, int, int]:
+    """Where a message stands in the input merged in time order (pipeline/ordering.py):
+    its timestamp first; at the same millisecond an interaction before a deletion (a
+    deletion at T covers what came at T)."""
+    return (stamp_ms, is_deletion, topic, partition, offset)
 
 
 def partition_key(topic: str, partition: int, epoch: int = 0) -> str:

@@ -232,6 +232,13 @@ class Metrics:
         self.last_commit = Gauge(
             "unlearn_last_commit_timestamp_seconds", "Time of the last offset commit", registry=r
         )
+        # The input merge (pipeline/ordering.py) went on without a partition behind that
+        # gave nothing within input_order_wait_ms: messages were taken out of time order.
+        self.input_passed_over = Counter(
+            "unlearn_input_passed_over_total",
+            "Partitions behind the input merge went on without (out of time order)",
+            registry=r,
+        )
         # Partitions paused because most of their recent messages were dead-lettered, by
         # input topic kind: a surge on interactions never pauses deletions.
         self.dlq_paused = Gauge(

@@ -88,6 +88,13 @@ class Settings(BaseSettings):
     fetch_wait_max_ms: int = Field(
         100, ge=1, description="how long the broker may hold a fetch with nothing to return"
     )
+    input_order_wait_ms: float = Field(
+        1000.0,
+        ge=0,
+        description="while partitions are behind (a replay), how long the input merge waits "
+        "for one the broker says has more to give, before going on without it (0: take "
+        "messages as they are read, in timestamp order among those)",
+    )
     max_message_bytes: int = Field(4096, ge=64)
     consolidate_idle_ms: float = Field(
         0.0, ge=0, description="no consolidation slice this soon after the last event"

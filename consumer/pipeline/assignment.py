@@ -81,6 +81,9 @@ class Assignments:
         self.state = state
         self.receipts_topic = receipts_topic  # read back after a kill or a rollback
         self.views: dict[Partition, PartitionView] = {}
+        # Each partition's high watermark when its position was last decided (the input
+        # merge's first answer to "has it more to give", before any fetch: ordering.py).
+        self.highs: dict[Partition, int] = {}
         self._admin: AdminClient | None = None
         self._load: str | None = None
         self._topic_ids_seen: dict[str, str] = {}  # topic -> its id when last resolved
@@ -408,10 +411,12 @@ class Assignments:
         return out
 
     def _watermarks(self, partitions: list[Partition]) -> dict[Partition, tuple[int, int]]:
-        return {
+        out = {
             p: self.consumer.get_watermark_offsets(TopicPartition(*p), timeout=10)
             for p in partitions
         }
+        self.highs.update({p: high for p, (_, high) in out.items()})
+        return out
 
     def _probe(self, wanted: dict[Partition, list[int]]) -> dict[Partition, dict[int, str | None]]:
         """The fingerprints of the messages the broker holds at the given offsets (None:

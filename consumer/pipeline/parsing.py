@@ -78,11 +78,12 @@ class Parser:
         for message, received in pending:
             topic, number, offset = message.topic(), message.partition(), message.offset()
             kind, stamp = message.timestamp()
+            has_stamp = kind != TIMESTAMP_NOT_AVAILABLE and stamp >= 0
             source = Source(
                 topic, number, offset, self.epoch(topic, number),
-                fingerprint(message.key(), message.value()),
+                fingerprint(message.key(), message.value()), stamp if has_stamp else -1,
             )  # fmt: skip
-            message_ts = stamp / 1000 if kind != TIMESTAMP_NOT_AVAILABLE and stamp >= 0 else None
+            message_ts = stamp / 1000 if has_stamp else None
             if topic == s.topic_deletions:
                 event = parse_deletion(
                     message.value(), source, message_ts, s.max_message_bytes, received,

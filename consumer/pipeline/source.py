@@ -22,6 +22,7 @@ from consumer.http import Health
 from consumer.metrics import Metrics
 from consumer.pipeline.assignment import Assignments, Verdicts
 from consumer.pipeline.dead_letters import SurgePolicy
+from consumer.pipeline.ordering import TimeOrder
 from consumer.retry import TRANSIENT_REDIS, RetriesExhausted, retry
 from consumer.settings import Settings
 from consumer.state.store import ModelState
@@ -86,6 +87,11 @@ class Source:
             settings.topic_interactions: "interactions",
             settings.topic_deletions: "deletions",
         }
+        # The input in time order while partitions are behind (ordering.py); where each
+        # assigned partition's next message is, to tell whether it has more to give.
+        self.order = TimeOrder(settings.topic_deletions, settings.input_order_wait_ms / 1000)
+        self._next: dict[Partition, int] = {}
+        self._passed_over = 0
         self._gaps_checked = 0.0
         self._lag_checked = 0.0
         self._lag_partitions: set[Partition] = set()
@@ -105,6 +111,7 @@ class Source:
             log.info("assigned %s", [f"{p.topic}:{p.partition}" for p in partitions])
             starts, verdicts = self._resolve([(p.topic, p.partition) for p in partitions])
             consumer.assign(starts)
+            self._positioned(starts)
             self._report(verdicts)
             self.health.assigned += len(partitions)
             if assigned is not None:
@@ -114,6 +121,9 @@ class Source:
             log.info("revoked %s", [f"{p.topic}:{p.partition}" for p in partitions])
             gone = [(p.topic, p.partition) for p in partitions]
             revoking(gone)
+            self.order.drop(gone)
+            for partition in gone:
+                self._next.pop(partition, None)
             self.health.assigned = max(self.health.assigned - len(partitions), 0)
             self.assignments.forget(gone)
             for partition in gone:  # its next owner judges it afresh
@@ -130,16 +140,23 @@ class Source:
         )
 
     def read(self, room: int, wait_s: float) -> Read:
-        """What is waiting, up to `room` messages; with nothing waiting, the first message
-        to arrive within `wait_s` and whatever came with it."""
+        """What is waiting, up to `room` messages, in time order (ordering.py); with
+        nothing waiting, the first message to arrive within `wait_s` and whatever came
+        with it. While the merge holds messages for a partition behind, a read waits at
+        most until it gives up on that partition."""
+        holding = self.order.waiting_for(time.monotonic())
+        if holding is not None:
+            wait_s = min(wait_s, holding)
+        elif len(self.order):
+            wait_s = 0.0  # messages ready to take
         messages = self.consumer.consume(num_messages=max(room, 1), timeout=0)
         if not messages and wait_s > 0:
             messages = self.consumer.consume(num_messages=1, timeout=wait_s)
             if messages and room > 1:
                 messages += self.consumer.consume(num_messages=room - 1, timeout=0)
         received = time.time()
-        out = Read(more_waiting=len(messages) >= room)
         backwards: set[Partition] = set()
+        fresh = []
         for message in messages:
             error = message.error()
             if error is not None:
@@ -154,9 +171,39 @@ class Source:
             ):
                 backwards.add(partition)  # read again once the partition is checked
                 continue
-            out.messages.append((message, received))
+            self._next[partition] = message.offset() + 1
+            fresh.append((message, received))
+        self.order.add(fresh)
+        held_back = set(self.assignments.gaps()) | set(self.surge.paused())
+        taken = self.order.take(
+            max(room, 1),
+            [p for p in self.assignments.views if p not in held_back],
+            self._has_more,
+            time.monotonic(),
+        )
+        if self.order.passed_over > self._passed_over:
+            self.metrics.input_passed_over.inc(self.order.passed_over - self._passed_over)
+            self._passed_over = self.order.passed_over
+        out = Read(taken, more_waiting=len(messages) >= room or len(taken) >= room)
         out.backwards = sorted(backwards)
         return out
+
+    def _has_more(self, partition: Partition) -> bool:
+        """Whether the broker holds messages of the partition past those read, as its last
+        fetch (or the assignment) told: a cached high watermark, no round trip."""
+        _, high = self.consumer.get_watermark_offsets(TopicPartition(*partition), cached=True)
+        if high < 0:
+            high = self.assignments.highs.get(partition, -1)
+        position = self._next.get(partition, -1)
+        if high < 0 or position < 0:
+            return True  # not known yet: waited for, within the merge's bound
+        return position < high
+
+    def _positioned(self, starts: list[TopicPartition]) -> None:
+        """Partitions (re)positioned: what was read of them is read again from there."""
+        self.order.drop([(tp.topic, tp.partition) for tp in starts])
+        for tp in starts:
+            self._next[(tp.topic, tp.partition)] = tp.offset
 
     def owns(self, topic: str, partition: int) -> bool:
         return (topic, partition) in self.assignments.views
@@ -184,6 +231,7 @@ class Source:
         starts, verdicts = self._resolve(partitions)
         for start in starts:
             self.consumer.seek(start)
+        self._positioned(starts)
         self._report(verdicts, rollback_counted)
 
     def _resolve(self, partitions: list[Partition]) -> tuple[list[TopicPartition], Verdicts]:

@@ -217,12 +217,33 @@ class Batch:
             self._edit_shard(shard, work)
 
     def _edit_shard(self, shard: int, work: ShardWork) -> None:
+        """The shard's events in their order, as one event at a time would apply them
+        (so neither the state nor a receipt depends on where a batch was cut): an
+        interaction is learned unless a tombstone (stored, or of a deletion before it in
+        this batch) covers it; a deletion removes what its user's row holds at its place,
+        the interactions before it included, and keeps what is newer. Interactions are
+        merged into a row in runs, up to the next deletion of its user. Then the purges
+        (items forgotten whole), after every event."""
         stored = self.stored_tombstones.get(shard, {})
-        # (user or -1, item or -1, T, removed pairs) per deletion of this shard, in order
-        covering: list[tuple[int, int, float, set[tuple[int, int]]]] = []
+        pending: dict[int, list[tuple[int, float, float]]] = defaultdict(list)
+        sources: dict[tuple[int, int], list[Source]] = defaultdict(list)
+        figures = self.figures
         for routed in work.events:
             event = routed.event
-            if not isinstance(event, Deletion):
+            if isinstance(event, Interaction):
+                u, i = routed.user, routed.item
+                names = (pair_tombstone(u, i), user_tombstone(u), item_tombstone(i))
+                earlier = max(stored.get(n, -np.inf) for n in names)
+                here = max(self.tombstones[shard].get(n, -np.inf) for n in names)
+                if event.ts <= max(earlier, routed.unseen_limit):
+                    figures.interactions_late += 1  # an earlier batch's deletion covers it
+                elif event.ts <= here:
+                    figures.interactions_suppressed += 1  # a deletion before it, here
+                else:
+                    pending[u].append((i, event.weight, event.ts))
+                    sources[(u, i)].append(event.source)
+                    figures.interactions_applied += 1
+                    figures.learned_ts.append(event.ts)
                 continue
             if routed.names_unseen:
                 # Nothing of it is stored: its tombstone by id was kept as it was routed
@@ -234,6 +255,7 @@ class Batch:
             if event.scope == "item":
                 continue
             u, i, t = routed.user, routed.item, event.ts
+            self._learn(shard, u, pending.pop(u, []), sources)
             request = self._request(shard, routed)
             removed: set[tuple[int, int]] = set()
             if event.scope == "pair":
@@ -241,14 +263,17 @@ class Batch:
                     removed.add((u, i))
                 self._drop_slice_users(shard, i, {u}, t)
                 self._tombstone(shard, pair_tombstone(u, i), t, stored)
+                request.kept = int(np.isin(i, self.user_rows[u]["other"]))
             else:
                 for j in self._take_user_row(u, t):
                     removed.add((u, j))
                     self._drop_slice_users(shard, j, {u}, t)
                 self._tombstone(shard, user_tombstone(u), t, stored)
+                request.kept = len(self.user_rows[u])
             request.parts[user_part(shard)] = None
-            covering.append((u, i if event.scope == "pair" else -1, t, removed))
             self._removed_by[request.source] = removed
+        for u, events in pending.items():
+            self._learn(shard, u, events, sources)
         for purge in work.purges:
             victims = self._take_slice(shard, purge.item, purge.ts)
             purged = self._purged[purge.waiter]
@@ -256,57 +281,28 @@ class Batch:
                 self._drop_user_pairs(v, {purge.item}, purge.ts)
                 purged.add((v, purge.item))
             self._tombstone(shard, item_tombstone(purge.item), purge.ts, stored)
-            covering.append((-1, purge.item, purge.ts, purged))
-        self._learn(shard, work, stored, covering)
 
     def _learn(
         self,
         shard: int,
-        work: ShardWork,
-        stored: dict[str, float],
-        covering: list[tuple[int, int, float, set[tuple[int, int]]]],
+        u: int,
+        events: list[tuple[int, float, float]],
+        sources: dict[tuple[int, int], list[Source]],
     ) -> None:
-        additions: dict[int, list[tuple[int, float, float]]] = defaultdict(list)
-        sources: dict[tuple[int, int], list[Source]] = defaultdict(list)
-        figures = self.figures
-        for routed in work.events:
-            event = routed.event
-            if not isinstance(event, Interaction):
-                continue
-            u, i = routed.user, routed.item
-            limit = max(
-                stored.get(pair_tombstone(u, i), -np.inf),
-                stored.get(user_tombstone(u), -np.inf),
-                stored.get(item_tombstone(i), -np.inf),
-                routed.unseen_limit,  # deletions that named the ids before they were seen
-            )
-            if event.ts <= limit:
-                figures.interactions_late += 1  # an earlier batch's deletion covers it
-                continue
-            cover = next(
-                (c for c in covering if event.ts <= c[2] and c[0] in (u, -1) and c[1] in (i, -1)),
-                None,
-            )
-            if cover is not None:  # this batch's deletion covers it: never learned
-                cover[3].add((u, i))
-                figures.interactions_suppressed += 1
-                continue
-            additions[u].append((i, event.weight, event.ts))
-            sources[(u, i)].append(event.source)
-            figures.interactions_applied += 1
-            figures.learned_ts.append(event.ts)
+        """A run of the user's interactions into its row and the items' slices."""
+        if not events:
+            return
+        before = len(self.user_rows[u])
+        merged = _merge(self.user_rows[u], events, self.kind)
+        _check_weights(u, merged, sources, self.params.alpha)
+        self.user_rows[u] = merged
+        self.touched_users.add(u)
+        self.figures.interactions_new += len(merged) - before
         by_item: dict[int, list[tuple[int, float, float]]] = defaultdict(list)
-        for u, events in additions.items():
-            before = len(self.user_rows[u])
-            merged = _merge(self.user_rows[u], events, self.kind)
-            _check_weights(u, merged, sources, self.params.alpha)
-            self.user_rows[u] = merged
-            self.touched_users.add(u)
-            figures.interactions_new += len(merged) - before
-            for i, w, t in events:
-                by_item[i].append((u, w, t))
-        for i, events in by_item.items():
-            self.slices[(shard, i)] = _merge(self.slices[(shard, i)], events, self.kind)
+        for i, w, t in events:
+            by_item[i].append((u, w, t))
+        for i, item_events in by_item.items():
+            self.slices[(shard, i)] = _merge(self.slices[(shard, i)], item_events, self.kind)
             self.changed_slices.add((shard, i))
 
     def _tombstone(self, shard: int, name: str, t: float, stored: dict[str, float]) -> None:
@@ -366,8 +362,7 @@ class Batch:
             if request.scope == "item" and not request.names_unseen:
                 continue
             removed = self._removed_by[request.source]
-            request.removed = len(removed)
-            request.kept = self._kept(request)
+            request.removed = len(removed)  # kept: counted at its place (_edit_shard)
             self.parts.append(LocalPart(Waiter(request.coordinator, request.source,
                                                user_part(request.coordinator)),
                                         request.coordinator))  # fmt: skip
@@ -400,15 +395,6 @@ class Batch:
                     LocalPart(purge.waiter, shard, len(self._purged[purge.waiter]), kept)
                 )
         self.to_solve = to_solve
-
-    def _kept(self, request: Request) -> int:
-        """The scope's pairs still stored after the batch (each newer than the deletion)."""
-        if request.names_unseen:
-            return 0
-        row = self.user_rows[request.user]
-        if request.scope == "pair":
-            return int(np.isin(request.item, row["other"]))
-        return len(row)
 
     def add_final_items(self, items: dict[int, Waiter]) -> None:
         """Items forgotten whole whose every purge is durable: their coordinator (this

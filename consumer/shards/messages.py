@@ -113,7 +113,7 @@ def _encode(message: Message) -> dict[str, Any]:
         out: dict[str, Any] = {
             "k": "i" if isinstance(e, Interaction) else "d",
             "u": e.user, "i": e.item, "ui": message.user, "ii": message.item,
-            "ts": e.ts, "s": [s.topic, s.partition, s.offset, s.epoch, s.fingerprint],
+            "ts": e.ts, "s": [s.topic, s.partition, s.offset, s.epoch, s.fingerprint, s.stamp],
             "r": e.received, "a": e.ts_adjusted,
         }  # fmt: skip
         if isinstance(e, Interaction):
@@ -143,7 +143,8 @@ def _encode(message: Message) -> dict[str, Any]:
 def _decode(raw: dict[str, Any]) -> Message:
     kind = raw["k"]
     if kind in ("i", "d"):
-        source = Source(*raw["s"][:4], fingerprint=raw["s"][4])
+        stamp = raw["s"][5] if len(raw["s"]) > 5 else -1
+        source = Source(*raw["s"][:4], fingerprint=raw["s"][4], stamp=stamp)
         event: Interaction | Deletion
         if kind == "i":
             event = Interaction(raw["u"], raw["i"], raw["w"], raw["ts"], source, raw["r"], raw["a"])

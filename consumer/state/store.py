@@ -377,6 +377,10 @@ class ModelState:
         # a value beyond it means another writer wrote (layout.bell).
         self.bell_seen: int | None = None
         self.bell_heard = False  # someone else rang since `bell_rang` last said so
+        self._had_model = False  # meta() found a whole model once
+        # A running service's handle (Engine): a model gone from under it is a replacement
+        # (NamespaceReplaced), never "no model yet".
+        self.watch_replacement = False
 
     @property
     def server(self) -> str:
@@ -395,13 +399,21 @@ class ModelState:
 
     def meta(self) -> Meta:
         raw = {k.decode(): v.decode() for k, v in self.client.hgetall(self.layout.meta).items()}
+        incomplete = [k for k in _META_KEYS if k not in raw]
+        if incomplete and self._had_model and self.watch_replacement:
+            # It held a model when this handle first read it: a load is replacing it (or
+            # someone removed it) under a running reader.
+            raise NamespaceReplaced(
+                f"namespace {self.layout.namespace!r} was removed or is being replaced "
+                "under this service: it stopped without applying anything more; start it "
+                "again once the load is done"
+            )
         if not raw:
             raise StateError(
                 f"no model in namespace {self.layout.namespace!r} (run `unlearn load`)"
             )
         if int(raw.get("format", 0)) > FORMAT_VERSION:
             raise StateError(f"namespace format {raw['format']} is newer than this version reads")
-        incomplete = [k for k in _META_KEYS if k not in raw]
         if incomplete:  # a load that did not finish, or a Redis that lost part of it
             raise StateError(
                 f"namespace {self.layout.namespace!r} is incomplete (no {', '.join(incomplete)}"
@@ -413,6 +425,7 @@ class ModelState:
                 f"(format {raw.get('format', 0)}): export it with that version and load it "
                 "again (docs/deploy.md, upgrading)"
             )
+        self._had_model = True
         params = Hyperparameters(
             kind=raw["kind"],  # type: ignore[arg-type]
             factors=int(raw["factors"]),

@@ -115,21 +115,33 @@ def test_late_interaction_older_than_a_deletion_is_never_learned(loaded):
 def test_a_deletion_also_stops_older_interactions_in_the_same_batch(loaded):
     state, _, _ = loaded
     engine, stream = Engine(state), Stream()
+    # In the input, the interactions come before the deletion: learned, then the older
+    # one removed (as one event at a time would), the newer one kept.
     out = engine.process(
         [stream.interact("newcomer", "i1", ts=100.0), stream.interact("newcomer", "i2", ts=300.0)],
         [stream.delete(user="newcomer", ts=200.0)],
     )
     assert (out.interactions_suppressed, out.interactions_late, out.interactions_applied) == (
-        1,
         0,
-        1,
+        0,
+        2,
     )
-    # The receipt counts what the request kept out of the model, and what of its scope
+    # The receipt counts what the request took out of the model, and what of its scope
     # stays (newer than the deletion).
     assert (out.receipts[0].removed, out.receipts[0].kept_newer) == (1, 1)
     assert int(state.read_status()["interactions"]) == state.count_interactions()
     index = int(state.lookup("user", ["newcomer"])[0])
     assert state.read_rows("user", np.array([index]), 4)[0]["other"].tolist() == [2]
+    # After the deletion in the input (a later message timestamp), an older copy is never
+    # learned: suppressed by the deletion before it in the same batch, not counted by it.
+    late = Source("interactions", 0, 10, stamp=2_000)
+    erase = Source("deletions", 0, 10, stamp=1_000)
+    out = engine.process(
+        [Interaction("newcomer", "i3", 1.0, 220.0, late)],
+        [Deletion("newcomer", None, 250.0, "again", erase)],
+    )
+    assert (out.interactions_suppressed, out.interactions_applied) == (1, 0)
+    assert (out.receipts[0].removed, out.receipts[0].kept_newer) == (0, 1)
 
 
 def test_learning_adds_weights_and_new_ids(loaded):
