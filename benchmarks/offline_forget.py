@@ -21,15 +21,13 @@ from pathlib import Path
 import implicit
 import scipy.sparse as sp
 
-from benchmarks._common import DATA_DIR, load, machine, median, require, write_json
-from unlearn_core import SweepPolicy, forget, train
+from benchmarks._common import DATA_DIR, machine, median, trained_on_binary, write_json
+from unlearn_core import SweepPolicy, forget
 from unlearn_core.interactions import apply_change
-from unlearn_core.params import Hyperparameters
 from unlearn_core.retrain_check import (
     HeldOut,
     compare_with_retraining,
     random_pair_deletions,
-    split_held_out,
 )
 from unlearn_core.unlearn import DEFAULT_RANK_TOLERANCE
 
@@ -47,13 +45,7 @@ def main() -> None:
     args = parser.parse_args()
     cases = []
     for name, path, k in SETS:
-        data, users, items = load(require(path), "implicit")
-        binary = data.by_user.copy()
-        binary.data[:] = 1.0
-        rows = sp.coo_array(binary)
-        train_data, held_out = split_held_out(rows.row, rows.col, rows.data, data.shape, "implicit")
-        params = Hyperparameters("implicit", k, 1.0, 1.0)
-        model, _ = train(train_data, users, items, params, 15, seed=0)
+        model, train_data, held_out, _, _ = trained_on_binary(path, k)
         for fraction in (float(f) for f in args.fractions.split(",")):
             cases.append(_case(name, model, train_data, held_out, fraction, args.repeats))
             print(cases[-1]["summary"])

@@ -402,6 +402,32 @@ def offline_forget(data: dict[str, Any]) -> str:
     return table + where + "\n\n" + _machine(data)
 
 
+def offline_command(data: dict[str, Any]) -> str:
+    rows = []
+    for case in data["cases"]:
+        summary = case["summary"]
+        m, stages = summary["medians_s"], summary["stage_medians_s"]
+        failed = [k for k, v in case["checks"].items() if not v]
+        before = f"{m['command_before']:.2f}" if "command_before" in m else "-"
+        rows.append((
+            case["data"], f"{case['fraction']:.0%} ({case['deleted_pairs']:,} pairs)",
+            before, f"**{m['command']:.2f}**",
+            " / ".join(f"{stages[s]:.2f}" for s in ("read", "index", "forget", "write")),
+            f"{m['implicit_fit']:.2f}", f"{m['retrain_command']:.2f}",
+            f"**{summary['command_over_implicit_fit']:.2f}x** / "
+            f"{summary['command_over_retrain_command']:.2f}x",
+            "pass" if not failed else "**fail**: " + ", ".join(failed),
+        ))  # fmt: skip
+    table = _table(
+        ("data", "deleted", "command s, before", "command s, now",
+         "its stages s: read / index / forget / write", "implicit fit s (in memory)",
+         "retrain command s (read + fit)", "command / fit, / retrain command",
+         "retraining checks"),
+        rows,
+    )  # fmt: skip
+    return table + "\n\n" + _machine(data)
+
+
 def _rebalance(data: dict[str, Any]) -> str:
     rebalance = data.get("rebalance")
     if not rebalance:
@@ -605,6 +631,7 @@ SECTIONS: dict[str, tuple[Path, Callable[[dict[str, Any]], str]]] = {
     "scaling_rebalance_noida": (DOC, scaling),
     "scaling_20m": (DOC, scaling),
     "offline_forget": (DOC, offline_forget),
+    "offline_command": (DOC, offline_command),
     "rest": (DOC, rest),
     "rest_tansu": (DOC, rest),
     "forgetting_cycle": (DOC, forgetting_cycle),

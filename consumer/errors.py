@@ -14,3 +14,7 @@ class InputError(Exception):
         self.message = message
         where = f"{self.path}:{line}" if line is not None else self.path
         super().__init__(f"{where}: {message}")
+
+
+class StateError(RuntimeError):
+    """The namespace is missing, or holds something this version cannot read."""

@@ -116,11 +116,8 @@ def read_matrix(path: str | Path) -> np.ndarray:
 
 def read_spark_factors(directory: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """A Spark factor DataFrame saved as Parquet: (ids, factors), sorted by id."""
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as exc:  # the spark extra: pip install 'unlearn[spark]'
-        raise InputError(directory, "reading Spark's Parquet needs pyarrow: "
-                         "pip install 'unlearn[spark]'") from exc  # fmt: skip
+    import pyarrow.parquet as pq  # a dependency, imported only by the commands that read it
+
     try:
         table = pq.read_table(str(directory), columns=["id", "features"])
     except (OSError, ValueError, KeyError) as exc:

@@ -478,7 +478,7 @@ def _load(path: str | None, seed: int) -> Dataset:
     if found is not None:
         rows = read_interactions(found, "implicit")
         users, items = IdIndex(), IdIndex()
-        u, i = users.add(rows.users), items.add(rows.items)
+        u, i = rows.user_column.indices(users), rows.item_column.indices(items)
         stamps = np.nan_to_num(rows.timestamps, nan=0.0)
         return Dataset(str(found), u, i, rows.weights, stamps, users.ids, items.ids)
     events = long_tailed_events(seed=seed)

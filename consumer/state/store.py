@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import redis
 
+from consumer.errors import StateError
 from consumer.pipeline.positions import MARKS_KEPT, Marks
 from consumer.state.layout import (
     FACTOR_DTYPE,
@@ -245,10 +246,6 @@ elseif ARGV[2] == 'identify' and record['epoch'] == seen and record['topic_id'] 
 end
 return cjson.encode(record)
 """
-
-
-class StateError(RuntimeError):
-    """The namespace is missing, or holds something this version cannot read."""
 
 
 class NamespaceReplaced(StateError):
