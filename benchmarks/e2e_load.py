@@ -162,11 +162,12 @@ def start_service(
     port: int,
     consolidate_idle_ms: str,
     log: Path | None = None,
+    checkout: Path | None = None,
     **settings: str,
 ) -> subprocess.Popen:
     """`unlearn run` in its own process, one BLAS thread, metrics on `port`, its output
     into `log` (None: discarded); `settings` more of its settings by name
-    (`group_id="g"` sets UNLEARN_GROUP_ID)."""
+    (`group_id="g"` sets UNLEARN_GROUP_ID); `checkout`: run another checkout's code."""
     env = {
         **os.environ,
         "UNLEARN_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
@@ -179,9 +180,12 @@ def start_service(
         "OMP_NUM_THREADS": "1",
         **{f"UNLEARN_{name.upper()}": value for name, value in settings.items()},
     }
+    if checkout is not None:  # `python -c` puts its working directory first on the path
+        env["PYTHONPATH"] = str(checkout.resolve())
     command = [sys.executable, "-c", "from consumer.cli import main; raise SystemExit(main())"]
     output = log.open("ab") if log is not None else subprocess.DEVNULL
-    return subprocess.Popen([*command, "run"], env=env, stdout=output, stderr=subprocess.STDOUT)
+    return subprocess.Popen([*command, "run"], env=env, stdout=output, stderr=subprocess.STDOUT,
+                            cwd=checkout)  # fmt: skip
 
 
 def _run_phase(

@@ -428,6 +428,21 @@ def offline_command(data: dict[str, Any]) -> str:
     return table + "\n\n" + _machine(data)
 
 
+def profile_breakdown(data: dict[str, Any]) -> str:
+    stages = data["stages"]
+    rows = [
+        (stage, f"{f['ms_per_event']:.3f}",
+         "-" if f["share_of_busy"] is None else f"{f['share_of_busy']:.0%}", f"{f['samples']:,}")
+        for stage, f in stages.items()
+    ]  # fmt: skip
+    total = sum(f["ms_per_event"] for s, f in stages.items() if s != "idle")
+    return (
+        _table(("stage (main thread)", "ms per event", "share", "samples"), rows)
+        + f"\n\nTotal {total:.2f} ms of the main thread per event ({data['events']:,} events, "
+        f"py-spy at {data['rate_hz']:.0f} Hz, profile `{data['profile']}`).\n\n" + _machine(data)
+    )
+
+
 def _rebalance(data: dict[str, Any]) -> str:
     rebalance = data.get("rebalance")
     if not rebalance:
@@ -630,6 +645,8 @@ SECTIONS: dict[str, tuple[Path, Callable[[dict[str, Any]], str]]] = {
     "scaling": (DOC, scaling),
     "scaling_rebalance_noida": (DOC, scaling),
     "scaling_20m": (DOC, scaling),
+    "scaling_profile": (DOC, scaling),
+    "profile_breakdown": (DOC, profile_breakdown),
     "offline_forget": (DOC, offline_forget),
     "offline_command": (DOC, offline_command),
     "rest": (DOC, rest),

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import signal
 import subprocess
 import threading
 import time
@@ -53,6 +54,7 @@ CONSOLIDATE_IDLE_MS = str(Settings.model_fields["consolidate_idle_ms"].default)
 class Config:
     instances: int
     percent: int
+    checkout: Path | None = None  # another checkout's code (--before)
 
     @classmethod
     def parse(cls, text: str) -> Config:
@@ -61,7 +63,7 @@ class Config:
 
     @property
     def label(self) -> str:
-        return f"{self.instances}x{self.percent}%"
+        return f"{self.instances}x{self.percent}%" + (" before" if self.checkout else "")
 
 
 class CpuQuota:
@@ -103,6 +105,13 @@ def main() -> None:
     parser.add_argument("--rebalance-repeats", type=int, default=3)
     parser.add_argument("--rebalance-quota", type=int, default=50, help="% of a core each")
     parser.add_argument("--logs", type=Path, default=None, help="keep instance logs here")
+    parser.add_argument(
+        "--profile", type=Path, default=None, help="sample each instance with py-spy into here"
+    )
+    parser.add_argument(
+        "--before", type=Path, default=None,
+        help="also run each configuration on this checkout's code, in the same rotation",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scaling.json"))
     args = parser.parse_args()
     if args.logs is not None:
@@ -113,6 +122,8 @@ def main() -> None:
         )
     threadpool_limits(1, "blas")
     configs = [Config.parse(c) for c in args.configs.split(",")]
+    if args.before is not None:
+        configs = [c for n in configs for c in (n, Config(n.instances, n.percent, args.before))]
     if args.synthetic:
         data, user_ids, item_ids = _synthetic(*(int(x) for x in args.synthetic.split(",")))
     else:
@@ -130,7 +141,7 @@ def main() -> None:
                 pairs = order[cursor : cursor + args.burst]
                 cursor += args.burst
                 run = _run(config, f"r{repeat}-{config.label}", bootstrap, redis_url,
-                           data, user_ids, item_ids, pairs, args.logs)  # fmt: skip
+                           data, user_ids, item_ids, pairs, args.logs, args.profile)  # fmt: skip
                 print(json.dumps(run))
                 runs.append(run)
         rebalances = []
@@ -192,14 +203,21 @@ def _topics(bootstrap: str, tag: str) -> dict[str, str]:
 
 
 def _launch(
-    bootstrap, redis_url, topics, group, name: str, percent: int, logs: Path | None
+    bootstrap,
+    redis_url,
+    topics,
+    group,
+    name: str,
+    percent: int,
+    logs: Path | None,
+    checkout: Path | None = None,
 ) -> Instance:
     """`unlearn run` in its own cgroup at `percent` of a core (its output into `logs`)."""
     port = free_port()
     quota = CpuQuota(f"unlearn-bench-{name}", percent)
     log = logs / f"{name}.log" if logs is not None else None
     process = start_service(
-        bootstrap, redis_url, NAMESPACE, port, CONSOLIDATE_IDLE_MS, log,
+        bootstrap, redis_url, NAMESPACE, port, CONSOLIDATE_IDLE_MS, log, checkout,
         group_id=group, instance_id=name, solve_threads="1",
         **{f"topic_{kind}": topic for kind, topic in topics.items()},
     )  # fmt: skip
@@ -208,20 +226,39 @@ def _launch(
 
 
 def _run(
-    config: Config, tag: str, bootstrap, redis_url, data, user_ids, item_ids, pairs, logs
+    config: Config,
+    tag: str,
+    bootstrap,
+    redis_url,
+    data,
+    user_ids,
+    item_ids,
+    pairs,
+    logs,
+    profile: Path | None = None,
 ) -> dict:
-    tag = tag.replace("%", "")
+    tag = tag.replace("%", "").replace(" ", "-")
     topics = _topics(bootstrap, tag)
     group = f"unlearn-{tag}"
     instances: list[Instance] = []
     try:
         for n in range(config.instances):
             instances.append(
-                _launch(bootstrap, redis_url, topics, group, f"{tag}-{n}", config.percent, logs)
+                _launch(
+                    bootstrap,
+                    redis_url,
+                    topics,
+                    group,
+                    f"{tag}-{n}",
+                    config.percent,
+                    logs,
+                    config.checkout,
+                )
             )
         for instance in instances:
             wait_until(lambda i=instance: _ready(i.port), "an instance", timeout=1800)
         _wait_for_group([i.port for i in instances])
+        samplers = [_sample(i, profile, f"{tag}-{n}") for n, i in enumerate(instances)]
         throttled = [i.quota.throttled_s() for i in instances]
         figures = _burst(bootstrap, topics, group, data, user_ids, item_ids, pairs)
         figures["throttled_s"] = [
@@ -229,11 +266,25 @@ def _run(
         ]
         figures["peak_rss_bytes"] = [_peak_rss_bytes(i.process.pid) for i in instances]
         figures["time_s"] = [_time_spent(i.port) for i in instances]
+        for sampler in filter(None, samplers):
+            sampler.send_signal(signal.SIGINT)  # py-spy writes what it sampled and exits
+            sampler.wait(timeout=60)
     finally:
         for instance in instances:
             instance.stop()
     return {"config": config.label, "instances": config.instances, "percent": config.percent,
-            **figures}  # fmt: skip
+            "checkout": str(config.checkout) if config.checkout else None, **figures}  # fmt: skip
+
+
+def _sample(instance: Instance, into: Path | None, name: str) -> subprocess.Popen | None:
+    """py-spy sampling the instance (every thread, 200 Hz) as collapsed stacks, from now
+    until it is told to stop: the burst's profile."""
+    if into is None:
+        return None
+    into.mkdir(parents=True, exist_ok=True)
+    command = ["py-spy", "record", "--pid", str(instance.process.pid), "--rate", "200",
+               "--format", "raw", "--threads", "--output", str(into / f"{name}.txt")]  # fmt: skip
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def _rebalance(args, tag, bootstrap, redis_url, data, user_ids, item_ids, pairs) -> dict:
@@ -478,10 +529,15 @@ def _summary(configs: list[Config], runs: list[dict]) -> dict:
         }
     ratios = {}
     for config in configs:
-        single = Config(1, config.percent).label
+        single = Config(1, config.percent, config.checkout).label
         if config.instances > 1 and single in out and config.label in out:
             ratios[f"{config.label} / {single}"] = (
                 out[config.label]["events_per_s_median"] / out[single]["events_per_s_median"]
+            )
+        before = Config(config.instances, config.percent, Path("before")).label
+        if config.checkout is None and before in out and config.label in out:
+            ratios[f"{config.label} now / before"] = (
+                out[config.label]["events_per_s_median"] / out[before]["events_per_s_median"]
             )
     out["ratios"] = ratios
     return out

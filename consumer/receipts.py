@@ -51,7 +51,9 @@ class Receipt:
         return self.record or self.source
 
     def to_json(self) -> str:
-        body = dataclasses.asdict(self)
+        # Every field is a plain value or a tuple rebuilt below: a shallow dict, not
+        # dataclasses.asdict's deep copy (a tenth of the service's time per receipt).
+        body = {name: getattr(self, name) for name in _FIELDS}
         generations = dict(self.generations)
         body["parts"] = [
             {"part": name, "durable_at": at, "generation": generations.get(name, 0)}
@@ -91,3 +93,6 @@ class Receipt:
     def key(self) -> str:
         """The Kafka key it is published under."""
         return self.request_id or self.source
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(Receipt))

@@ -86,3 +86,20 @@ def test_the_sample_keeps_at_most_its_size_uniformly():
     assert len(sample.pairs) == 100 and sample.seen == 10_000
     # Uniform over what was seen: about as many from the first half as from the second.
     assert 30 <= int((sample.pairs[:, 0] < 5000).sum()) <= 70
+
+
+def test_every_pair_seen_has_the_same_chance_whatever_the_chunks():
+    # 1,000 pairs in chunks of uneven size (one crosses the point where the sample fills):
+    # over 2,000 samples of 100, each pair is kept about a tenth of the time, never twice.
+    kept = np.zeros(1000)
+    pairs = np.stack([np.arange(1000), np.arange(1000)], axis=1)
+    for seed in range(2000):
+        sample = Sample(100, seed=seed)
+        for chunk in np.split(pairs, [30, 160, 161, 700]):
+            sample.add(chunk)
+        assert len(np.unique(sample.pairs[:, 0])) == 100
+        kept[sample.pairs[:, 0]] += 1
+    share = kept / 2000
+    # binomial(2000, 0.1): sd 0.0067; 5 sd either side
+    assert share.min() > 0.066 and share.max() < 0.134
+    assert abs(share[:100].mean() - 0.1) < 0.01 and abs(share[-100:].mean() - 0.1) < 0.01
