@@ -52,7 +52,7 @@ from consumer.shards.messages import (
 )
 from consumer.shards.replica import Replica
 from consumer.shards.requests import Request, item_part, part_shard
-from consumer.state.layout import coordinator_shard, unseen_shard
+from consumer.state.layout import coordinator_shard, shard_of, unseen_shard
 from consumer.state.store import (
     SIDES,
     ModelState,
@@ -416,7 +416,7 @@ class Engine:
         for event, u, i, limit in zip(
             interactions, users.tolist(), items.tolist(), limits.tolist(), strict=True
         ):
-            routed.append((u % shards, Routed(event, u, i, raw.get(event.source),
+            routed.append((shard_of(u, shards), Routed(event, u, i, raw.get(event.source),
                                               unseen_limit=limit)))  # fmt: skip
         # A deletion names its ids, it never creates them (an id never seen keeps its
         # tombstone by id, and the request is coordinated where the id hashes to).
@@ -834,7 +834,9 @@ class Engine:
     ) -> None:
         """The rows the batch wrote, and what it forgot, of the shards whose write held."""
         for side, rows in (("user", batch.touched_users), ("item", batch.items)):
-            chosen = np.array(sorted(r for r in rows if r % self.shards in written), np.int64)
+            chosen = np.array(
+                sorted(r for r in rows if shard_of(r, self.shards) in written), np.int64
+            )
             out.solved[side].append(chosen)
         if batch.forgot:
             out.forgetting.append(batch.forgot.of_shards(set(written), self.shards))
@@ -881,12 +883,12 @@ class Engine:
         writes: dict[int, ShardWrite] = defaultdict(ShardWrite)
         factors = self.replica.factors
         for u in batch.touched_users:
-            write = writes[u % self.shards]
+            write = writes[shard_of(u, self.shards)]
             write.factors["user"][u] = factors["user"][u]
             write.rows["user"][u] = batch.user_rows[u]
             write.interactions_delta += len(batch.user_rows[u]) - len(batch.original_users[u])
         for i in batch.items:
-            writes[i % self.shards].factors["item"][i] = factors["item"][i]
+            writes[shard_of(i, self.shards)].factors["item"][i] = factors["item"][i]
         for shard, item in batch.changed_slices:
             writes[shard].rows["item"][item] = batch.slices[(shard, item)]
         for shard, tombstones in batch.tombstones.items():
@@ -1050,7 +1052,7 @@ class Engine:
         shards = defaultdict(list)
         for routed in events:
             subject = routed.user if routed.user >= 0 else routed.item
-            shards[subject % self.shards].append(routed)
+            shards[shard_of(subject, self.shards)].append(routed)
         trial = Batch(self, {s: ShardWork(s, events=e) for s, e in shards.items()})
         try:
             trial.plan_item_requests()

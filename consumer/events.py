@@ -278,7 +278,7 @@ def _json_object(value: bytes | None, max_bytes: int) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise _Invalid("not_utf8", f"not UTF-8 at byte {exc.start}") from None
     try:
-        obj = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+        obj = _DECODER.decode(text)
     except _Invalid:
         raise
     except RecursionError:
@@ -302,6 +302,10 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def _no_constant(name: str) -> float:
     # Python's json accepts NaN and Infinity literals by default; JSON does not.
     raise _Invalid("not_json", f"{name} is not valid JSON")
+
+
+# One decoder for every message: json.loads with hooks builds a new one per call.
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
 
 
 def _id(obj: dict[str, Any], key: str, required: bool) -> str | None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from consumer.state.layout import shard_of
 from unlearn_core.active_set import SIDES
 
 PAIRS_LOGGED = 64  # deleted pairs a commit's change log carries for other owners
@@ -58,11 +59,11 @@ class Forgetting:
         out = Forgetting()
         chosen = list(wanted)
         for side, moved in self.moved.items():
-            mine = np.isin(moved.rows % shards, chosen)
+            mine = np.isin(shard_of(moved.rows, shards), chosen)
             out.moved[side] = moved.subset(mine)
-            out.touched[side] = {r for r in self.touched[side] if r % shards in wanted}
+            out.touched[side] = {r for r in self.touched[side] if shard_of(r, shards) in wanted}
         if len(self.pairs):
-            out.pairs = self.pairs[np.isin(self.pairs[:, 0] % shards, chosen)]
+            out.pairs = self.pairs[np.isin(shard_of(self.pairs[:, 0], shards), chosen)]
         return out
 
 

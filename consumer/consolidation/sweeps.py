@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from consumer.shards.batch import _csr
-from consumer.state.layout import rows_of_shard
+from consumer.state.layout import rows_of_shard, shard_of
 from consumer.state.store import ShardWrite
 from unlearn_core.active_set import SIDES, other_side
 from unlearn_core.objective import all_pairs_term, observed_term_values, row_penalty_values
@@ -152,7 +152,7 @@ class Sweeps:
             ):
                 writes[shard].loss_delta += value_after - value_before
             for n in rows.tolist():
-                writes[n % engine.shards].factors[side][n] = replica.factors[side][n]
+                writes[shard_of(n, engine.shards)].factors[side][n] = replica.factors[side][n]
             change = all_pairs_term(
                 replica.gramians.full("user"), replica.gramians.full("item"), engine.params
             ) - all_pairs_term(gramians["user"], gramians["item"], engine.params)
@@ -180,5 +180,5 @@ class Sweeps:
         per_row = per_row + row_penalty_values(np.diff(matrix.indptr), norms, engine.params)
         out: dict[int, float] = defaultdict(float)
         for row, value in zip(rows.tolist(), per_row.tolist(), strict=True):
-            out[row % engine.shards] += value
+            out[shard_of(row, engine.shards)] += value
         return dict(sorted(out.items()))

@@ -24,7 +24,7 @@ import scipy.sparse as sp
 from consumer.consolidation.cycle import FLUSH, REST, ROUNDS, TOUCH_UP, Cycle, CyclePolicy
 from consumer.consolidation.forgetting import Forgetting, Moved
 from consumer.shards.ledger import touched_terms
-from consumer.state.layout import ROW_DTYPE
+from consumer.state.layout import ROW_DTYPE, shard_of
 from consumer.state.store import ShardWrite
 from unlearn_core.active_set import SIDES, Pressure, confidences, other_side, row_mass
 from unlearn_core.model import pair_scores
@@ -104,7 +104,7 @@ class Consolidator:
                 pairs = (owners, moved.neighbours) if side == "user" else (moved.neighbours, owners)
                 self.cycle.observed.add(np.stack(pairs, axis=1))
         for side, rows in forgetting.touched.items():
-            self.touched[side] |= {r for r in rows if r % engine.shards in engine.owned}
+            self.touched[side] |= {r for r in rows if shard_of(r, engine.shards) in engine.owned}
         self.cycle.open()
         self.cycle.deleted.add(forgetting.pairs)
         self.cycle.figures.forgotten += len(forgetting.pairs)
@@ -194,7 +194,7 @@ class Consolidator:
     def _owned_pressed(self, side: str) -> np.ndarray:
         engine = self.engine
         rows = self.pressure.pressed(side)
-        return rows[np.isin(rows % engine.shards, list(engine.owned))]
+        return rows[np.isin(shard_of(rows, engine.shards), list(engine.owned))]
 
     def _sample_scores(self) -> tuple[np.ndarray, np.ndarray]:
         """The samples' pairs and their scores now (deleted, observed)."""
@@ -268,7 +268,7 @@ class Consolidator:
         data = {}
         for side in SIDES:
             rows = np.array(sorted(self.touched[side]), dtype=np.int64)
-            rows = rows[np.isin(rows % engine.shards, list(engine.owned))]
+            rows = rows[np.isin(shard_of(rows, engine.shards), list(engine.owned))]
             rows = rows[rows < len(engine.replica.factors[side])]
             if len(rows):
                 data[side] = _RowData.read(engine, side, rows, self.rows)
@@ -340,11 +340,11 @@ class Consolidator:
             moved = np.linalg.norm(now - before, axis=1) / scale
             touched = np.isin(rows, list(self.touched[side]))
             limit = np.where(touched, TOUCH_UP_PRECISION, self.policy.write_tolerance)
-            owned = np.isin(rows % engine.shards, list(engine.owned))
+            owned = np.isin(shard_of(rows, engine.shards), list(engine.owned))
             keep = (moved > limit) & owned
             back = ~keep & owned
             replica.set_rows(side, rows[back], before[back])  # back to what Redis holds
-            for shard in set((rows[~owned] % engine.shards).tolist()):
+            for shard in set(shard_of(rows[~owned], engine.shards).tolist()):
                 replica.known.pop(shard, None)  # another owner's now: read it again
             chosen[side] = rows[keep]
         writes = self._writes(chosen)
@@ -395,7 +395,7 @@ class Consolidator:
         writes: dict[int, ShardWrite] = defaultdict(ShardWrite)
         for side in SIDES:
             for row, value in zip(chosen[side].tolist(), now[side], strict=True):
-                writes[row % shards].factors[side][row] = value
+                writes[shard_of(row, shards)].factors[side][row] = value
         for shard in writes:
             writes[shard].loss_delta = after.get(shard, 0.0) - before_terms.get(shard, 0.0)
             writes[shard].status["consolidation"] = "settled"
@@ -407,11 +407,13 @@ class Consolidator:
         let their pressure go."""
         engine = self.engine
         for side in SIDES:
-            rows = [r for r in self.stored[side] if r % engine.shards in shards]
+            rows = [r for r in self.stored[side] if shard_of(r, engine.shards) in shards]
             if rows:
                 values = np.array([self.stored[side].pop(r) for r in rows], dtype=np.float32)
                 engine.replica.set_rows(side, np.array(rows, dtype=np.int64), values)
-            self.touched[side] = {r for r in self.touched[side] if r % engine.shards not in shards}
+            self.touched[side] = {
+                r for r in self.touched[side] if shard_of(r, engine.shards) not in shards
+            }
 
 
 _EMPTY = np.empty(0, dtype=ROW_DTYPE)

@@ -24,7 +24,13 @@ from consumer.events import Deletion, Interaction, Source
 from consumer.shards.ledger import touched_terms
 from consumer.shards.messages import Done, Message, Purge, Routed, Solve, Waiter
 from consumer.shards.requests import Request, item_part, items_part, purge_part, user_part
-from consumer.state.layout import ROW_DTYPE, item_tombstone, pair_tombstone, user_tombstone
+from consumer.state.layout import (
+    ROW_DTYPE,
+    item_tombstone,
+    pair_tombstone,
+    shard_of,
+    user_tombstone,
+)
 from consumer.state.store import EMPTY_ROW, SIDES
 from unlearn_core.active_set import confidences
 from unlearn_core.objective import all_pairs_term
@@ -349,7 +355,7 @@ class Batch:
         owned = self.owned
         changed_items: dict[int, set[int]] = defaultdict(set)  # item's shard -> items
         for _, i in self.changed_slices:
-            changed_items[i % self.shards].add(i)
+            changed_items[shard_of(i, self.shards)].add(i)
         to_solve: set[int] = {i for s, its in changed_items.items() if s in owned for i in its}
         solved_for: list[tuple[Solve, int]] = []
         for shard, work in self.work.items():
@@ -368,7 +374,7 @@ class Batch:
                                         request.coordinator))  # fmt: skip
             by_shard: dict[int, list[int]] = defaultdict(list)
             for _, j in sorted(removed):
-                by_shard[j % self.shards].append(j)
+                by_shard[shard_of(j, self.shards)].append(j)
             for target, items in by_shard.items():
                 part = items_part(target)
                 request.parts[part] = None

@@ -16,6 +16,7 @@ from collections import defaultdict
 
 import numpy as np
 
+from consumer.state.layout import shard_of
 from unlearn_core.objective import (
     all_pairs_term,
     observed_term_values,
@@ -41,7 +42,7 @@ def pair_shares(
         dtype=np.float64,
     )  # fmt: skip
     values = observed_term_values(scores, weights, params)
-    return np.bincount(users % shards, weights=values, minlength=shards)
+    return np.bincount(shard_of(users, shards), weights=values, minlength=shards)
 
 
 def penalty_shares(
@@ -50,7 +51,7 @@ def penalty_shares(
     """ALS-WR's penalties of every row of one side (`counts`: each row's pairs), per shard."""
     norms = np.sum(np.asarray(factors, dtype=np.float64) ** 2, axis=1)
     values = row_penalty_values(np.asarray(counts)[: len(norms)], norms, params)
-    return np.bincount(np.arange(len(values)) % shards, weights=values, minlength=shards)
+    return np.bincount(shard_of(np.arange(len(values)), shards), weights=values, minlength=shards)
 
 
 def all_pairs(user_factors: np.ndarray, item_factors: np.ndarray, params: Hyperparameters) -> float:
@@ -84,7 +85,7 @@ def touched_terms(
         value = observed_terms(ys[row["other"]] @ xs[u], row["weight"], params)
         if explicit:
             value += params.regularization * len(row) * float(xs[u].astype(np.float64) @ xs[u])
-        out[u % shards] += value
+        out[shard_of(u, shards)] += value
     for i in items.tolist():
         row = item_rows[i]
         others = row["other"]
@@ -92,5 +93,5 @@ def touched_terms(
         value = observed_terms(xs[others[keep]] @ ys[i], row["weight"][keep], params)
         if explicit:
             value += params.regularization * len(row) * float(ys[i].astype(np.float64) @ ys[i])
-        out[i % shards] += value
+        out[shard_of(i, shards)] += value
     return out

@@ -1169,7 +1169,7 @@ class ModelState:
         indices = np.asarray(indices, dtype=np.int64)
         by_shard: dict[int, list[int]] = defaultdict(list)
         for position, index in enumerate(indices.tolist()):
-            by_shard[index % shards].append(position)
+            by_shard[shard_of(index, shards)].append(position)
         pipe = self.client.pipeline(transaction=False)
         order = list(by_shard.items())
         for shard, positions in order:
