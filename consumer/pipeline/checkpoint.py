@@ -1,10 +1,16 @@
-"""The checkpoint: the one place that states and enforces the commit order.
+"""The checkpoint: the commit order, stated once, and its last two steps enforced here.
 
-For every batch, in this order and never otherwise:
+For every batch, in this order and never otherwise (where each step is kept):
 
-1. its effect is durable in Redis (the engine's redo-logged commit, before `submit`);
-2. its receipts and dead letters are acknowledged by the broker;
-3. its offsets are committed (the group's record of what was acknowledged).
+1. its effect is durable in Redis: the engine's fenced, redo-logged shard commits
+   (`Engine.step`, `ModelState.commit`), before anything below;
+2. the factors it changed are acknowledged on the factors topic: a receipt waits until
+   the publisher covers every part it names (`Application._await_factors`, `_ready`,
+   `FactorPublisher.covers`); the factors topic off, this step is empty;
+3. its receipts and dead letters are acknowledged by the broker (`Checkpoint.submit`,
+   below);
+4. its offsets are committed: the group's record of what was acknowledged (below, once
+   3 is done for this batch and every batch before it).
 
 A crash anywhere replays from the last committed offsets; the state recognises what it
 already holds and only re-sends receipts. The steps overlap across batches: once batch N
