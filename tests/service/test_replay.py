@@ -1,7 +1,8 @@
 """A replay gives the same record (one Redis server and a Cluster, noida-db): the whole
 input of a 5,000-event run, deletions without a time among them, read again from offset 0
-into a fresh namespace, twice, at different times, gives the same stored interactions, the
-same tombstones and the same receipts (what each removed and kept, and its time).
+into a fresh namespace loaded as the live one was, twice, at different times, gives the
+stored interactions, the tombstones and the receipts (what each removed and kept, and its
+time) of the live run.
 
 The service reads both topics merged in time order while it is behind (a replay's whole
 input is behind), and a batch applies its events as one event at a time would: neither
@@ -63,11 +64,8 @@ def the_input(seed: int = 2) -> list[tuple[str, bytes, bytes]]:
     return out
 
 
-def fresh_namespace(client, settings) -> ModelState:
-    rng = np.random.default_rng(5)
-    mask = rng.random((40, 25)) < 0.3
-    users, items = np.nonzero(mask)
-    data = Interactions.from_triples(users, items, np.ones(len(users)), (40, 25), "implicit")
+def fresh_namespace(client, settings, data: Interactions) -> ModelState:
+    """A namespace loaded as the live run's was: the same data, the same seeded model."""
     model, _ = train(data, [f"u{n}" for n in range(40)], [f"i{n}" for n in range(25)],
                      params_for("implicit"), 10)  # fmt: skip
     state = ModelState(client, settings.namespace)
@@ -75,14 +73,7 @@ def fresh_namespace(client, settings) -> ModelState:
     return state
 
 
-def run_over(settings, client, bootstrap: str, requests: int) -> dict:
-    """The service over the whole input from offset 0, in a fresh namespace, with its own
-    group and receipts topic, until every request is answered; the record it leaves."""
-    state = fresh_namespace(client, settings)
-    with service_running(Application(settings, Engine(state)), seconds=300):
-        read_all(bootstrap, settings.topic_receipts, lambda m: len(m) >= requests, timeout=240)
-        eventually(lambda: len(state.read_receipts(4)) >= requests, timeout=60,
-                   what="every receipt stored")  # fmt: skip
+def record_of(state: ModelState) -> dict:
     history = read_history(state)
     receipts = {}
     for r in state.read_receipts(4):
@@ -92,6 +83,17 @@ def run_over(settings, client, bootstrap: str, requests: int) -> dict:
         "tombstones": (history.users, history.items, history.pairs),
         "receipts": receipts,
     }
+
+
+def run_over(settings, client, bootstrap: str, requests: int, data: Interactions) -> dict:
+    """The service over the whole input from offset 0, in a fresh namespace, with its own
+    group and receipts topic, until every request is answered; the record it leaves."""
+    state = fresh_namespace(client, settings, data)
+    with service_running(Application(settings, Engine(state)), seconds=300):
+        read_all(bootstrap, settings.topic_receipts, lambda m: len(m) >= requests, timeout=240)
+        eventually(lambda: len(state.read_receipts(4)) >= requests, timeout=60,
+                   what="every receipt stored")  # fmt: skip
+    return record_of(state)
 
 
 def test_a_replay_from_offset_zero_gives_the_same_record(noida_setup):
@@ -117,15 +119,21 @@ def test_a_replay_from_offset_zero_gives_the_same_record(noida_setup):
         settings = s.model_copy(
             update={"namespace": unique("replay"), "group_id": unique("group"), **fresh}
         )
-        return run_over(settings, client, bootstrap, requests)
+        return run_over(settings, client, bootstrap, requests, noida_setup.data)
 
+    live_state = noida_setup.state
+    eventually(lambda: len(live_state.read_receipts(4)) >= requests, timeout=60,
+               what="every live receipt stored")  # fmt: skip
+    live = record_of(live_state)
     first = replay()
     time.sleep(2.0)  # later: a deletion without a time must not take the replay's
     second = replay()
-    assert len(first["receipts"]) == requests
-    assert sum(1 for r in first["receipts"].values() if r[1] > 0) > requests // 4
-    assert first["tombstones"] == second["tombstones"]
-    assert first["interactions"] == second["interactions"]
-    different = {k: (v, second["receipts"].get(k)) for k, v in first["receipts"].items()
-                 if second["receipts"].get(k) != v}  # fmt: skip
-    assert not different, f"{len(different)} receipts differ, e.g. {list(different.items())[:5]}"
+    assert len(live["receipts"]) == requests
+    assert sum(1 for r in live["receipts"].values() if r[1] > 0) > requests // 4
+    # The live run and both replays: the same record.
+    for replayed in (first, second):
+        assert replayed["tombstones"] == live["tombstones"]
+        assert replayed["interactions"] == live["interactions"]
+        different = {k: (v, replayed["receipts"].get(k)) for k, v in live["receipts"].items()
+                     if replayed["receipts"].get(k) != v}  # fmt: skip
+        assert not different, f"{len(different)} receipts differ: {list(different.items())[:5]}"
