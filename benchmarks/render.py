@@ -646,6 +646,7 @@ SECTIONS: dict[str, tuple[Path, Callable[[dict[str, Any]], str]]] = {
     "scaling_rebalance_noida": (DOC, scaling),
     "scaling_20m": (DOC, scaling),
     "scaling_profile": (DOC, scaling),
+    "scaling_batches": (DOC, scaling),
     "profile_breakdown": (DOC, profile_breakdown),
     "offline_forget": (DOC, offline_forget),
     "offline_command": (DOC, offline_command),

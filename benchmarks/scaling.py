@@ -8,7 +8,8 @@ usage: python -m benchmarks.scaling [--configs 1x50,2x50,1x25,4x25] [--burst 300
            [--rebalance-seconds 60] [--rebalance-rate 100] [--rebalance-repeats 3]
            [--rebalance-quota 50]
 
-A configuration NxQ is N instances at Q% of a core each. Throughput is the burst's
+A configuration NxQ is N instances at Q% of a core each; NxQbB the same with
+batch_max_events B. Throughput is the burst's
 events (deletions + interactions) over the time from its first message sent to its last
 receipt received with every input message committed by the group. Then a rebalance: a
 steady stream into one instance, a second joins and later leaves; the longest wait for a
@@ -55,15 +56,18 @@ class Config:
     instances: int
     percent: int
     checkout: Path | None = None  # another checkout's code (--before)
+    batch_max_events: int | None = None  # None: the default
 
     @classmethod
     def parse(cls, text: str) -> Config:
-        n, q = text.lower().split("x")
-        return cls(int(n), int(q))
+        n, rest = text.lower().split("x")
+        q, _, batch = rest.partition("b")
+        return cls(int(n), int(q), batch_max_events=int(batch) if batch else None)
 
     @property
     def label(self) -> str:
-        return f"{self.instances}x{self.percent}%" + (" before" if self.checkout else "")
+        batch = f" batches of {self.batch_max_events}" if self.batch_max_events else ""
+        return f"{self.instances}x{self.percent}%{batch}" + (" before" if self.checkout else "")
 
 
 class CpuQuota:
@@ -123,7 +127,11 @@ def main() -> None:
     threadpool_limits(1, "blas")
     configs = [Config.parse(c) for c in args.configs.split(",")]
     if args.before is not None:
-        configs = [c for n in configs for c in (n, Config(n.instances, n.percent, args.before))]
+        configs = [
+            c
+            for n in configs
+            for c in (n, Config(n.instances, n.percent, args.before, n.batch_max_events))
+        ]
     if args.synthetic:
         data, user_ids, item_ids = _synthetic(*(int(x) for x in args.synthetic.split(",")))
     else:
@@ -211,6 +219,7 @@ def _launch(
     percent: int,
     logs: Path | None,
     checkout: Path | None = None,
+    batch_max_events: int | None = None,
 ) -> Instance:
     """`unlearn run` in its own cgroup at `percent` of a core (its output into `logs`)."""
     port = free_port()
@@ -220,6 +229,7 @@ def _launch(
         bootstrap, redis_url, NAMESPACE, port, CONSOLIDATE_IDLE_MS, log, checkout,
         group_id=group, instance_id=name, solve_threads="1",
         **{f"topic_{kind}": topic for kind, topic in topics.items()},
+        **({"batch_max_events": str(batch_max_events)} if batch_max_events else {}),
     )  # fmt: skip
     quota.add(process.pid)
     return Instance(process, port, quota)
@@ -253,6 +263,7 @@ def _run(
                     config.percent,
                     logs,
                     config.checkout,
+                    config.batch_max_events,
                 )
             )
         for instance in instances:
@@ -529,12 +540,19 @@ def _summary(configs: list[Config], runs: list[dict]) -> dict:
         }
     ratios = {}
     for config in configs:
-        single = Config(1, config.percent, config.checkout).label
+        single = Config(1, config.percent, config.checkout, config.batch_max_events).label
         if config.instances > 1 and single in out and config.label in out:
             ratios[f"{config.label} / {single}"] = (
                 out[config.label]["events_per_s_median"] / out[single]["events_per_s_median"]
             )
-        before = Config(config.instances, config.percent, Path("before")).label
+        default = Config(config.instances, config.percent, config.checkout).label
+        if config.batch_max_events and default in out and config.label in out:
+            ratios[f"{config.label} / {default}"] = (
+                out[config.label]["events_per_s_median"] / out[default]["events_per_s_median"]
+            )
+        before = Config(
+            config.instances, config.percent, Path("before"), config.batch_max_events
+        ).label
         if config.checkout is None and before in out and config.label in out:
             ratios[f"{config.label} now / before"] = (
                 out[config.label]["events_per_s_median"] / out[before]["events_per_s_median"]
