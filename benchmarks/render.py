@@ -647,6 +647,7 @@ SECTIONS: dict[str, tuple[Path, Callable[[dict[str, Any]], str]]] = {
     "scaling_20m": (DOC, scaling),
     "scaling_profile": (DOC, scaling),
     "scaling_batches": (DOC, scaling),
+    "pipeline_latency_29": (DOC, pipeline_latency),
     "profile_breakdown": (DOC, profile_breakdown),
     "offline_forget": (DOC, offline_forget),
     "offline_command": (DOC, offline_command),
