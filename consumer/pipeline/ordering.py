@@ -22,7 +22,7 @@ asked of the caller.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
@@ -56,6 +56,10 @@ class TimeOrder:
     def __len__(self) -> int:
         return sum(len(q) for q in self.held.values())
 
+    def ready(self, held_back: Collection[Partition] = ()) -> bool:
+        """Whether messages of a partition not held back are waiting to be taken."""
+        return any(q for p, q in self.held.items() if p not in held_back)
+
     def drop(self, partitions: Iterable[Partition]) -> None:
         """Forget what was read of these partitions (revoked, or read again from a seek)."""
         for partition in partitions:
@@ -70,13 +74,16 @@ class TimeOrder:
         assigned: Iterable[Partition],
         has_more: Callable[[Partition], bool],
         now: float,
+        held_back: Collection[Partition] = (),
     ) -> list[Read]:
         """Up to `limit` messages in merged order. `has_more(p)`: the broker holds messages
-        of partition p beyond what was read (p assigned and not paused)."""
+        of partition p beyond what was read (p assigned and not paused). What was read of a
+        partition in `held_back` (paused by a surge of bad input, or held at a gap) stays
+        here until it is released: a pause stops what was already read, too."""
         out: list[Read] = []
         others = [p for p in assigned if p not in self._given_up]
         while len(out) < limit:
-            heads = {p: q[0] for p, q in self.held.items() if q}
+            heads = {p: q[0] for p, q in self.held.items() if q and p not in held_back}
             if not heads:
                 break
             first = min(heads, key=lambda p: self._key(heads[p][0]))

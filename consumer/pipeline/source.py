@@ -144,10 +144,11 @@ class Source:
         nothing waiting, the first message to arrive within `wait_s` and whatever came
         with it. While the merge holds messages for a partition behind, a read waits at
         most until it gives up on that partition."""
+        held_back = set(self.assignments.gaps()) | set(self.surge.paused())
         holding = self.order.waiting_for(time.monotonic())
         if holding is not None:
             wait_s = min(wait_s, holding)
-        elif len(self.order):
+        elif self.order.ready(held_back):
             wait_s = 0.0  # messages ready to take
         messages = self.consumer.consume(num_messages=max(room, 1), timeout=0)
         if not messages and wait_s > 0:
@@ -174,12 +175,13 @@ class Source:
             self._next[partition] = message.offset() + 1
             fresh.append((message, received))
         self.order.add(fresh)
-        held_back = set(self.assignments.gaps()) | set(self.surge.paused())
+        held_back |= set(self.assignments.gaps()) | set(self.surge.paused())
         taken = self.order.take(
             max(room, 1),
             [p for p in self.assignments.views if p not in held_back],
             self._has_more,
             time.monotonic(),
+            held_back,
         )
         if self.order.passed_over > self._passed_over:
             self.metrics.input_passed_over.inc(self.order.passed_over - self._passed_over)

@@ -95,3 +95,16 @@ def test_a_repositioned_partition_forgets_what_was_read_of_it():
     order.add(reads(DEL, [5]))
     order.drop([INTER])
     assert names(order.take(10, [INTER, DEL], lambda p: False, now=0.0)) == [("d", 0)]
+
+
+def test_what_was_read_of_a_held_back_partition_waits_until_it_is_released():
+    # A surge of bad input paused the interactions (or a gap holds them): what was already
+    # read of them is not taken either, and the rest goes on without waiting for them.
+    order = TimeOrder("deletions", wait_s=1.0)
+    order.add(reads(INTER, [10, 20, 30]))
+    order.add(reads(DEL, [15, 25]))
+    taken = order.take(100, [DEL], lambda p: True, now=0.0, held_back={INTER})
+    assert names(taken) == [("d", 0), ("d", 1)]
+    assert not order.ready({INTER}) and order.ready()
+    released = order.take(100, [INTER, DEL], lambda p: False, now=0.0)
+    assert names(released) == [("i", 0), ("i", 1), ("i", 2)]
