@@ -77,7 +77,11 @@ def cases(t, redis_url: str, kafka: str) -> list[tuple[list[str], set[int]]]:
                "--bootstrap-servers", NOWHERE_KAFKA]  # fmt: skip
     model, good = str(t / "model.npz"), str(t / "good.tsv")
     train = ["train", "--out", str(t / "out.npz"), "--iterations", "1"]
-    forget = ["forget", "--model", model, "--interactions", good, "--out", str(t / "f.npz")]
+
+    def forget_with(model_file: str) -> list[str]:
+        return ["forget", "--model", model_file, "--interactions", good, "--out", str(t / "f.npz")]
+
+    forget, deletions_good = forget_with(model), str(t / "deletions_good.tsv")
     load_ = ["load", "--model", model, "--interactions", good]
     verify = ["verify", "--report", str(t / "v.json"), "--seeds", "1"]
     two = {2}
@@ -99,48 +103,9 @@ def cases(t, redis_url: str, kafka: str) -> list[tuple[list[str], set[int]]]:
         (["train", "--interactions", good, "--out", "/nonexistent/dir/m.npz"], two),
         ([*train, "--interactions", good, "--kind", "bogus"], two),
         # forget: models, data, deletions, rules
-        (
-            [
-                "forget",
-                "--model",
-                str(t / "truncated.npz"),
-                "--interactions",
-                good,
-                "--deletions",
-                str(t / "deletions_good.tsv"),
-                "--out",
-                str(t / "f.npz"),
-            ],
-            two,
-        ),
-        (
-            [
-                "forget",
-                "--model",
-                str(t / "half.npz"),
-                "--interactions",
-                good,
-                "--deletions",
-                str(t / "deletions_good.tsv"),
-                "--out",
-                str(t / "f.npz"),
-            ],
-            two,
-        ),
-        (
-            [
-                "forget",
-                "--model",
-                good,
-                "--interactions",
-                good,
-                "--deletions",
-                str(t / "deletions_good.tsv"),
-                "--out",
-                str(t / "f.npz"),
-            ],
-            two,
-        ),
+        ([*forget_with(str(t / "truncated.npz")), "--deletions", deletions_good], two),
+        ([*forget_with(str(t / "half.npz")), "--deletions", deletions_good], two),
+        ([*forget_with(good), "--deletions", deletions_good], two),  # a TSV as the model
         ([*forget, "--deletions", str(t / "deletions_three.tsv")], two),
         ([*forget, "--deletions", str(t / "missing.tsv")], two),
         ([*forget, "--deletions", str(t / "deletions_unknown.tsv")], {0}),  # counted, fine
