@@ -11,11 +11,13 @@ Each step has one job (consumer/pipeline/); the order in which a batch becomes f
 the checkpoint's alone: its effect durable in Redis (an event in its shard's inbox, a
 request's every part in its shard), then the factors it changed acknowledged on the
 factors topic (publishing holds a receipt until then), then receipts and dead letters
-acknowledged by the broker, then offsets committed. Batches overlap: while the broker
-acknowledges batch N, batch N+1 is read and applied. This instance applies the shards
-that go with the deletions topic's partitions it holds; on revoke the open batch is
-finished and every batch in flight acknowledged and committed before the partitions (and
-their shards) go.
+acknowledged by the broker, then what was acknowledged recorded (offsets committed,
+receipts marked sent). Every Kafka client is made by the `Clients` given (brokers/): the
+commit order's tests run this application against an in-memory broker. Batches overlap:
+while the broker acknowledges batch N, batch N+1 is read and applied. This instance
+applies the shards that go with the deletions topic's partitions it holds; on revoke the
+open batch is finished and every batch in flight acknowledged and committed before the
+partitions (and their shards) go.
 SIGTERM and SIGINT only set a flag; the loop finishes its batch, drains the checkpoint
 and closes.
 """
@@ -33,8 +35,9 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from confluent_kafka import Message, Producer
+from confluent_kafka import Message
 
+from consumer.brokers.kafka import Clients, KafkaClients
 from consumer.consolidation.cycle import CyclePolicy
 from consumer.engine import BatchOutcome, Engine, StateRolledBack
 from consumer.events import Interaction, Partition
@@ -117,15 +120,19 @@ class Application:
         on_batch: Callable[[BatchOutcome], None] | None = None,
         metrics: Metrics | None = None,
         health: Health | None = None,
+        clients: Clients | None = None,
     ) -> None:
         self.settings = settings
+        # Every Kafka client comes from here: the broker's in production, an in-memory
+        # one (brokers/local.py) where the commit order is tested.
+        self.clients = clients or KafkaClients()
         self.metrics = metrics or Metrics()
         self.health = health or Health(60.0, lambda: bool(engine.state.client.ping()))
         self.on_batch = on_batch
         self.stats = Stats()
         self._stopping = False
         self.instance = f"{settings.instance_id}:{os.getpid()}"  # its name among the writers
-        self.source = Source(settings, engine.state, self.metrics, self.health)
+        self.source = Source(settings, engine.state, self.metrics, self.health, self.clients)
         self.observer = Observer(self.metrics, self.source.kinds)
         self.batching = BatchPolicy(settings.batch_max_events, settings.batch_max_ms)
         self.parser = Parser(
@@ -134,7 +141,7 @@ class Application:
         )  # fmt: skip
         self.applier = Applier(engine, settings.redis_retry_budget_s, self._retrying)
         self.applier.own(())  # the group decides which shards this instance applies
-        self.producer = Producer(
+        self.producer = self.clients.producer(
             {
                 **settings.kafka_common(),
                 "enable.idempotence": True,
@@ -539,7 +546,10 @@ class Application:
         since = self.engine.last_commit_time(shards)
         found = self.source.assignments.last_read  # this rebalance's read, if it reaches
         if found is None or not found.covers(since, READ_BACK_REUSE_S):
-            found = read_answered(self.settings.kafka_common(), self.settings.topic_receipts, since)
+            found = read_answered(
+                self.settings.kafka_common(), self.settings.topic_receipts, since,
+                clients=self.clients,
+            )  # fmt: skip
         self.engine.answered(found.sources)
 
     def _revoking(self, partitions: list[Partition]) -> None:

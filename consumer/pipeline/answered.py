@@ -33,6 +33,8 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from consumer.brokers.kafka import Clients, KafkaClients
+
 log = logging.getLogger("unlearn.answered")
 
 # Receipts carry their producer's clock; the state's commit time is the committing
@@ -87,13 +89,14 @@ def read_answered(
     since: float | None,
     budget_s: float = READ_BUDGET_S,
     skew_s: float = CLOCK_SKEW_S,
+    clients: Clients | None = None,
 ) -> Answered:
     """What the receipts published from `since` (seconds, less `skew_s`; None: the whole
     topic) answered.
 
     Best effort within `budget_s`: what could not be read is logged, and the answer is
     what was found (the group's committed offsets still count as answered)."""
-    reader = Consumer(
+    reader = (clients or KafkaClients()).consumer(
         {
             **kafka_config,
             "group.id": "unlearn-answered",

@@ -22,6 +22,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicCollection, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from consumer.brokers.kafka import Clients, KafkaClients
 from consumer.events import Partition, partition_key
 from consumer.pipeline.answered import Answered, read_answered
 from consumer.pipeline.positions import (
@@ -75,8 +76,10 @@ class Assignments:
         kafka_config: dict[str, Any],
         state: ModelState,
         receipts_topic: str | None = None,
+        clients: Clients | None = None,
     ) -> None:
         self.consumer = consumer
+        self.clients = clients or KafkaClients()
         self.kafka_config = kafka_config
         self.state = state
         self.receipts_topic = receipts_topic  # read back after a kill or a rollback
@@ -357,7 +360,7 @@ class Assignments:
 
     def _admin_client(self) -> AdminClient:
         if self._admin is None:
-            self._admin = AdminClient(self.kafka_config)
+            self._admin = self.clients.admin(self.kafka_config)
         return self._admin
 
     def _topic_ids(self, topics: set[str]) -> dict[str, str]:
@@ -390,7 +393,9 @@ class Assignments:
             return {}
         updated = self.state.read_status().get("updated_at")
         since = float(updated) if updated is not None else None
-        self.last_read = read_answered(self.kafka_config, self.receipts_topic, since)
+        self.last_read = read_answered(
+            self.kafka_config, self.receipts_topic, since, clients=self.clients
+        )
         return self.last_read.through_of(keys)
 
     def _committed(
@@ -425,7 +430,7 @@ class Assignments:
         todo = {p: list(offsets) for p, offsets in wanted.items() if offsets}
         if not todo:
             return found
-        probe = Consumer(
+        probe = self.clients.consumer(
             {
                 **self.kafka_config,
                 "group.id": "unlearn-probe",

@@ -1,16 +1,25 @@
 """The checkpoint: the commit order, stated once, and its last two steps enforced here.
 
-For every batch, in this order and never otherwise (where each step is kept):
+A batch is either read from the input (its events go to their shards' inboxes) or a step
+of the owned shards (the inboxes' work applied). For every batch, in this order and never
+otherwise (where each step is kept):
 
-1. its effect is durable in Redis: the engine's fenced, redo-logged shard commits
-   (`Engine.step`, `ModelState.commit`), before anything below;
-2. the factors it changed are acknowledged on the factors topic: a receipt waits until
-   the publisher covers every part it names (`Application._await_factors`, `_ready`,
-   `FactorPublisher.covers`); the factors topic off, this step is empty;
+1. its effect is durable in Redis: an input batch's events each in its shard's inbox
+   (`Engine.ingest`: a request is answered from there, whoever owns the shard); a step's
+   fenced, redo-logged shard commits (`Engine.step`, `ModelState.commit`), which store
+   each receipt in its shard, marked unsent;
+2. the factors a step changed are acknowledged on the factors topic: a receipt waits
+   until the publisher covers every part it names (`Application._await_factors`,
+   `_ready`, `FactorPublisher.covers`); the factors topic off, this step is empty;
 3. its receipts and dead letters are acknowledged by the broker (`Checkpoint.submit`,
    below);
-4. its offsets are committed: the group's record of what was acknowledged (below, once
-   3 is done for this batch and every batch before it).
+4. what was acknowledged is recorded: an input batch's offsets committed, the group's
+   record of what the state holds (below, once 3 is done for this batch and every batch
+   before it); a step's receipts marked sent in their shards (`Engine.sent`, the
+   `on_done` of their submit), so that no later owner sends them again.
+
+tests/service/test_commit_order.py kills the whole service between each two of these
+steps (against the in-memory broker, brokers/local.py) and restarts it.
 
 A crash anywhere replays from the last committed offsets; the state recognises what it
 already holds and only re-sends receipts. The steps overlap across batches: once batch N

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from consumer.brokers.kafka import Clients, KafkaClients
 from consumer.events import Partition
 from consumer.http import Health
 from consumer.metrics import Metrics
@@ -53,13 +54,19 @@ class Read:
 
 class Source:
     def __init__(
-        self, settings: Settings, state: ModelState, metrics: Metrics, health: Health
+        self,
+        settings: Settings,
+        state: ModelState,
+        metrics: Metrics,
+        health: Health,
+        clients: Clients | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.health = health
         self.budget_s = settings.redis_retry_budget_s
-        self.consumer = Consumer(
+        self.clients = clients or KafkaClients()
+        self.consumer = self.clients.consumer(
             {
                 # How long the broker may hold a fetch that has nothing to return: a broker
                 # answers a waiting fetch as soon as data arrives; this bounds the others.
@@ -77,7 +84,7 @@ class Source:
             }
         )
         self.assignments = Assignments(
-            self.consumer, settings.kafka_common(), state, settings.topic_receipts
+            self.consumer, settings.kafka_common(), state, settings.topic_receipts, self.clients
         )
         self.surge = SurgePolicy(
             settings.dlq_max_ratio, settings.dlq_window, settings.dlq_min_messages,
