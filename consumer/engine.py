@@ -19,12 +19,11 @@ engine that owns every shard completes most requests in the step that reads them
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,11 +33,13 @@ from consumer.consolidation.forgetting import Forgetting
 from consumer.consolidation.forgetting import decode as decode_forgetting
 from consumer.consolidation.forgetting import encode as encode_forgetting
 from consumer.consolidation.forgetting import merge as merge_forgetting
+from consumer.errors import StateRolledBack
 from consumer.events import RETENTION_TOPIC, Deletion, Interaction, Source, order_key
 from consumer.receipts import Receipt
+from consumer.shards.asking import PartsAsked
 from consumer.shards.batch import Batch, LocalPart, ShardWork, Unprocessable
-from consumer.shards.isolation import find_culprit
-from consumer.shards.ledger import all_pairs, pair_shares, penalty_shares
+from consumer.shards.isolation import isolate
+from consumer.shards.ledger import Ledger, exact_shares
 from consumer.shards.messages import (
     Done,
     Message,
@@ -50,9 +51,10 @@ from consumer.shards.messages import (
     decode,
     encode,
 )
+from consumer.shards.receipting import Receipts
 from consumer.shards.replica import Replica
-from consumer.shards.requests import Request, item_part, part_shard
-from consumer.state.layout import coordinator_shard, shard_of, unseen_shard
+from consumer.shards.requests import Request, item_part
+from consumer.state.layout import coordinator_shard, shard_of
 from consumer.state.store import (
     SIDES,
     ModelState,
@@ -69,24 +71,11 @@ log = logging.getLogger("unlearn.engine")
 SAMPLE_PAIRS = 4096
 PART_RETRY_S = 10.0  # a part asked of another shard, consumed there but not done: again
 INBOX_ENTRIES = 64  # inbox entries read per shard and step
-ANSWERED_KEPT_S = 600.0  # how long a read-back answer may still mark a receipt reapplied
 
 
 class BatchFailed(Exception):
     """The batch failed before anything of it was written (its in-memory effects undone):
     some event in it cannot be processed. The engine splits it to find which."""
-
-
-class StateRolledBack(Exception):
-    """Redis holds older offsets than this engine committed: the state was restored from
-    an older snapshot (or a failover lost writes). The lost events must be replayed."""
-
-    def __init__(self, behind: dict[str, tuple[int, int]]) -> None:
-        # partition key (or "shard N") -> (what the state holds, what this engine committed)
-        super().__init__(
-            ", ".join(f"{k}: state at {a}, committed {c}" for k, (a, c) in behind.items())
-        )
-        self.behind = behind
 
 
 Reject = Callable[[list[Routed], str], None]  # dead-letter these events, durably
@@ -199,19 +188,12 @@ class Engine:
         # Redis holding fewer means it went back (a restore), even after a restart of
         # the engine within this process (the service rebuilds it after an outage).
         self.generations: dict[int, int] = {}
-        self._ledger: dict[int, tuple[float, int]] = {}  # shard -> (objective share, pairs)
+        self.ledger = Ledger()  # each shard's share of the objective, and its pairs
         self._skip: set[Source] = set()  # dead-lettered in processing: taken, no effect
-        self._asked: dict[str, tuple[float, dict[str, tuple[int, str]]]] = {}
-        self._unsent: dict[str, int] = {}  # receipt source -> the shard that stores it
-        self._resend: list[Receipt] = []  # found unsent in shards taken over: next step
-        self._expired: dict[int, int] = {}  # retention: pairs removed in the commit at hand
-        # Requests whose receipt the receipts topic already holds (answered before the
-        # state lost their effect): answered again, their receipts say `reapplied`.
-        # source -> when it was read back; kept ANSWERED_KEPT_S.
-        self._answered: dict[str, float] = {}
+        self.asking = PartsAsked(state, clock, part_retry_s)  # parts asked of other shards
+        self.receipts = Receipts(state, clock, self.shards)  # stored, unsent, sent again
         self._seen_at: dict[int, tuple[int, str | None]] = {}  # shard -> as last refreshed
-        self._asked_checked = float("-inf")
-        self._read_ledgers(range(self.shards))
+        self.ledger.read(self.state, range(self.shards))
         if owned is None:
             self.own(range(self.shards))
             self.reset_objective()
@@ -229,11 +211,11 @@ class Engine:
     @property
     def loss(self) -> float:
         """The objective on the current data, as the shards' ledgers account it."""
-        return sum(loss for loss, _ in self._ledger.values())
+        return self.ledger.loss
 
     @property
     def interactions(self) -> int:
-        return sum(count for _, count in self._ledger.values())
+        return self.ledger.interactions
 
     # ----- ownership --------------------------------------------------------------------
 
@@ -260,14 +242,9 @@ class Engine:
             self.replica.catch_up(shard, acquired.generation, acquired.head)
             # Fewer commits than this engine saw: a restore; the next step says so.
             self.generations[shard] = max(self.generations.get(shard, 0), acquired.generation)
-            for source in pending:
-                self._asked[source] = (0.0, {})  # asked again at the next step
-            self._asked_checked = float("-inf")
-            for text in self.state.read_unsent(shard):
-                receipt = Receipt.from_json(text)
-                self._unsent[receipt.key_in_trail] = shard
-                self._resend.append(receipt.again())
-        self._read_ledgers(new)
+            self.asking.taken_over(pending)  # their parts asked again at the next step
+            self.receipts.taken_over(shard)
+        self.ledger.read(self.state, new)
 
     def commits(self) -> dict[int, tuple[int, tuple[int, str | None]]]:
         """Owned shard -> (its fence token, (its commits so far, the newest one's id))."""
@@ -289,76 +266,21 @@ class Engine:
     def awaiting(self) -> bool:
         """Are requests of this owner waiting on parts asked of other shards, or receipts
         to send again (a step must run now and then even with empty inboxes)?"""
-        return bool(self._asked or self._resend)
+        return self.asking.waiting or self.receipts.resending
 
     def holds_unsent(self, source: str) -> bool:
         """Is this request's receipt stored, not yet acknowledged, in a shard owned here?"""
-        shard = self._unsent.get(source)
-        return shard is not None and shard in self.owned
+        return self.receipts.holds_unsent(source, self.owned)
 
     def answered(self, sources: Iterable[str]) -> None:
-        """Requests the receipts topic shows answered (read back by the service when it
-        takes shards over): any of them this engine answers now was answered before.
-        What was read back long ago is forgotten: a lost request is answered again within
-        minutes of the restore that lost it."""
-        now = self.clock()
-        self._answered = {s: t for s, t in self._answered.items() if now - t < ANSWERED_KEPT_S}
-        self._answered.update(dict.fromkeys(sources, now))
+        """Requests the receipts topic shows answered (read back when shards are taken
+        over): any of them this engine answers now was answered before."""
+        self.receipts.answered(sources)
 
     def last_commit_time(self, shards: Iterable[int]) -> float | None:
         """When the earliest of these shards last committed (None: never, or unknown)."""
         times = [s.get("updated_at") for s in self.state.read_shard_status(shards).values()]
         return min((float(t) for t in times if t is not None), default=None)
-
-    def _store_requests(
-        self, requests: dict[int, dict[str, Request]], writes: dict[int, ShardWrite]
-    ) -> dict[str, tuple[int, Receipt]]:
-        """Add each request to its shard's write: a receipt when every part is done. The
-        audit trail is append-only: a request whose receipt the trail holds already (the
-        state lost its effect but not its record: a reload that kept the history) is
-        recorded beside it, marked reapplied, never over it."""
-        stored = {}
-        done = {
-            shard: [s for s, r in mine.items()
-                    if r.complete() and r.deletion.source.topic != RETENTION_TOPIC]
-            for shard, mine in requests.items()
-        }  # fmt: skip
-        recorded = self.state.receipts_recorded(done)
-        for shard, mine in requests.items():
-            write = writes.setdefault(shard, ShardWrite())
-            for source, request in mine.items():
-                if request.complete() and request.deletion.source.topic == RETENTION_TOPIC:
-                    # Retention expires data, nobody asked: no receipt; the pass summary
-                    # in the audit trail counts it.
-                    write.pending[source] = None
-                    self._expired[shard] = self._expired.get(shard, 0) + request.removed
-                elif request.complete():
-                    if source in recorded.get(shard, ()):
-                        request.reapplied = True
-                    receipt = self._receipt(request)
-                    if source in recorded.get(shard, ()):
-                        receipt = dataclasses.replace(
-                            receipt, record=f"{source}@{int(receipt.applied_at * 1000)}"
-                        )
-                    write.receipts[receipt.key_in_trail] = receipt.to_json()
-                    write.unsent.append(receipt.key_in_trail)
-                    write.pending[source] = None
-                    stored[source] = (shard, receipt)
-                else:
-                    write.pending[source] = request.to_json()
-        return stored
-
-    def _receipt(self, request: Request) -> Receipt:
-        if self._answered.pop(request.source, None) is not None:
-            request.reapplied = True
-        return request.receipt()
-
-    def _read_ledgers(self, shards: Iterable[int]) -> None:
-        for shard, status in self.state.read_shard_status(shards).items():
-            self._ledger[shard] = (
-                float(status.get("loss", 0.0)),
-                int(status.get("interactions", 0)),
-            )
 
     # ----- ingest: events to their shards' inboxes -------------------------------------
 
@@ -390,7 +312,7 @@ class Engine:
         fresh_i = [e for e in interactions if not done(e.source)]
         fresh_d = [e for e in deletions if not done(e.source)]
         out.events_replayed = len(interactions) + len(deletions) - len(fresh_i) - len(fresh_d)
-        out.resent = self._stored_receipts([d for d in deletions if done(d.source)])
+        out.resent = self.receipts.of_replayed([d for d in deletions if done(d.source)])
         if not any(offset > applied.get(key, -1) for key, offset in out.applied.items()):
             return out
         routed = self._route(fresh_i, fresh_d, acknowledged, raw)
@@ -433,32 +355,6 @@ class Engine:
         out: dict[int, list[Message]] = defaultdict(list)
         for shard, message in routed:
             out[shard].append(message)
-        return out
-
-    def _stored_receipts(self, deletions: list[Deletion]) -> list[Receipt]:
-        """The stored receipts of replayed requests (none yet: still in progress)."""
-        if not deletions:
-            return []
-        users = self.state.lookup("user", [d.user or "" for d in deletions])
-        items = self.state.lookup("item", [d.item or "" for d in deletions])
-        wanted: dict[int, list[str]] = defaultdict(list)
-        for d, u, i in zip(deletions, users.tolist(), items.tolist(), strict=True):
-            # Its subject's shard, or, had the subject not been seen when it was applied,
-            # the shard its id hashes to: the receipt is in one of them.
-            subject = d.item if d.scope == "item" else d.user
-            for shard in {coordinator_shard(d.scope, u, i, d.user, d.item, self.shards),
-                          unseen_shard(subject or "", self.shards)}:  # fmt: skip
-                wanted[shard].append(d.source.key)
-        return [r.again() for r in self._receipts_of(wanted)]
-
-    def _receipts_of(self, wanted: Mapping[int, list[str]]) -> list[Receipt]:
-        pipe = self.state.client.pipeline(transaction=False)
-        order = [(s, keys) for s, keys in wanted.items() if keys]
-        for shard, keys in order:
-            pipe.hmget(self.state.layout.shard(shard).receipts, keys)
-        out = []
-        for values in pipe.execute() if order else []:
-            out += [Receipt.from_json(v) for v in values if v is not None]
         return out
 
     def check_not_behind(self) -> dict[str, int]:
@@ -509,8 +405,7 @@ class Engine:
 
     def step(self, max_events: int = 500, reject: Reject | None = None) -> BatchOutcome:
         """One batch of the owned shards' inboxes, durable when this returns."""
-        out = BatchOutcome(resent=self._resend)
-        self._resend = []
+        out = BatchOutcome(resent=self.receipts.take_resend())
         if not self.owned:
             return out
         started = time.perf_counter()
@@ -519,7 +414,7 @@ class Engine:
         )
         work = self._classify(entries, out, max_events)
         if not work:
-            self._ask_again(out)
+            out.parts_asked += self.asking.ask_again(self._pending_requests())
             return out
         self._refresh()
         work = {s: w for s, w in work.items() if s in self.owned}  # none taken meanwhile
@@ -537,7 +432,7 @@ class Engine:
             except (redis.RedisError, StateRolledBack, ShardLost):
                 raise
             except Exception as exc:  # found out by processing: one event at the root?
-                culprit = self._isolate(work, exc)
+                culprit = isolate(self, work, exc)
                 if culprit is None:
                     raise
                 self._reject([culprit], f"{type(exc).__name__}: {exc}", reject, out)
@@ -554,7 +449,7 @@ class Engine:
         if out.events:
             self.state.client.hset(self.state.layout.status, mapping=self.status_line(out))
         out.loss = self.loss
-        self._ask_again(out)
+        out.parts_asked += self.asking.ask_again(self._pending_requests())
         return out
 
     def refresh(self) -> None:
@@ -590,7 +485,7 @@ class Engine:
                 self._lose(taken)
         moved = [s for s in now if s not in self.owned and now[s] != self._seen_at.get(s)]
         if moved:
-            self._read_ledgers(moved)
+            self.ledger.read(self.state, moved)
         self._seen_at = dict(now)
 
     def _current_meta(self):
@@ -652,7 +547,7 @@ class Engine:
                         current.dones.append(message)
                 current.last_entry = entry_id
             work[shard] = current
-        out.resent += [r.again() for r in self._receipts_of(resend)]
+        out.resent += self.receipts.again(resend)
         return work
 
     def _compute(
@@ -754,14 +649,12 @@ class Engine:
                     request.done(part.waiter.part, now, part.removed, part.kept, generation)
             else:
                 later.append(part)
-        self._expired = {}
-        stored = self._store_requests(requests, writes)
-        expired = self._expired
+        stored, expired = self.receipts.store(requests, writes)
         messages = {s: [encode(m)] for s, m in batch.messages.items() if m}
         tokens = {s: o.token for s, o in self.owned.items()}
         written, ids = self.state.commit(writes, tokens, messages)
         out.parts_asked = sum(len(m) for m in batch.messages.values())
-        self._remember_asked(batch, ids, now)
+        self.asking.sent(batch.messages, ids, batch.requests.values(), now)
         lost = set(writes) - set(written)
         for shard, (generation, _) in written.items():
             if generation != self.owned[shard].generation + 1:  # another writer: a bug
@@ -769,10 +662,7 @@ class Engine:
                           self.owned[shard].generation, generation)  # fmt: skip
         self._after_commit(batch, work, writes, written, requests)
         self._durable_rows(batch, written, out)
-        out.receipts += [r for s, (shard, r) in stored.items() if shard in written]
-        for _, (shard, receipt) in stored.items():
-            if shard in written:
-                self._unsent[receipt.key_in_trail] = shard
+        out.receipts += self.receipts.durable(stored, written)
         _count_expired(out, expired, written)
         # Round 2: parts that became durable in round 1 in another shard than their
         # request's; a request of this owner's that they complete is answered now.
@@ -804,9 +694,7 @@ class Engine:
                 request = updated[coordinator][part.waiter.request] = pending.copy()
             generation = self._durable_in(part.shard, written)
             request.done(part.waiter.part, now, part.removed, part.kept, generation)
-        self._expired = {}
-        stored2 = self._store_requests(updated, writes2)
-        expired = self._expired
+        stored2, expired = self.receipts.store(updated, writes2)
         if writes2 or messages2:
             encoded = {s: [encode(m)] for s, m in messages2.items()}
             written2, _ = self.state.commit(writes2, tokens, encoded)
@@ -817,14 +705,11 @@ class Engine:
                 for source, request in updated[shard].items():
                     if request.complete():
                         owned.pending.pop(source, None)
-                        self._asked.pop(source, None)  # answered: nothing to ask again
+                        self.asking.answered(source)
                     else:
                         owned.pending[source] = request
-            out.receipts += [r for s, (shard, r) in stored2.items() if shard in written2]
+            out.receipts += self.receipts.durable(stored2, written2)
             _count_expired(out, expired, written2)
-            for _, (shard, receipt) in stored2.items():
-                if shard in written2:
-                    self._unsent[receipt.key_in_trail] = shard
         if lost:
             self._lose(lost)
             out.lost |= lost
@@ -853,9 +738,7 @@ class Engine:
         written, _ = self.state.commit({s: w for s, w in writes.items() if s in tokens}, tokens)
         for shard, (generation, commit_id) in written.items():
             self._committed(shard, generation, commit_id)
-            loss, count = self._ledger.get(shard, (0.0, 0))
-            write = writes[shard]
-            self._ledger[shard] = (loss + write.loss_delta, count + write.interactions_delta)
+            self.ledger.add(shard, writes[shard])
         lost = set(writes) - set(written)
         if lost:
             self._lose(lost)
@@ -921,30 +804,18 @@ class Engine:
             if write.cursor is not None:
                 owned.cursor = write.cursor
             owned.seen.update(write.seen)
-            loss, count = self._ledger.get(shard, (0.0, 0))
-            self._ledger[shard] = (loss + write.loss_delta, count + write.interactions_delta)
+            self.ledger.add(shard, write)
             for source, request in requests.get(shard, {}).items():
                 if request.complete():
                     owned.pending.pop(source, None)
-                    self._asked.pop(source, None)
+                    self.asking.answered(source)
                 else:
                     owned.pending[source] = request
         for shard in set(writes) - set(written):
             self.replica.known.pop(shard, None)
 
-    def _remember_asked(self, batch: Batch, ids: dict[int, list[str]], now: float) -> None:
-        """Where each part asked of another shard went (its inbox entry), to ask again
-        only if that entry was taken and the part is still not done."""
-        for shard, messages in batch.messages.items():
-            entry = (ids.get(shard) or [""])[0]
-            for message in messages:
-                waiter = getattr(message, "waiter", None)
-                if waiter is None:
-                    continue
-                asked = self._asked.setdefault(waiter.request, (now, {}))
-                asked[1][waiter.part] = (shard, entry)
-        for request in batch.requests.values():
-            self._asked.setdefault(request.source, (now, {}))
+    def _pending_requests(self) -> Iterator[Request]:
+        return (r for owned in self.owned.values() for r in owned.pending.values())
 
     def _committed(self, shard: int, generation: int, commit_id: str) -> None:
         """This engine's commit of an owned shard: where the shard and the replica stand."""
@@ -960,77 +831,11 @@ class Engine:
             self.replica.known.pop(shard, None)
         for shard, (generation, head) in self.state.read_generations(shards).items():
             self.replica.catch_up(shard, generation, head)
-        self._read_ledgers(shards)
-
-    def _ask_again(self, out: BatchOutcome) -> None:
-        """Parts of this owner's requests that were taken by their shard's owner and are
-        still not done after `part_retry_s` (a crash between its write and its answer),
-        or never asked (this owner took the request over): asked again. Idempotent.
-        Looked at once a second at most."""
-        now = self.clock()
-        if now - self._asked_checked < 1.0:
-            return
-        self._asked_checked = now
-        due: list[Request] = []
-        for owned in self.owned.values():
-            for source, request in owned.pending.items():
-                asked_at, _ = self._asked.get(source, (0.0, {}))
-                if now - asked_at < self.part_retry_s and asked_at:
-                    continue
-                due.append(request)
-        if not due:
-            return
-        cursors = self._cursors({part_shard(p) for r in due for p in r.waiting()})
-        messages: dict[int, list[Message]] = defaultdict(list)
-        for request in due:
-            asked_at, where = self._asked.get(request.source, (0.0, {}))
-            again = {}
-            for part in request.waiting():
-                target = part_shard(part)
-                sent = where.get(part)
-                if asked_at and sent is not None and not _taken(sent[1], cursors.get(target)):
-                    again[part] = sent  # still queued there: wait
-                    continue
-                message = self._part_message(request, part)
-                if message is not None:
-                    messages[target].append(message)
-            self._asked[request.source] = (now, again)
-        if messages:
-            out.parts_asked += sum(len(m) for m in messages.values())
-            ids = self.state.send({s: [encode(m)] for s, m in messages.items()})
-            for target, batch in messages.items():
-                for message in batch:
-                    waiter = getattr(message, "waiter", None)
-                    if waiter is not None:
-                        self._asked[waiter.request][1][waiter.part] = (target, ids[target][0])
-
-    def _part_message(self, request: Request, part: str) -> Message | None:
-        waiter = Waiter(request.coordinator, request.source, part)
-        target = part_shard(part)
-        if part.startswith("items@"):
-            return Solve(tuple(request.items.get(target, [])), waiter)
-        if part.startswith("purge@"):
-            return Purge(request.item, request.deletion.ts, waiter)
-        if part.startswith("item@") and request.purges_done():
-            return Solve((request.item,), waiter)
-        return None
-
-    def _cursors(self, shards: set[int]) -> dict[int, str | None]:
-        pipe = self.state.client.pipeline(transaction=False)
-        order = sorted(shards)
-        for shard in order:
-            pipe.get(self.state.layout.shard(shard).cursor)
-        return {s: (v.decode() if v else None) for s, v in zip(order, pipe.execute(), strict=True)}
+        self.ledger.read(self.state, shards)
 
     def sent(self, receipts: Iterable[Receipt]) -> None:
         """The broker acknowledged these receipts: they need not be sent again."""
-        by_shard: dict[int, list[str]] = defaultdict(list)
-        for receipt in receipts:
-            shard = self._unsent.pop(receipt.key_in_trail, None)
-            if shard is not None:
-                by_shard[shard].append(receipt.key_in_trail)
-        if by_shard:
-            self.state.sent(by_shard)
+        self.receipts.sent(receipts)
 
     # ----- what fails in processing ----------------------------------------------------
 
@@ -1043,32 +848,6 @@ class Engine:
         self._skip |= {r.event.source for r in culprits}
         out.rejected += culprits
 
-    def _isolate(self, work: dict[int, ShardWork], exc: Exception) -> Routed | None:
-        events = [r for w in work.values() for r in w.events]
-        log.warning("a batch failed in processing (%s: %s): isolating", type(exc).__name__, exc)
-        return find_culprit(events, self._fails)
-
-    def _fails(self, events: list[Routed]) -> bool:
-        shards = defaultdict(list)
-        for routed in events:
-            subject = routed.user if routed.user >= 0 else routed.item
-            shards[shard_of(subject, self.shards)].append(routed)
-        trial = Batch(self, {s: ShardWork(s, events=e) for s, e in shards.items()})
-        try:
-            trial.plan_item_requests()
-            trial.read()
-            trial.edit()
-            trial.plan_parts()
-            trial.load_items()
-            trial.solve()
-        except (redis.RedisError, StateRolledBack):
-            raise
-        except Exception:
-            return True
-        finally:
-            trial.undo()
-        return False
-
     # ----- the objective ----------------------------------------------------------------
 
     def full_loss(self) -> float:
@@ -1076,26 +855,7 @@ class Engine:
         return sum(self._exact_shares().values())
 
     def _exact_shares(self) -> dict[int, float]:
-        """Each shard's share of the objective, exactly (shards/ledger.py), reading one
-        shard's rows at a time."""
-        replica, params, shards = self.replica, self.params, self.shards
-        xs, ys = replica.factors["user"], replica.factors["item"]
-        out = np.zeros(shards)
-        user_counts = np.zeros(len(xs), dtype=np.int64)
-        item_counts = np.zeros(len(ys), dtype=np.int64)
-        for shard in range(shards):
-            rows = self.state.read_shard_rows("user", shard)
-            if not rows:
-                continue
-            users = np.concatenate([np.full(len(r), u) for u, r in rows.items()])
-            records = np.concatenate(list(rows.values()))
-            out += pair_shares(users, records["other"], records["weight"], xs, ys, params, shards)
-            np.add.at(user_counts, users, 1)
-            np.add.at(item_counts, records["other"].astype(np.int64), 1)
-        out += penalty_shares(user_counts, xs, params, shards)
-        out += penalty_shares(item_counts, ys, params, shards)
-        out[0] += all_pairs(xs, ys, params)
-        return dict(enumerate(out.tolist()))
+        return exact_shares(self.state, self.replica.factors, self.params, self.shards)
 
     def reset_objective(self) -> None:
         """Account each owned shard's share of the objective afresh (an engine that owns
@@ -1105,7 +865,7 @@ class Engine:
         if abs(total - self.loss) <= 1e-6 * max(abs(total), 1.0):
             return  # the shares may be split otherwise, their sum is the objective
         writes = {
-            shard: ShardWrite(loss_delta=shares[shard] - self._ledger.get(shard, (0.0, 0))[0])
+            shard: ShardWrite(loss_delta=shares[shard] - self.ledger.share(shard))
             for shard in self.owned
         }
         self.commit_owned(writes)
@@ -1162,14 +922,6 @@ def _without(work: dict[int, ShardWork], sources: set[Source]) -> dict[int, Shar
             list(w.solves), list(w.purges), list(w.dones), dict(w.seen),
         )  # fmt: skip
     return out
-
-
-def _taken(entry: str, cursor: str | None) -> bool:
-    """Has the shard's owner taken the inbox entry `entry` (its cursor at or past it)?"""
-    if not entry or cursor is None:
-        return cursor is not None
-    a, b = (tuple(int(x) for x in e.split("-")) for e in (entry, cursor))
-    return b >= a
 
 
 def _marks(sources: list[Source]) -> dict[str, str]:

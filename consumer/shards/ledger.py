@@ -7,16 +7,18 @@ writes them exactly; every commit then adds the exact change it made (its re-sol
 terms, the all-pairs term's change), so the sum follows the objective. With several owners
 committing at once, a change is computed against the factors its owner had read: the sum
 can drift from the objective by what concurrent commits did to each other's terms, and an
-engine that owns every shard recounts it exactly (Engine.reset_objective).
+engine that owns every shard recounts it exactly (Engine.reset_objective, `exact_shares`).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
 from consumer.state.layout import shard_of
+from consumer.state.store import ModelState, ShardWrite
 from unlearn_core.objective import (
     all_pairs_term,
     observed_term_values,
@@ -95,3 +97,60 @@ def touched_terms(
             value += params.regularization * len(row) * float(ys[i].astype(np.float64) @ ys[i])
         out[shard_of(i, shards)] += value
     return out
+
+
+class Ledger:
+    """Each shard's share of the objective and its stored pairs, as its commits account
+    them (read from the shard's status, then followed commit by commit)."""
+
+    def __init__(self) -> None:
+        self._shards: dict[int, tuple[float, int]] = {}  # shard -> (share, pairs)
+
+    @property
+    def loss(self) -> float:
+        """The objective on the current data, as the shards account it."""
+        return sum(loss for loss, _ in self._shards.values())
+
+    @property
+    def interactions(self) -> int:
+        return sum(count for _, count in self._shards.values())
+
+    def share(self, shard: int) -> float:
+        return self._shards.get(shard, (0.0, 0))[0]
+
+    def read(self, state: ModelState, shards: Iterable[int]) -> None:
+        """These shards as Redis holds them (taken over, or written by another owner)."""
+        for shard, status in state.read_shard_status(shards).items():
+            self._shards[shard] = (
+                float(status.get("loss", 0.0)),
+                int(status.get("interactions", 0)),
+            )
+
+    def add(self, shard: int, write: ShardWrite) -> None:
+        """A commit of the shard that held: its change of the objective and of the pairs."""
+        loss, count = self._shards.get(shard, (0.0, 0))
+        self._shards[shard] = (loss + write.loss_delta, count + write.interactions_delta)
+
+
+def exact_shares(
+    state: ModelState, factors: Mapping[str, np.ndarray], params: Hyperparameters, shards: int
+) -> dict[int, float]:
+    """Each shard's share of the objective, exactly, from every stored pair (read one
+    shard's rows at a time) and the current factors."""
+    xs, ys = factors["user"], factors["item"]
+    out = np.zeros(shards)
+    user_counts = np.zeros(len(xs), dtype=np.int64)
+    item_counts = np.zeros(len(ys), dtype=np.int64)
+    for shard in range(shards):
+        rows = state.read_shard_rows("user", shard)
+        if not rows:
+            continue
+        users = np.concatenate([np.full(len(r), u) for u, r in rows.items()])
+        records = np.concatenate(list(rows.values()))
+        out += pair_shares(users, records["other"], records["weight"], xs, ys, params, shards)
+        np.add.at(user_counts, users, 1)
+        np.add.at(item_counts, records["other"].astype(np.int64), 1)
+    out += penalty_shares(user_counts, xs, params, shards)
+    out += penalty_shares(item_counts, ys, params, shards)
+    out[0] += all_pairs(xs, ys, params)
+    return dict(enumerate(out.tolist()))

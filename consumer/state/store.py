@@ -912,6 +912,24 @@ class ModelState:
             out[shard] = [(entry_id.decode(), body[b"m"]) for entry_id, body in entries]
         return out
 
+    def read_receipts_of(self, wanted: Mapping[int, list[str]]) -> list[bytes]:
+        """The stored receipts of these sources (shard -> sources), those found."""
+        order = [(s, keys) for s, keys in wanted.items() if keys]
+        if not order:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for shard, keys in order:
+            pipe.hmget(self.layout.shard(shard).receipts, keys)
+        return [v for values in pipe.execute() for v in values if v is not None]
+
+    def read_cursors(self, shards: Iterable[int]) -> dict[int, str | None]:
+        """shard -> the last inbox entry its owner took (None: none yet)."""
+        order = sorted(shards)
+        pipe = self.client.pipeline(transaction=False)
+        for shard in order:
+            pipe.get(self.layout.shard(shard).cursor)
+        return {s: _text(v) for s, v in zip(order, pipe.execute(), strict=True)}
+
     # ----- who writes: the instances alive on the namespace -----------------------------------
 
     def beat(self, instance: str, info: Mapping[str, Any]) -> None:
