@@ -25,7 +25,8 @@ from threadpoolctl import threadpool_limits
 from benchmarks._common import machine, median, write_json
 from consumer.embedded import local_redis
 from consumer.shards.replica import Replica
-from consumer.state.store import ModelState, ShardWrite
+from consumer.state.shard_log import ShardWrite
+from consumer.state.store import ModelState
 from unlearn_core import Hyperparameters
 from unlearn_core.solve import solve_rows
 
@@ -97,7 +98,7 @@ def _store_users(state: ModelState, users: np.ndarray) -> None:
         for start in range(0, len(rows), 5000):
             write = ShardWrite()
             write.factors["user"] = {int(n): users[n] for n in rows[start : start + 5000]}
-            state.commit({shard: write}, {shard: None})
+            state.log.commit({shard: write}, {shard: None})
 
 
 def _commit_change(state: ModelState, users: np.ndarray, changed: np.ndarray) -> None:
@@ -108,7 +109,7 @@ def _commit_change(state: ModelState, users: np.ndarray, changed: np.ndarray) ->
         users[n] = users[n] * 0.99
         writes.setdefault(n % SHARDS, ShardWrite()).factors["user"][n] = users[n]
     writes.setdefault(0, ShardWrite()).factors["item"][0] = np.ones(PARAMS.factors, np.float32)
-    state.commit(writes, dict.fromkeys(writes))
+    state.log.commit(writes, dict.fromkeys(writes))
 
 
 def _replica_of(state: ModelState, users: np.ndarray) -> Replica:
@@ -116,7 +117,7 @@ def _replica_of(state: ModelState, users: np.ndarray) -> Replica:
     replica = Replica(state, state.meta())
     replica.factors["user"] = users.copy()
     replica.gramians.reset(replica.factors)
-    replica.known = state.read_generations(range(SHARDS))
+    replica.known = state.log.read_generations(range(SHARDS))
     return replica
 
 

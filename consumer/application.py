@@ -43,28 +43,25 @@ from consumer.engine import BatchOutcome, Engine, StateRolledBack
 from consumer.events import Interaction, Partition
 from consumer.http import Health
 from consumer.metrics import Metrics
-from consumer.pipeline.answered import read_answered
 from consumer.pipeline.applying import TRANSIENT, Applier, Unavailable
 from consumer.pipeline.batching import BatchPolicy
 from consumer.pipeline.checkpoint import AcknowledgementFailed, Checkpoint, Record
 from consumer.pipeline.consolidating import Consolidating
 from consumer.pipeline.dead_letters import REDRIVEN_HEADER, dead_letter_headers
 from consumer.pipeline.observation import Observer
+from consumer.pipeline.ownership import Ownership
 from consumer.pipeline.parsing import Parsed, Parser
 from consumer.pipeline.publishing import FactorPublisher, PublishFailed
+from consumer.pipeline.releasing import Release
 from consumer.pipeline.retention import Retention, RetentionPolicy
 from consumer.pipeline.source import InputFailed, Read, Source
 from consumer.receipts import Receipt
 from consumer.redaction import scope_name
 from consumer.settings import Settings
 from consumer.shards.messages import Raw, Routed
-from consumer.state.layout import owned_shards
-from consumer.state.swap import released
 
 log = logging.getLogger("unlearn.application")
 
-FACTORS_WAIT_S = 0.05  # how long a batch's receipts wait for its factors' acknowledgement
-RECLAIM_CHECK_S = 0.25  # how often shards a swap took are looked for, while any is missing
 STATE_CHECK_S = 5.0  # how often an idle service checks that Redis did not go back in time
 TOPIC_CHECK_S = 5.0  # how often the input topics are checked for a new life (re-created)
 IDLE_WAIT_S = 0.1  # how long a read waits for input when there is nothing else to do
@@ -80,16 +77,10 @@ BELL_IDLE_S = 0.25
 # again those not answered within part_retry_s).
 AWAITING_STEP_S = 1.0
 ACK_WAIT_S = 0.002  # how long the loop waits for acknowledgements between reads
-# The receipts read back on assignment serve the shards taken over in the same rebalance
-# (the previous owners finished before it): within this long, it is not read again.
-READ_BACK_REUSE_S = 10.0
 # Other instances' work reaches this one's inboxes without a message read here: while
 # they share the namespace, a consolidation slice waits until a step found nothing for
 # this long, so routed work does not queue behind slices during a burst.
 SHARED_QUIET_MS = 50.0
-# What batches learned (no deletion among them) waits this long for the factors topic,
-# so that a deletion or a cycle's end soon after publishes those rows once, with its own.
-LEARNING_PUBLISH_S = 0.5
 # Retention steps run between batches, beside consolidation slices, at most this often:
 # expiring old data never holds up a deletion someone asked for.
 RETENTION_STEP_S = 0.2
@@ -158,6 +149,11 @@ class Application:
             if settings.topic_factors
             else None
         )
+        self.release = Release(
+            self.publisher, lambda: self.engine.commits(), self.observer.factors_published,
+            self.observer.receipts_held,
+            lambda: self.metrics.redis_errors.labels("publish").inc(),
+        )  # fmt: skip
         self.retention = (
             Retention(engine.state, RetentionPolicy(
                 settings.retention_days, settings.retention_interval_s,
@@ -167,8 +163,6 @@ class Application:
             else None
         )  # fmt: skip
         self._retention_stepped = float("-inf")
-        self._learned_unpublished: float | None = None  # since when learning waits
-        self._held: list[Receipt] = []  # receipts waiting for their factors to be published
         self.consolidating = Consolidating(
             self.applier,
             self.observer,
@@ -182,7 +176,9 @@ class Application:
             settings.consolidate_sweeps,
             settings.consolidate_sweep_tolerance,
         )
-        self._deletion_partitions: int | None = None
+        self.ownership = Ownership(
+            settings, self.source, self.applier, self.consolidating, self.observer, self.clients
+        )
         self._pending: list[tuple[Message, float]] = []
         self._batch_opened = 0.0
         self._last_event = time.monotonic()
@@ -191,7 +187,6 @@ class Application:
         self._stepped = float("-inf")  # the last step
         self._bell_checked = float("-inf")
         self._state_checked = time.monotonic()
-        self._reclaim_checked = float("-inf")
         self._topics_checked = time.monotonic()
 
     @property
@@ -233,7 +228,7 @@ class Application:
     def _step(self) -> None:
         self.health.tick()
         self.checkpoint.poll()
-        self._publish_learning()
+        self.release.publish_learning()
         self._release()
         self.observer.redis_memory(self.engine.state)
         self.source.resume_surged()
@@ -246,7 +241,7 @@ class Application:
         active = time.monotonic() - self._last_work < ACTIVE_S
         idle = OWNER_WAIT_S if self.engine.owned and active else IDLE_WAIT_S
         wait = 0.0 if self._pending or consolidating or worked else idle
-        if wait and (self.checkpoint.in_flight or self._held):
+        if wait and (self.checkpoint.in_flight or self.release.holding):
             # Receipts on their way: wait on the broker's acknowledgements (a short wait
             # that ends at the first), not on input, so offsets follow within a ms.
             self.checkpoint.poll(ACK_WAIT_S)
@@ -373,11 +368,10 @@ class Application:
             self.observer.model(self.engine)
         self.stats.last_residual = outcome.residual
         if receipts or outcome.forgetting:
-            self._publish()
-        elif self._learned_unpublished is None:  # learning alone: see _publish_learning
-            self._learned_unpublished = time.monotonic()
-        self._await_factors(receipts)
-        self._send(self._ready(receipts), outcome)
+            self.release.publish()
+        else:  # learning alone: published within a moment (releasing.py)
+            self.release.learned()
+        self._send(self.release.ready(receipts), outcome)
         if self.on_batch is not None:
             self.on_batch(outcome)
         return True
@@ -397,82 +391,19 @@ class Application:
         except TRANSIENT as exc:  # they stay marked unsent: a later owner sends them again
             log.info("could not mark receipts sent: %s", type(exc).__name__)
 
-    # ----- publishing -------------------------------------------------------------------
-
-    def _publish_learning(self) -> None:
-        """What batches learned, on the factors topic within LEARNING_PUBLISH_S: a
-        deletion's batch or a cycle's end that comes meanwhile publishes it with its own
-        rows, so a row learned and then forgotten goes out once."""
-        since = self._learned_unpublished
-        if since is not None and time.monotonic() - since >= LEARNING_PUBLISH_S:
-            self._publish()
-
-    def _publish(self) -> None:
-        """The owned shards' commits not on the factors topic yet: to the producer."""
-        self._learned_unpublished = None
-        if self.publisher is None:
-            return
-        started = time.perf_counter()
-        try:
-            produced = self.publisher.publish(self.engine.commits())
-        except TRANSIENT as exc:  # Redis away: the shards' marks say where to go on from
-            log.info("factors not published yet: %s", type(exc).__name__)
-            self.metrics.redis_errors.labels("publish").inc()
-            return
-        if produced:
-            self.observer.factors_published(produced, time.perf_counter() - started)
-
-    def _await_factors(self, receipts: list[Receipt]) -> None:
-        """A batch's receipts wait for its factors: a few ms on a healthy broker. Waited
-        for here, up to FACTORS_WAIT_S, so they leave with their batch instead of a loop
-        step later (under load a step is a whole next batch)."""
-        if self.publisher is None or not receipts:
-            return
-        try:
-            self.publisher.drain(FACTORS_WAIT_S)
-        except TRANSIENT as exc:  # Redis away: the receipts are held, as _ready says
-            log.info("factors' marks not recorded yet: %s", type(exc).__name__)
-
-    def _ready(self, receipts: list[Receipt]) -> list[Receipt]:
-        """Of these receipts (and those held before), the ones whose factors the factors
-        topic has; the others are held."""
-        if self.publisher is None:
-            return receipts
-        waiting = [*self._held, *receipts]
-        try:
-            self.publisher.poll()
-            covered = [self.publisher.covers(r) for r in waiting]
-        except TRANSIENT as exc:  # Redis away: they wait, durable and unsent meanwhile
-            log.info("receipts held while Redis is away: %s", type(exc).__name__)
-            self.metrics.redis_errors.labels("publish").inc()
-            covered = [False] * len(waiting)
-        ready = [r for r, yes in zip(waiting, covered, strict=True) if yes]
-        self._held = [r for r, yes in zip(waiting, covered, strict=True) if not yes]
-        self.observer.receipts_held(len(self._held))
-        return ready
+    # ----- publishing ---------------------------------------------------------------------
 
     def _release(self) -> None:
         """Held receipts whose factors are published now: to the checkpoint."""
-        if self.publisher is None or not (self._held or self.publisher.pending()):
-            return
-        ready = self._ready([])
+        ready = self.release.release()
         if ready:
             self._send(ready, BatchOutcome())
 
     def _finish_publishing(self) -> None:
-        """Before the shards go (a revoke, a shutdown): what is handed over acknowledged,
-        and the receipts it held released. What stays held is still in its shard's unsent
-        set: the next owner sends it."""
-        if self.publisher is None:
-            return
-        self._publish()
-        try:
-            if not self.publisher.drain(self.settings.revoke_budget_s):
-                log.warning("factors not yet acknowledged: the next owner publishes them again")
-        except TRANSIENT as exc:
-            log.warning("factors' marks not recorded (%s): the next owner publishes them again",
-                        type(exc).__name__)  # fmt: skip
-        self._release()
+        """Before the shards go: what is handed over acknowledged, its receipts sent."""
+        ready = self.release.finish(self.settings.revoke_budget_s)
+        if ready:
+            self._send(ready, BatchOutcome())
 
     def _after_batch(self, messages: list[Message], parsed: Parsed) -> None:
         total: Counter[Partition] = Counter()
@@ -494,63 +425,16 @@ class Application:
         self._own(self.source.held(self.settings.topic_deletions))
 
     def _own(self, held: set[int]) -> None:
-        if self._deletion_partitions is None or held - set(range(self._deletion_partitions)):
-            self._deletion_partitions = self.source.partition_count(self.settings.topic_deletions)
-        shards = owned_shards(self.engine.shards, self._deletion_partitions, held)
-        before = set(self.engine.owned)
-        self.consolidating.lost(before - shards)
-        self.applier.own(shards)
-        self.observer.shards_owned(len(self.engine.owned))
-        self.observer.consolidation_owner(bool(self.engine.owned))
-        self._read_back(set(self.engine.owned) - before)
-        self._wake = True
+        if self.ownership.own(held):
+            self._wake = True
         # What the factors topic lacks of the shards taken (a fresh load: the whole model,
         # once; a previous owner's unpublished commits), before any event asks for it.
-        self._publish()
+        self.release.publish()
 
     def _reclaim(self) -> None:
-        """Shards of this instance's partitions that it no longer holds (a swap took them
-        to promote a new model, docs/lifecycle.md): taken back once they are released or
-        the swap's hold ran out. Never from another instance: a rebalance moves those."""
-        if self._deletion_partitions is None or len(self.engine.owned) == self.engine.shards:
-            return
-        now = time.monotonic()
-        if now - self._reclaim_checked < RECLAIM_CHECK_S:
-            return
-        self._reclaim_checked = now
-        held = self.source.held(self.settings.topic_deletions)
-        missing = owned_shards(self.engine.shards, self._deletion_partitions, held)
-        missing -= set(self.engine.owned)
-        if not missing:
-            return
-        try:
-            owners = self.engine.state.read_owners(self.engine.shards)
-        except TRANSIENT as exc:  # Redis away: the next check waits it out
-            log.info("reclaim check skipped: %s", type(exc).__name__)
-            return
-        free = {s for s in missing if released(owners.get(s), time.time())}
-        if free:
-            log.info("taking back shards %s (released by a model swap)", sorted(free))
-            self.applier.own(set(self.engine.owned) | free)
-            self.observer.shards_owned(len(self.engine.owned))
-            self._read_back(free)
-            self._publish()
+        if self.ownership.reclaim():
+            self.release.publish()
             self._wake = True  # their inboxes hold what came meanwhile
-
-    def _read_back(self, shards: set[int]) -> None:
-        """Shards taken over: what the receipts topic answered since they last committed.
-        A request they still have to answer that is there was answered before the state
-        lost it (a restore): its new receipt says `reapplied`."""
-        if not shards:
-            return
-        since = self.engine.last_commit_time(shards)
-        found = self.source.assignments.last_read  # this rebalance's read, if it reaches
-        if found is None or not found.covers(since, READ_BACK_REUSE_S):
-            found = read_answered(
-                self.settings.kafka_common(), self.settings.topic_receipts, since,
-                clients=self.clients,
-            )  # fmt: skip
-        self.engine.answered(found.sources)
 
     def _revoking(self, partitions: list[Partition]) -> None:
         """Partitions are going: finish the open batch, the owned shards' work and every
@@ -567,7 +451,7 @@ class Application:
         if gone:
             self._own(self.source.held(self.settings.topic_deletions) - gone)
             # Held receipts of shards that went are sent by their next owner.
-            self._held = [r for r in self._held if self.engine.holds_unsent(r.key_in_trail)]
+            self.release.keep_only(lambda r: self.engine.holds_unsent(r.key_in_trail))
 
     # ----- what goes wrong ------------------------------------------------------------
 
@@ -582,10 +466,8 @@ class Application:
         self.metrics.state_rollbacks.inc()
         self.stats.rollbacks += 1
         self.applier.rebuild(keep_committed=False)
-        self._held = []  # still unsent in their shards: sent again with the rebuilt ones
-        if self.publisher is not None:
-            self.publisher.forget()  # the marks are read again, as the state has them now
-        self._read_back(set(self.engine.owned))
+        self.release.forget()  # held receipts: still unsent in their shards, sent again
+        self.ownership.read_back(set(self.engine.owned))
         self.source.seek(sorted(self.source.assignments.views), rollback_counted=True)
         self.source.assignments.lost_through({key: c for key, (_, c) in exc.behind.items()})
 
@@ -705,7 +587,7 @@ class Application:
     def _consolidate(self) -> None:
         """One slice of consolidation (a deletion arriving now waits for it)."""
         if self.consolidating.run(self._rolled_back):
-            self._publish()  # a cycle's end, or a requested sweep's slice, wrote rows
+            self.release.publish()  # a cycle's end, or a requested sweep's slice, wrote rows
         self.stats.slices = self.consolidating.slices
         self.stats.sweeps = self.consolidating.sweeps
         self.stats.cycles = self.consolidating.cycles

@@ -55,14 +55,8 @@ from consumer.shards.receipting import Receipts
 from consumer.shards.replica import Replica
 from consumer.shards.requests import Request, item_part
 from consumer.state.layout import coordinator_shard, shard_of
-from consumer.state.store import (
-    SIDES,
-    ModelState,
-    NamespaceReplaced,
-    ShardLost,
-    ShardWrite,
-    StateError,
-)
+from consumer.state.shard_log import ShardLost, ShardWrite
+from consumer.state.store import SIDES, ModelState, NamespaceReplaced, StateError
 from unlearn_core.convergence import relative_change
 from unlearn_core.model import pair_scores
 
@@ -233,7 +227,7 @@ class Engine:
         new = sorted(wanted - set(self.owned))
         if not new:
             return
-        for shard, acquired in self.state.acquire(new, self.holder).items():
+        for shard, acquired in self.state.log.acquire(new, self.holder).items():
             pending = {k: Request.from_json(v) for k, v in self.state.read_pending(shard).items()}
             self.owned[shard] = Owned(
                 acquired.token, acquired.cursor, self.state.read_seen(shard), pending,
@@ -317,7 +311,7 @@ class Engine:
             return out
         routed = self._route(fresh_i, fresh_d, acknowledged, raw)
         if routed:
-            self.state.send({s: [encode(m)] for s, m in routed.items()})
+            self.state.log.send({s: [encode(m)] for s, m in routed.items()})
         out.routed = len(fresh_i) + len(fresh_d)
         self.state.record_ingested(out.applied, _marks(sources), {"updated_at": repr(self.clock())})
         self.committed.update(out.applied)
@@ -409,7 +403,7 @@ class Engine:
         if not self.owned:
             return out
         started = time.perf_counter()
-        entries = self.state.read_inboxes(
+        entries = self.state.log.read_inboxes(
             {s: o.cursor for s, o in self.owned.items()}, INBOX_ENTRIES
         )
         work = self._classify(entries, out, max_events)
@@ -479,7 +473,7 @@ class Engine:
         # docs/lifecycle.md). The fence tells them apart: taken only if it moved on.
         moved = [s for s in self.owned if now[s][0] > self.generations.get(s, 0)]
         if moved:
-            fences = self.state.read_fences(moved)
+            fences = self.state.log.read_fences(moved)
             taken = {s for s in moved if fences[s] != self.owned[s].token}
             if taken:
                 self._lose(taken)
@@ -652,7 +646,7 @@ class Engine:
         stored, expired = self.receipts.store(requests, writes)
         messages = {s: [encode(m)] for s, m in batch.messages.items() if m}
         tokens = {s: o.token for s, o in self.owned.items()}
-        written, ids = self.state.commit(writes, tokens, messages)
+        written, ids = self.state.log.commit(writes, tokens, messages)
         out.parts_asked = sum(len(m) for m in batch.messages.values())
         self.asking.sent(batch.messages, ids, batch.requests.values(), now)
         lost = set(writes) - set(written)
@@ -697,7 +691,7 @@ class Engine:
         stored2, expired = self.receipts.store(updated, writes2)
         if writes2 or messages2:
             encoded = {s: [encode(m)] for s, m in messages2.items()}
-            written2, _ = self.state.commit(writes2, tokens, encoded)
+            written2, _ = self.state.log.commit(writes2, tokens, encoded)
             lost |= set(writes2) - set(written2)
             for shard, (generation, commit_id) in written2.items():
                 owned = self.owned[shard]
@@ -735,7 +729,7 @@ class Engine:
         follows the shards written (their objective shares, counts, commits), and a shard
         refused is given up. Returns the shards written."""
         tokens = {s: o.token for s, o in self.owned.items()}
-        written, _ = self.state.commit({s: w for s, w in writes.items() if s in tokens}, tokens)
+        written, _ = self.state.log.commit({s: w for s, w in writes.items() if s in tokens}, tokens)
         for shard, (generation, commit_id) in written.items():
             self._committed(shard, generation, commit_id)
             self.ledger.add(shard, writes[shard])
@@ -829,7 +823,7 @@ class Engine:
         for shard in shards:
             self.owned.pop(shard, None)
             self.replica.known.pop(shard, None)
-        for shard, (generation, head) in self.state.read_generations(shards).items():
+        for shard, (generation, head) in self.state.log.read_generations(shards).items():
             self.replica.catch_up(shard, generation, head)
         self.ledger.read(self.state, shards)
 

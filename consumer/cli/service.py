@@ -492,8 +492,8 @@ def _state_status(state: ModelState) -> dict[str, Any]:
 
 def _owners(state: ModelState, shards: int) -> dict[str, Any]:
     """Per instance, the shards it owns and the work waiting in their inboxes."""
-    owners = state.read_owners(shards)
-    waiting = state.inbox_lengths(range(shards))
+    owners = state.log.read_owners(shards)
+    waiting = state.log.inbox_lengths(range(shards))
     pending = {s: len(state.read_pending(s)) for s in range(shards)}
     out: dict[str, Any] = {}
     for shard, owner in owners.items():

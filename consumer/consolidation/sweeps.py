@@ -19,7 +19,7 @@ import numpy as np
 
 from consumer.shards.batch import _csr
 from consumer.state.layout import rows_of_shard, shard_of
-from consumer.state.store import ShardWrite
+from consumer.state.shard_log import ShardWrite
 from unlearn_core.active_set import SIDES, other_side
 from unlearn_core.objective import all_pairs_term, observed_term_values, row_penalty_values
 from unlearn_core.solve import solve_rows

@@ -25,7 +25,7 @@ from consumer.consolidation.cycle import FLUSH, REST, ROUNDS, TOUCH_UP, Cycle, C
 from consumer.consolidation.forgetting import Forgetting, Moved
 from consumer.shards.ledger import touched_terms
 from consumer.state.layout import ROW_DTYPE, shard_of
-from consumer.state.store import ShardWrite
+from consumer.state.shard_log import ShardWrite
 from unlearn_core.active_set import SIDES, Pressure, confidences, other_side, row_mass
 from unlearn_core.model import pair_scores
 from unlearn_core.objective import all_pairs_term

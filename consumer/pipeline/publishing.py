@@ -77,7 +77,7 @@ class FactorPublisher:
         fresh = [s for s, (token, _) in owned.items()
                  if s not in self._shards or self._shards[s].token != token]  # fmt: skip
         if fresh:
-            for shard, mark in self.state.read_published(fresh).items():
+            for shard, mark in self.state.log.read_published(fresh).items():
                 self._shards[shard] = _Shard(owned[shard][0], mark, mark)
         produced = 0
         for shard, (_, known) in owned.items():
@@ -86,7 +86,7 @@ class FactorPublisher:
                 continue
             rows = None
             if known[0] > entry.target[0]:
-                rows = self.state.read_changes(shard, *entry.target)
+                rows = self.state.log.read_changes(shard, *entry.target)
             if rows is None:  # the log does not reach back, or another history: every row
                 rows = self._all_rows(shard)
             produced += self._produce(shard, known, rows)
@@ -107,7 +107,7 @@ class FactorPublisher:
         if not marks:
             return
         tokens = {s: self._shards[s].token for s in marks}
-        refused = self.state.mark_published(marks, tokens)
+        refused = self.state.log.mark_published(marks, tokens)
         for shard, known in marks.items():
             if shard not in refused:
                 self._shards[shard].published = known
@@ -140,7 +140,7 @@ class FactorPublisher:
                    if s not in self._shards and self._others.get(s, -1) < g]  # fmt: skip
         if unknown and time.monotonic() - self._others_read >= OTHERS_READ_S:
             self._others_read = time.monotonic()
-            for shard, (generation, _) in self.state.read_published(unknown).items():
+            for shard, (generation, _) in self.state.log.read_published(unknown).items():
                 self._others[shard] = generation
         for shard, generation in needed.items():
             entry = self._shards.get(shard)

@@ -117,7 +117,7 @@ class Retention:
         for n, (uid, user) in enumerate(zip(ids, users, strict=True)):
             source = Source(RETENTION_TOPIC, shard, first + n)
             messages.append(Routed(Deletion(uid, None, cutoff, None, source, now), user, -1))
-        self.state.send({shard: [encode(messages)]})
+        self.state.log.send({shard: [encode(messages)]})
         return last
 
     def _summarise(self, shard: int, done: _Pass) -> dict:

@@ -78,7 +78,7 @@ class PartsAsked:
         due = [r for r in pending if self._due(r.source, now)]
         if not due:
             return 0
-        cursors = self.state.read_cursors({part_shard(p) for r in due for p in r.waiting()})
+        cursors = self.state.log.read_cursors({part_shard(p) for r in due for p in r.waiting()})
         messages: dict[int, list[Message]] = defaultdict(list)
         for request in due:
             asked_at, where = self._asked.get(request.source, (0.0, {}))
@@ -95,7 +95,7 @@ class PartsAsked:
             self._asked[request.source] = (now, again)
         if not messages:
             return 0
-        ids = self.state.send({s: [encode(m)] for s, m in messages.items()})
+        ids = self.state.log.send({s: [encode(m)] for s, m in messages.items()})
         for target, batch in messages.items():
             for message in batch:
                 waiter = getattr(message, "waiter", None)

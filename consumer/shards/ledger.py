@@ -18,7 +18,8 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 
 from consumer.state.layout import shard_of
-from consumer.state.store import ModelState, ShardWrite
+from consumer.state.shard_log import ShardWrite
+from consumer.state.store import ModelState
 from unlearn_core.objective import (
     all_pairs_term,
     observed_term_values,

@@ -20,7 +20,8 @@ from consumer.events import RETENTION_TOPIC, Deletion
 from consumer.receipts import Receipt
 from consumer.shards.requests import Request
 from consumer.state.layout import coordinator_shard, unseen_shard
-from consumer.state.store import ModelState, ShardWrite
+from consumer.state.shard_log import ShardWrite
+from consumer.state.store import ModelState
 
 ANSWERED_KEPT_S = 600.0  # how long a read-back answer may still mark a receipt reapplied
 

@@ -41,14 +41,14 @@ class Replica:
 
     def load(self) -> None:
         """Every shard's factors, shard by shard."""
-        for shard, known in self.state.read_generations(range(self.shards)).items():
+        for shard, known in self.state.log.read_generations(range(self.shards)).items():
             self._reload(shard)
             self.known[shard] = known
 
     def refresh(self, skip: Iterable[int] = ()) -> dict[int, Known]:
         """Bring the shards other owners moved up to date (not `skip`: this instance's
         own, which only it writes). Returns every shard's (commits, newest id) in Redis."""
-        now = self.state.read_generations(range(self.shards))
+        now = self.state.log.read_generations(range(self.shards))
         skip = set(skip)
         for shard, (generation, head) in now.items():
             if shard not in skip:
@@ -62,7 +62,7 @@ class Replica:
             return False
         changes = None
         if known is not None and generation > known[0]:
-            changes = self.state.read_change_log(shard, *known)
+            changes = self.state.log.read_change_log(shard, *known)
         if changes is None:
             self._reload(shard)
         else:

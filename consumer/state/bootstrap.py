@@ -9,7 +9,8 @@ import scipy.sparse as sp
 
 from consumer.shards.ledger import all_pairs, pair_shares, penalty_shares
 from consumer.state.layout import ROW_DTYPE, rows_of_shard
-from consumer.state.store import ModelState, ShardWrite
+from consumer.state.shard_log import ShardWrite
+from consumer.state.store import ModelState
 from unlearn_core import FactorModel, Interactions
 from unlearn_core.interactions import locate
 
@@ -94,11 +95,11 @@ def write_shards(
                 write.factors[side] = {int(n): factors[side][n] for n in chunk}
             for n in users[start : start + _ROWS_PER_WRITE].tolist():
                 write.rows["user"][n] = user_row(by_user, stamps, n)
-            state.commit({shard: write}, {shard: None})  # no owner writes these keys yet
+            state.log.commit({shard: write}, {shard: None})  # no owner writes these keys yet
         write = ShardWrite(interactions_delta=int(np.diff(by_user.indptr)[users].sum()))
         write.rows["item"] = _slices(by_user, stamps, users)
         write.status = {"consolidation": "sweeping", "loss": repr(shares[shard])}
-        state.commit({shard: write}, {shard: None})
+        state.log.commit({shard: write}, {shard: None})
         if progress is not None:
             progress(1)
 

@@ -28,7 +28,8 @@ from consumer.state.layout import (
     unseen_shard,
     user_tombstone,
 )
-from consumer.state.store import ModelState, ShardWrite
+from consumer.state.shard_log import ShardWrite
+from consumer.state.store import ModelState
 from unlearn_core import FactorModel, Interactions
 from unlearn_core.interactions import Change, locate
 from unlearn_core.unlearn import SweepPolicy, forget
@@ -223,4 +224,4 @@ def write_history(state: ModelState, history: DeletionHistory) -> None:
             shard = shard_of(n, shards) if n >= 0 else unseen_shard(subject, shards)
             write(shard).receipts[source] = text
     for shard, one in writes.items():
-        state.commit({shard: one}, {shard: None})
+        state.log.commit({shard: one}, {shard: None})

@@ -47,7 +47,8 @@ from consumer.state.bootstrap import (
 )
 from consumer.state.history import covered_entries
 from consumer.state.layout import ROW_DTYPE, STAGED, shard_of
-from consumer.state.store import ModelState, ShardWrite, StateError
+from consumer.state.shard_log import ShardWrite
+from consumer.state.store import ModelState, StateError
 from unlearn_core import FactorModel, Interactions
 from unlearn_core.interactions import Change, locate
 from unlearn_core.unlearn import SweepPolicy, update
@@ -249,7 +250,7 @@ class Swap:
         started = time.monotonic()
         deadline = time.time() + hold_s
         holder = f"{HOLD_PREFIX}{deadline!r}"
-        tokens = {s: a.token for s, a in self.state.acquire(shards, holder).items()}
+        tokens = {s: a.token for s, a in self.state.log.acquire(shards, holder).items()}
         try:
             self.reconcile(green)
             if time.time() > deadline - 1.0:
@@ -430,7 +431,7 @@ class Swap:
                 "consolidation": "sweeping",
             }  # fmt: skip
         for shard, write in writes.items():
-            self.staged.commit({shard: write}, {shard: None})
+            self.staged.log.commit({shard: write}, {shard: None})
 
     def _clear_staged(self) -> None:
         """Every staged key (an earlier swap's that stopped half-way, or this one's

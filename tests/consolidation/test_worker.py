@@ -34,7 +34,7 @@ def loaded(request, redis_client, random_data):
 
 
 def generations(state: ModelState) -> dict[int, tuple[int, str | None]]:
-    return state.read_generations(range(SHARDS))
+    return state.log.read_generations(range(SHARDS))
 
 
 def test_without_forgetting_there_is_no_cycle_and_nothing_is_written(loaded):

@@ -106,6 +106,6 @@ def test_a_new_owner_publishes_what_its_predecessor_did_not(loaded, kafka_bootst
     # The former owner's late mark is refused (fenced): the mark stays the new owner's.
     first.publish(old.commits())
     first.drain(30)
-    assert state.read_published(range(SHARDS)) == {
+    assert state.log.read_published(range(SHARDS)) == {
         s: known for s, (_, known) in new.commits().items()
     }

@@ -48,7 +48,7 @@ def test_a_part_is_asked_again_only_once_taken_and_overdue(redis_client: redis.R
     asking = PartsAsked(state, lambda: now[0], retry_s=10.0)
     request = pair_request(3)
     message = part_message(request, items_part(3))
-    ids = state.send({3: [encode([message])]})
+    ids = state.log.send({3: [encode([message])]})
     asking.sent({3: [message]}, ids, [request], now[0])
     inbox = state.layout.shard(3).inbox
     assert asking.waiting and redis_client.xlen(inbox) == 1

@@ -14,7 +14,8 @@ from consumer.events import RETENTION_TOPIC, Deletion, Source
 from consumer.shards.receipting import Receipts
 from consumer.shards.requests import Request, user_part
 from consumer.state.bootstrap import load
-from consumer.state.store import ModelState, ShardWrite
+from consumer.state.shard_log import ShardWrite
+from consumer.state.store import ModelState
 from tests.conftest import binary_model
 from tests.service.kafka_helpers import unique
 

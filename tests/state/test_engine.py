@@ -276,10 +276,10 @@ def test_solving_on_several_threads_gives_the_same_model(redis_client, random_da
 
 
 def test_each_shards_change_log_is_bounded_in_bytes(loaded, monkeypatch):
-    import consumer.state.store as store
+    import consumer.state.shard_log as shard_log
 
     state, _, _ = loaded
-    monkeypatch.setattr(store, "CHANGES_BYTES", 600)
+    monkeypatch.setattr(shard_log, "CHANGES_BYTES", 600)
     engine, stream = Engine(state), Stream()
     for n in range(40):
         engine.process([stream.interact(f"u{n % 40}", f"i{n % 25}")], [])
@@ -301,7 +301,7 @@ def test_a_shard_is_dropped_only_when_its_fence_moved_on(loaded, redis_client):
     engine.refresh()
     assert set(engine.owned) == {0, 1, 2, 3}
     # Another holder drew the fence (a swap) and committed: the shard is dropped.
-    state.acquire([2], "swap:0")
+    state.log.acquire([2], "swap:0")
     redis_client.incr(state.layout.shard(2).gen)
     engine.refresh()
     assert set(engine.owned) == {0, 1, 3}

@@ -157,7 +157,7 @@ def test_the_command_swaps_and_refuses_other_hyperparameters(
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["swapped"] and report["interactions"] == data.nnz
     assert set(report["generations"]) == {str(s) for s in range(SHARDS)}
-    assert not any(state.read_owners(SHARDS).values())  # every shard released
+    assert not any(state.log.read_owners(SHARDS).values())  # every shard released
     assert not list(redis_client.scan_iter(match=f"*{namespace}*next:*"))  # nothing staged left
     other, _ = train(data, users, items, params_for("implicit", factors=3), 2)
     with pytest.raises(SwapError, match="hyperparameters"):
@@ -176,11 +176,11 @@ def test_a_swap_that_fails_while_holding_gives_the_shards_back(redis_client, ran
     green = swap.prepare(model, data, np.full(data.nnz, 900.0), 950.0)
     swap.reconcile(green)
     swap.stage(green)
-    before = state.read_generations(range(SHARDS))
+    before = state.log.read_generations(range(SHARDS))
     with pytest.raises(SwapError, match="ran out"):
         swap.promote(green, hold_s=0.5)  # less than the margin it keeps: never promotes
-    assert not any(state.read_owners(SHARDS).values())  # released at once, not at the deadline
-    assert state.read_generations(range(SHARDS)) == before  # nothing promoted
+    assert not any(state.log.read_owners(SHARDS).values())  # released at once, not at the deadline
+    assert state.log.read_generations(range(SHARDS)) == before  # nothing promoted
 
 
 def test_every_interaction_the_live_model_holds_is_accounted_for_in_a_swap(
