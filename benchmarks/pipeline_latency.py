@@ -5,7 +5,7 @@ namespace, the same broker and Redis. Latency is from the deletion's own timesta
 the producer when it sends) to the receipt's arrival at a consumer of the receipts topic.
 
 Variant "consolidating" (the defaults: slices run whenever no input waits), --phases in order:
-  burst      1,000 deletions at once, then silence: sweeps until the stopping rule holds,
+  burst      1,000 deletions (--burst) at once, then silence: sweeps until the stopping rule holds,
              then what Redis receives during --idle-seconds (append-only file growth and
              write commands)
   low        10 deletions/s, no interactions (after the burst: a settled service)
@@ -80,6 +80,7 @@ def main() -> None:
         "--phases", default="burst,low,sustained,knee", help="the consolidating variant's, in order"
     )
     parser.add_argument("--compare-factors", action="store_true")
+    parser.add_argument("--burst", type=int, default=BURST, help="deletions in the burst phase")
     parser.add_argument(
         "--out", type=Path, default=Path("benchmarks/results/pipeline_latency.json")
     )
@@ -148,9 +149,9 @@ def _variant(
             if label == "burst":
                 burst = _burst_then_idle(
                     bootstrap, client, port, data, user_ids, item_ids, order, cursor,
-                    args.idle_seconds, args.settle_timeout,
+                    args.idle_seconds, args.settle_timeout, args.burst,
                 )  # fmt: skip
-                cursor += BURST
+                cursor += args.burst
                 print(f"{name} burst: {json.dumps(burst)}")
                 continue
             for phase in _phases(label, args):
@@ -256,10 +257,11 @@ def _phase_result(label: str, phase: Phase, before: dict, after: dict) -> dict:
 
 
 def _burst_then_idle(
-    bootstrap, client, port, data, user_ids, item_ids, order, cursor, idle_s, timeout_s
-) -> dict:
-    """1,000 deletions at once; then how long and how many sweeps until the stopping
-    rule holds, and what Redis receives while the service is idle after that."""
+    bootstrap, client, port, data, user_ids, item_ids, order, cursor, idle_s, timeout_s,
+    burst=BURST,
+) -> dict:  # fmt: skip
+    """`burst` deletions at once (1,000 unless asked); then how long and how many sweeps
+    until the stopping rule holds, and what Redis receives while the service is idle."""
     group = f"burst-{time.time()}"
     receipts = Consumer(
         {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
@@ -269,7 +271,7 @@ def _burst_then_idle(
     before = _scrape(port)
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": PRODUCER_LINGER_MS})
     n_items = data.shape[1]
-    for n in range(BURST):
+    for n in range(burst):
         key = int(data.entry_keys[order[cursor + n]])
         user = user_ids[key // n_items]
         value = json.dumps({"user": user, "item": item_ids[key % n_items], "ts": time.time()})
@@ -277,7 +279,7 @@ def _burst_then_idle(
     producer.flush(30)
     sent = time.monotonic()
     got = 0
-    while got < BURST and time.monotonic() - sent < 300:
+    while got < burst and time.monotonic() - sent < max(300, burst / 50):
         got += sum(m.error() is None for m in receipts.consume(1000, timeout=0.2))
     receipts.close()
     answered = time.monotonic() - sent
@@ -295,9 +297,10 @@ def _burst_then_idle(
     idle_to = _redis_writes(client)
     per_minute = 60 / idle_s
     return {
-        "deletions": BURST,
+        "deletions": burst,
         "receipts": got,
         "all_answered_seconds": answered,
+        "deletions_per_s": got / answered if answered > 0 else None,
         "settled_after_seconds": settled_after,
         "sweeps_to_settle": _delta(before, settled, "unlearn_sweeps_total{}"),
         "slices_to_settle": _delta(before, settled, "unlearn_slices_total{}"),

@@ -289,12 +289,16 @@ def pipeline_latency(data: dict[str, Any]) -> str:
     burst = data["variants"].get("consolidating", {}).get("burst")
     if burst:
         settled = burst["settled_after_seconds"]
+        improvement = burst["last_sweep_improvement"]
+        rate = burst["receipts"] / max(burst["all_answered_seconds"], 1e-9)
         text += (
-            f"\n\nBurst of {burst['deletions']} deletions: all {burst['receipts']} receipts in "
-            f"{burst['all_answered_seconds']:.1f} s; stopping rule met "
+            f"\n\nBurst of {burst['deletions']:,} deletions: all {burst['receipts']:,} receipts "
+            f"in {burst['all_answered_seconds']:.1f} s ({rate:,.0f} deletions/s); at rest "
             + (f"after {settled:.0f} s" if settled is not None else "**not within the wait**")
-            + f", {burst['sweeps_to_settle']:.0f} sweeps ({burst['slices_to_settle']:.0f} slices) "
-            f"after the burst began, last sweep's decrease {burst['last_sweep_improvement']:.2e}. "
+            + f", {burst['sweeps_to_settle'] or 0:.0f} sweeps "
+            f"({burst['slices_to_settle'] or 0:.0f} slices) after the burst began"
+            + (f", last sweep's decrease {improvement:.2e}" if improvement is not None else "")
+            + ". "
             f"Then idle for {burst['idle_seconds']:.0f} s: append-only file growth "
             f"{burst['idle_aof_bytes_per_minute']:.0f} B/min, write commands "
             f"{burst['idle_write_commands_per_minute']:.0f}/min, bytes received by Redis "

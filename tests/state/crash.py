@@ -6,14 +6,14 @@ from collections.abc import Callable
 
 import pytest
 
-from consumer.state.store import ModelState
+from consumer.state.shard_log import ShardLog
 
 
 def process_killed_mid_commit(process: Callable[[], object]) -> None:
     """Run `process` so that the first write of several shards writes only the first of
     them (and none of the messages for other shards) and then dies, as a kill -9 between
     shard scripts would."""
-    real_commit = ModelState.commit
+    real_commit = ShardLog.commit
 
     def write_one_shard_then_die(self, writes, tokens, messages=None):
         if len(writes) < 2:
@@ -23,6 +23,6 @@ def process_killed_mid_commit(process: Callable[[], object]) -> None:
         raise ConnectionError("killed")
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(ModelState, "commit", write_one_shard_then_die)
+        patch.setattr(ShardLog, "commit", write_one_shard_then_die)
         with pytest.raises(ConnectionError):
             process()
