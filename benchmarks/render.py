@@ -271,7 +271,7 @@ def pipeline_latency(data: dict[str, Any]) -> str:
                 " / ".join(f"{stages.get(s, 0):.1f}" for s in ("parse", "apply", "acknowledge")),
                 " / ".join(f"{stages.get(s, 0):.1f}" for s in ("read", "solve", "write")),
             ))  # fmt: skip
-    text = _table(
+    text = "" if not rows else _table(
         ("variant", "phase", "deletions/s + interactions/s", "s", "receipts",
          "forget latency p50 / p90 / p99 (ms)", "durable p50 / p90 / p99 (ms)", "backlog max",
          "events/batch", "slices", "stage mean ms: parse / apply / acknowledge",
@@ -292,7 +292,8 @@ def pipeline_latency(data: dict[str, Any]) -> str:
         improvement = burst["last_sweep_improvement"]
         rate = burst["receipts"] / max(burst["all_answered_seconds"], 1e-9)
         text += (
-            f"\n\nBurst of {burst['deletions']:,} deletions: all {burst['receipts']:,} receipts "
+            ("\n\n" if text else "")
+            + f"Burst of {burst['deletions']:,} deletions: all {burst['receipts']:,} receipts "
             f"in {burst['all_answered_seconds']:.1f} s ({rate:,.0f} deletions/s); at rest "
             + (f"after {settled:.0f} s" if settled is not None else "**not within the wait**")
             + f", {burst['sweeps_to_settle'] or 0:.0f} sweeps "
@@ -652,6 +653,8 @@ SECTIONS: dict[str, tuple[Path, Callable[[dict[str, Any]], str]]] = {
     "scaling_profile": (DOC, scaling),
     "scaling_batches": (DOC, scaling),
     "pipeline_latency_29": (DOC, pipeline_latency),
+    "pipeline_latency_factors29": (DOC, pipeline_latency),
+    "pipeline_latency_burst29": (DOC, pipeline_latency),
     "profile_breakdown": (DOC, profile_breakdown),
     "offline_forget": (DOC, offline_forget),
     "offline_command": (DOC, offline_command),
