@@ -34,7 +34,7 @@ from consumer.consolidation.forgetting import decode as decode_forgetting
 from consumer.consolidation.forgetting import encode as encode_forgetting
 from consumer.consolidation.forgetting import merge as merge_forgetting
 from consumer.errors import StateRolledBack
-from consumer.events import RETENTION_TOPIC, Deletion, Interaction, Source, order_key
+from consumer.events import RETENTION_TOPIC, Deletion, Interaction, Source
 from consumer.receipts import Receipt
 from consumer.shards.asking import PartsAsked
 from consumer.shards.batch import Batch, LocalPart, ShardWork, Unprocessable
@@ -54,7 +54,8 @@ from consumer.shards.messages import (
 from consumer.shards.receipting import Receipts
 from consumer.shards.replica import Replica
 from consumer.shards.requests import Request, item_part
-from consumer.state.layout import coordinator_shard, shard_of
+from consumer.shards.routing import advance, marks, route
+from consumer.state.layout import shard_of
 from consumer.state.shard_log import ShardLost, ShardWrite
 from consumer.state.store import SIDES, ModelState, NamespaceReplaced, StateError
 from unlearn_core.convergence import relative_change
@@ -298,7 +299,7 @@ class Engine:
         out = IngestOutcome()
         applied = self.check_not_behind()
         sources = [*(e.source for e in (*interactions, *deletions)), *skipped]
-        out.applied = _advance(applied, sources)
+        out.applied = advance(applied, sources)
 
         def done(source: Source) -> bool:
             return applied.get(source.partition_key, -1) >= source.offset
@@ -309,46 +310,12 @@ class Engine:
         out.resent = self.receipts.of_replayed([d for d in deletions if done(d.source)])
         if not any(offset > applied.get(key, -1) for key, offset in out.applied.items()):
             return out
-        routed = self._route(fresh_i, fresh_d, acknowledged, raw)
+        routed = route(self.state, self.shards, fresh_i, fresh_d, acknowledged, raw)
         if routed:
             self.state.log.send({s: [encode(m)] for s, m in routed.items()})
         out.routed = len(fresh_i) + len(fresh_d)
-        self.state.record_ingested(out.applied, _marks(sources), {"updated_at": repr(self.clock())})
+        self.state.record_ingested(out.applied, marks(sources), {"updated_at": repr(self.clock())})
         self.committed.update(out.applied)
-        return out
-
-    def _route(
-        self,
-        interactions: list[Interaction],
-        deletions: list[Deletion],
-        acknowledged: Mapping[str, tuple[int, int]],
-        raw: Mapping[Source, Raw],
-    ) -> dict[int, list[Message]]:
-        state, shards = self.state, self.shards
-        users, items, limits = state.allocate_pairs(
-            [e.user for e in interactions], [e.item for e in interactions]
-        )
-        routed: list[tuple[int, Routed]] = []
-        for event, u, i, limit in zip(
-            interactions, users.tolist(), items.tolist(), limits.tolist(), strict=True
-        ):
-            routed.append((shard_of(u, shards), Routed(event, u, i, raw.get(event.source),
-                                              unseen_limit=limit)))  # fmt: skip
-        # A deletion names its ids, it never creates them (an id never seen keeps its
-        # tombstone by id, and the request is coordinated where the id hashes to).
-        named = [(d.scope, d.user, d.item, d.ts) for d in deletions]
-        d_users, d_items = state.resolve_deletions(named)
-        for d, u, i in zip(deletions, d_users.tolist(), d_items.tolist(), strict=True):
-            again = _within(d.source.offset, acknowledged.get(d.source.partition_key))
-            shard = coordinator_shard(d.scope, u, i, d.user, d.item, shards)
-            routed.append((shard, Routed(d, u, i, raw.get(d.source), again)))
-        # In the input's time order (pipeline/ordering.py): a shard applies its events in
-        # the order they are routed, so a batch counts what a deletion removed as one
-        # event at a time would, wherever the batch was cut.
-        routed.sort(key=lambda r: _order(r[1].event))
-        out: dict[int, list[Message]] = defaultdict(list)
-        for shard, message in routed:
-            out[shard].append(message)
         return out
 
     def check_not_behind(self) -> dict[str, int]:
@@ -916,34 +883,6 @@ def _without(work: dict[int, ShardWork], sources: set[Source]) -> dict[int, Shar
             list(w.solves), list(w.purges), list(w.dones), dict(w.seen),
         )  # fmt: skip
     return out
-
-
-def _marks(sources: list[Source]) -> dict[str, str]:
-    """Per partition, the fingerprint mark of the batch's last message that has one."""
-    last: dict[str, Source] = {}
-    for source in sources:
-        best = last.get(source.partition_key)
-        if source.fingerprint and (best is None or source.offset > best.offset):
-            last[source.partition_key] = source
-    return {key: f"{s.offset}:{s.fingerprint}" for key, s in last.items()}
-
-
-def _advance(applied: dict[str, int], sources: list[Source]) -> dict[str, int]:
-    """The batch's partitions and how far it takes each (never back)."""
-    out: dict[str, int] = {}
-    for source in sources:
-        key = source.partition_key
-        out[key] = max(out.get(key, applied.get(key, -1)), source.offset)
-    return out
-
-
-def _order(event: Interaction | Deletion) -> tuple[int, bool, str, int, int]:
-    s = event.source
-    return order_key(s.stamp, isinstance(event, Deletion), s.topic, s.partition, s.offset)
-
-
-def _within(offset: int, span: tuple[int, int] | None) -> bool:
-    return span is not None and span[0] <= offset <= span[1]
 
 
 __all__ = [
