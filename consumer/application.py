@@ -52,7 +52,7 @@ from consumer.pipeline.observation import Observer
 from consumer.pipeline.ownership import Ownership
 from consumer.pipeline.parsing import Parsed, Parser
 from consumer.pipeline.publishing import FactorPublisher, PublishFailed
-from consumer.pipeline.releasing import BACKGROUND_PUBLISH_S, Release
+from consumer.pipeline.releasing import Release
 from consumer.pipeline.retention import Retention, RetentionPolicy
 from consumer.pipeline.source import InputFailed, Read, Source
 from consumer.receipts import Receipt
@@ -229,7 +229,6 @@ class Application:
         self.health.tick()
         self.checkpoint.poll()
         self.release.publish_learning()
-        self.release.publish_behind()
         self._release()
         self.observer.redis_memory(self.engine.state)
         self.source.resume_surged()
@@ -369,7 +368,7 @@ class Application:
             self.observer.model(self.engine)
         self.stats.last_residual = outcome.residual
         if receipts or outcome.forgetting:
-            self.release.publish_for(receipts)
+            self.release.publish()
         else:  # learning alone: published within a moment (releasing.py)
             self.release.learned()
         self._send(self.release.ready(receipts), outcome)
@@ -588,8 +587,7 @@ class Application:
     def _consolidate(self) -> None:
         """One slice of consolidation (a deletion arriving now waits for it)."""
         if self.consolidating.run(self._rolled_back):
-            # A cycle's end, or a requested sweep's slice, wrote rows: no receipt waits.
-            self.release.publish(BACKGROUND_PUBLISH_S)
+            self.release.publish()  # a cycle's end, or a requested sweep's slice, wrote rows
         self.stats.slices = self.consolidating.slices
         self.stats.sweeps = self.consolidating.sweeps
         self.stats.cycles = self.consolidating.cycles

@@ -27,12 +27,6 @@ from unlearn_core.settle import SettleRule, Settling
 REST, ROUNDS, TOUCH_UP, FLUSH = "rest", "rounds", "touch-up", "flush"
 
 
-# A slice runs chunks of the round's rows until its time is spent; a chunk aims at this
-# fraction of the slice, so a slice overshoots its time by a fraction, not by multiples
-# (a deletion that arrives meanwhile waits for the slice).
-CHUNKS_PER_SLICE = 4
-
-
 @dataclass(frozen=True)
 class CyclePolicy:
     tolerance: float = 1e-3  # re-solve a row once this share of its inputs moved
@@ -136,7 +130,7 @@ class Cycle:
         return not self.resting and not input_waiting and since_last_event_ms >= self.policy.idle_ms
 
     def next_rows(self) -> np.ndarray | None:
-        """The next chunk of the round under way (None: the round is done)."""
+        """The next slice of the round under way (None: the round is done)."""
         if self.position >= len(self.queue):
             return None
         rows = self.queue[self.position : self.position + self.rows_per_slice]
@@ -146,13 +140,11 @@ class Cycle:
     def start_round(self, side: str, queue: np.ndarray) -> None:
         self.side, self.queue, self.position = side, queue, 0
 
-    def chunked(self, seconds: float) -> None:
-        """Adapt the chunk to take about a CHUNKS_PER_SLICE-th of a slice: it shrinks as far
-        as its last one overshot (a chunk of popular items may cost many times one of
-        users), and grows at most twofold."""
-        target = self.policy.slice_ms / 1000 / CHUNKS_PER_SLICE
+    def sliced(self, seconds: float) -> None:
+        """Adapt the slice to take about slice_ms."""
+        target = self.policy.slice_ms / 1000
         if seconds > 0:
-            scaled = int(self.rows_per_slice * min(target / seconds, 2.0))
+            scaled = int(self.rows_per_slice * min(max(target / seconds, 0.5), 2.0))
             self.rows_per_slice = min(max(scaled, self.policy.min_rows), self.policy.max_rows)
 
     def round_done(self, solved_any: bool) -> None:

@@ -151,33 +151,24 @@ class Consolidator:
         else:
             out = Step(REST)
         out.seconds = time.perf_counter() - started
+        if cycle.phase == ROUNDS and out.rows:
+            cycle.sliced(out.seconds)
         cycle.figures.seconds += out.seconds
         return out
 
     def _round_slice(self) -> Step:
-        """Chunks of the round under way until the slice's time is spent or the round
-        is done (the next slice opens the next round)."""
         cycle = self.cycle
-        started = time.perf_counter()
-        budget = self.policy.slice_ms / 1000
         rows = cycle.next_rows()
         while rows is None:  # the round under way is done: the next one, or the end
             if not self._next_round():
                 cycle.phase = TOUCH_UP
                 return Step(ROUNDS)
             rows = cycle.next_rows()
-        side, taken, solved = cycle.side, 0, 0
-        while rows is not None:
-            chunk_started = time.perf_counter()
-            done = self._resolve(side, rows, pressed_only=True)
-            cycle.chunked(time.perf_counter() - chunk_started)
-            taken, solved = taken + len(rows), solved + done
-            if time.perf_counter() - started >= budget:
-                break
-            rows = cycle.next_rows()
+        side = cycle.side
+        solved = self._resolve(side, rows, pressed_only=True)
         self._solved_in_round += solved
         cycle.figures.solved += solved
-        return Step(ROUNDS, side, taken, solved)
+        return Step(ROUNDS, side, len(rows), solved)
 
     def _next_round(self) -> bool:
         """Close the round under way; open the next. False when the rounds are over."""

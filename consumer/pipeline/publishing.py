@@ -18,7 +18,7 @@ from __future__ import annotations
 import collections
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -68,19 +68,10 @@ class FactorPublisher:
         # swap keeps them): each is read from Redis once.
         self._ids: dict[str, dict[int, str]] = {side: {} for side in SIDES}
         self._shape: tuple[int, int] | None = None  # shards and factors: fixed per namespace
-        self.behind = False  # the last budgeted publish left shards for the next call
 
-    def publish(
-        self,
-        owned: Mapping[int, tuple[int, Known]],
-        budget_s: float | None = None,
-        first: Iterable[int] = (),
-    ) -> int:
+    def publish(self, owned: Mapping[int, tuple[int, Known]]) -> int:
         """The owned shards (shard -> (fence token, commit reached)): hand the producer
-        the factors of every commit since what the topic has. Returns records produced.
-        With a time budget, the `first` shards (those receipts wait on) are published
-        whatever it takes, then no further shard is started once the budget is spent (at
-        least one is published); `behind` then says shards are left for the next call."""
+        the factors of every commit since what the topic has. Returns records produced."""
         for shard in set(self._shards) - set(owned):
             del self._shards[shard]
         fresh = [s for s, (token, _) in owned.items()
@@ -88,18 +79,11 @@ class FactorPublisher:
         if fresh:
             for shard, mark in self.state.log.read_published(fresh).items():
                 self._shards[shard] = _Shard(owned[shard][0], mark, mark)
-        produced, started = 0, time.monotonic()
-        self.behind = False
-        urgent = set(first) & set(owned)
-        for shard in [*sorted(urgent), *(s for s in owned if s not in urgent)]:
-            known = owned[shard][1]
+        produced = 0
+        for shard, (_, known) in owned.items():
             entry = self._shards[shard]
             if known == entry.target or known[0] == 0:
                 continue
-            spent = budget_s is not None and time.monotonic() - started >= budget_s
-            if spent and produced and shard not in urgent:
-                self.behind = True
-                break
             rows = None
             if known[0] > entry.target[0]:
                 rows = self.state.log.read_changes(shard, *entry.target)

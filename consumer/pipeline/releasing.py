@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from consumer.pipeline.applying import TRANSIENT
 from consumer.pipeline.publishing import FactorPublisher
@@ -26,10 +26,6 @@ FACTORS_WAIT_S = 0.05  # how long a batch's receipts wait for its factors' ackno
 # What batches learned (no deletion among them) waits this long for the factors topic,
 # so that a deletion or a cycle's end soon after publishes those rows once, with its own.
 LEARNING_PUBLISH_S = 0.5
-# What no receipt waits for (a forgetting cycle's end, learning, shards taken) is handed to
-# the producer a few shards at a time, this long at most per loop step, so a deletion that
-# arrives meanwhile is not held behind thousands of rows; a receipt's batch publishes all.
-BACKGROUND_PUBLISH_S = 0.02
 
 Commits = Callable[[], dict]  # the owned shards' commits (Engine.commits)
 
@@ -57,33 +53,20 @@ class Release:
 
     # ----- the factors topic ------------------------------------------------------------
 
-    def publish(self, budget_s: float | None = None, first: Iterable[int] = ()) -> None:
-        """The owned shards' commits not on the factors topic yet: to the producer; with a
-        budget, the `first` shards, then others until it is spent (`publish_behind` goes
-        on)."""
+    def publish(self) -> None:
+        """The owned shards' commits not on the factors topic yet: to the producer."""
         self._learned_since = None
         if self.publisher is None:
             return
         started = time.perf_counter()
         try:
-            produced = self.publisher.publish(self._commits(), budget_s, first)
+            produced = self.publisher.publish(self._commits())
         except TRANSIENT as exc:  # Redis away: the shards' marks say where to go on from
             log.info("factors not published yet: %s", type(exc).__name__)
             self._on_redis_error()
             return
         if produced:
             self._on_published(produced, time.perf_counter() - started)
-
-    def publish_behind(self) -> None:
-        """Go on with a budgeted publish that left shards behind."""
-        if self.publisher is not None and self.publisher.behind:
-            self.publish(BACKGROUND_PUBLISH_S)
-
-    def publish_for(self, receipts: list[Receipt]) -> None:
-        """A batch answered requests or forgot: the shards its receipts wait on now, the
-        rest (a cycle's end before it, say) within the background budget."""
-        needed = {s for r in receipts for s in r.shard_generations()}
-        self.publish(BACKGROUND_PUBLISH_S, needed)
 
     def learned(self) -> None:
         """A batch only learned: its rows go out within LEARNING_PUBLISH_S."""
@@ -95,7 +78,7 @@ class Release:
         deletion's batch or a cycle's end meanwhile publishes it with its own rows)."""
         since = self._learned_since
         if since is not None and time.monotonic() - since >= LEARNING_PUBLISH_S:
-            self.publish(BACKGROUND_PUBLISH_S)
+            self.publish()
 
     # ----- receipts ---------------------------------------------------------------------
 

@@ -4,14 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from consumer.consolidation.cycle import (
-    CHUNKS_PER_SLICE,
-    REST,
-    ROUNDS,
-    Cycle,
-    CyclePolicy,
-    Sample,
-)
+from consumer.consolidation.cycle import REST, ROUNDS, Cycle, CyclePolicy, Sample
 
 
 def test_a_cycle_opens_on_forgetting_and_runs_only_when_no_input_waits():
@@ -24,19 +17,16 @@ def test_a_cycle_opens_on_forgetting_and_runs_only_when_no_input_waits():
     assert not cycle.due(10, False)  # too soon after the last event
 
 
-def test_a_round_is_cut_into_chunks_that_adapt_to_their_time():
-    policy = CyclePolicy(first_rows=16, min_rows=2, max_rows=64, slice_ms=40)
-    cycle = Cycle(policy)  # a chunk aims at 40 / CHUNKS_PER_SLICE = 10 ms
+def test_a_round_is_cut_into_slices_that_adapt_to_their_time():
+    cycle = Cycle(CyclePolicy(first_rows=4, min_rows=2, max_rows=64, slice_ms=10))
     cycle.open()
-    cycle.start_round("user", np.arange(40))
-    assert cycle.next_rows().tolist() == list(range(16))
-    cycle.chunked(0.040)  # four times too slow: a quarter
-    assert cycle.next_rows().tolist() == [16, 17, 18, 19]
-    cycle.chunked(0.200)  # far too slow: down to the floor, not only halved
-    assert cycle.next_rows().tolist() == [20, 21]
-    cycle.chunked(0.0001)  # far too fast: doubled (at most)
-    assert cycle.next_rows().tolist() == [22, 23, 24, 25]
-    assert policy.slice_ms == CHUNKS_PER_SLICE * 10
+    cycle.start_round("user", np.arange(10))
+    assert cycle.next_rows().tolist() == [0, 1, 2, 3]
+    cycle.sliced(0.040)  # four times too slow: halved (at most)
+    assert cycle.next_rows().tolist() == [4, 5]
+    cycle.sliced(0.001)  # ten times too fast: doubled (at most)
+    assert cycle.next_rows().tolist() == [6, 7, 8, 9]
+    assert cycle.next_rows() is None
 
 
 def test_the_rounds_end_when_the_deleted_pairs_settle():

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from confluent_kafka import Producer
 
-from consumer.brokers.local import LocalBroker
 from consumer.engine import Engine
 from consumer.pipeline.publishing import FactorPublisher
 from consumer.serving.records import FactorRecord
@@ -110,27 +109,3 @@ def test_a_new_owner_publishes_what_its_predecessor_did_not(loaded, kafka_bootst
     assert state.log.read_published(range(SHARDS)) == {
         s: known for s, (_, known) in new.commits().items()
     }
-
-
-def test_a_budgeted_publish_takes_the_shards_receipts_wait_on_first_and_goes_on_later(
-    loaded,
-):
-    state, _, data = loaded
-    users, items = data.shape
-    broker = LocalBroker()
-    broker.create_topic("factors", 2)
-    engine = Engine(state)
-    engine.own(range(SHARDS))
-    publisher = FactorPublisher(broker.process().producer({}), "factors", state)
-    produced = publisher.publish(engine.commits(), budget_s=0.0, first=[2, 3])
-    assert publisher.behind  # the budget spent: shards 0 and 1 left for the next call
-    assert publisher.drain(5)
-    assert {r.shard for r in map(_record, broker.records("factors"))} == {2, 3}
-    while publisher.behind:
-        produced += publisher.publish(engine.commits(), budget_s=0.0)
-    assert publisher.drain(5)
-    assert produced == users + items == len(broker.records("factors"))
-
-
-def _record(message) -> FactorRecord:
-    return FactorRecord.from_json(message.value())

@@ -23,12 +23,9 @@ class Publisher:
         self.acknowledged: set[str] = set()
         self.published = 0
         self.forgotten = False
-        self.behind = False
-        self.calls: list[tuple[float | None, set[int]]] = []
 
-    def publish(self, commits, budget_s=None, first=()) -> int:
+    def publish(self, commits) -> int:
         self.published += 1
-        self.calls.append((budget_s, set(first)))
         return 3
 
     def drain(self, timeout_s: float) -> bool:
@@ -95,17 +92,3 @@ def test_shards_that_went_and_a_restore_drop_what_was_held():
     release.ready([receipt(3)])
     release.forget()
     assert not release.holding and publisher.forgotten
-
-
-def test_a_receipts_shards_go_first_and_what_no_receipt_waits_for_within_a_budget():
-    publisher = Publisher()
-    release, _ = release_with(publisher)
-    answered = Receipt("r1", "pair", "u", "i", 1, 0, 1.0, None, 1.0, 2.0, 1.0, 0.0,
-                       "deletions:0:1", generations=(("user@3", 7), ("items@5", 2)))  # fmt: skip
-    release.publish_for([answered])
-    assert publisher.calls[-1] == (releasing.BACKGROUND_PUBLISH_S, {3, 5})
-    release.publish_behind()  # nothing was left behind: no call
-    assert len(publisher.calls) == 1
-    publisher.behind = True
-    release.publish_behind()
-    assert publisher.calls[-1] == (releasing.BACKGROUND_PUBLISH_S, set())
