@@ -655,6 +655,7 @@ SECTIONS: dict[str, tuple[Path, Callable[[dict[str, Any]], str]]] = {
     "pipeline_latency_29": (DOC, pipeline_latency),
     "pipeline_latency_factors29": (DOC, pipeline_latency),
     "pipeline_latency_burst29": (DOC, pipeline_latency),
+    "pipeline_latency_low29": (DOC, pipeline_latency),
     "profile_breakdown": (DOC, profile_breakdown),
     "offline_forget": (DOC, offline_forget),
     "offline_command": (DOC, offline_command),
