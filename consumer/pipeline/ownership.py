@@ -13,6 +13,7 @@ import logging
 import time
 
 from consumer.brokers.kafka import Clients
+from consumer.engine import Engine
 from consumer.pipeline.answered import read_answered
 from consumer.pipeline.applying import TRANSIENT, Applier
 from consumer.pipeline.consolidating import Consolidating
@@ -50,7 +51,7 @@ class Ownership:
         self._reclaim_checked = float("-inf")
 
     @property
-    def engine(self):
+    def engine(self) -> Engine:
         return self.applier.engine
 
     def own(self, held: set[int]) -> set[int]:

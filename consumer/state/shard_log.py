@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from consumer.state.layout import FACTOR_DTYPE, ShardKeys
+from consumer.state.timing import Observer
 from consumer.state.timing import timed as _timed
 
 if TYPE_CHECKING:
@@ -164,7 +165,7 @@ class ShardLog:
         self.layout = state.layout
 
     @property
-    def observer(self):  # the state's: `timed` reports through it (metrics)
+    def observer(self) -> Observer | None:  # the state's: `timed` reports through it
         return self.state.observer
 
     def acquire(self, shards: Iterable[int], holder: str) -> dict[int, Acquired]:
