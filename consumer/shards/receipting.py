@@ -85,7 +85,7 @@ class Receipts:
                     if r.complete() and r.deletion.source.topic != RETENTION_TOPIC]
             for shard, mine in requests.items()
         }  # fmt: skip
-        recorded = self.state.receipts_recorded(done)
+        recorded = self.state.stored_receipts(done)
         for shard, mine in requests.items():
             write = writes.setdefault(shard, ShardWrite())
             for source, request in mine.items():
@@ -152,5 +152,5 @@ class Receipts:
 
     def again(self, wanted: Mapping[int, list[str]]) -> list[Receipt]:
         """These stored receipts (shard -> sources), to send again."""
-        texts = self.state.read_receipts_of({s: keys for s, keys in wanted.items() if keys})
-        return [Receipt.from_json(t).again() for t in texts]
+        found = self.state.stored_receipts(wanted)
+        return [Receipt.from_json(t).again() for f in found.values() for t in f.values()]

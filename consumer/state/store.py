@@ -578,16 +578,17 @@ class ModelState:
             )
         return found
 
-    def receipts_recorded(self, sources: Mapping[int, list[str]]) -> dict[int, set[str]]:
-        """shard -> which of these requests' receipts its audit trail holds already."""
-        order = [(s, keys) for s, keys in sources.items() if keys]
+    def stored_receipts(self, wanted: Mapping[int, list[str]]) -> dict[int, dict[str, bytes]]:
+        """shard -> those of these sources whose receipt its audit trail holds, with it:
+        one HMGET per shard, one round trip."""
+        order = [(s, keys) for s, keys in wanted.items() if keys]
         if not order:
             return {}
         pipe = self.client.pipeline(transaction=False)
         for shard, keys in order:
             pipe.hmget(self.layout.shard(shard).receipts, keys)
         return {
-            shard: {k for k, v in zip(keys, values, strict=True) if v is not None}
+            shard: {k: v for k, v in zip(keys, values, strict=True) if v is not None}
             for (shard, keys), values in zip(order, pipe.execute(), strict=True)
         }
 
@@ -664,16 +665,6 @@ class ModelState:
             s: {k.decode(): v.decode() for k, v in raw.items()}
             for s, raw in zip(shards, pipe.execute(), strict=True)
         }
-
-    def read_receipts_of(self, wanted: Mapping[int, list[str]]) -> list[bytes]:
-        """The stored receipts of these sources (shard -> sources), those found."""
-        order = [(s, keys) for s, keys in wanted.items() if keys]
-        if not order:
-            return []
-        pipe = self.client.pipeline(transaction=False)
-        for shard, keys in order:
-            pipe.hmget(self.layout.shard(shard).receipts, keys)
-        return [v for values in pipe.execute() for v in values if v is not None]
 
     # ----- who writes: the instances alive on the namespace -----------------------------------
 
