@@ -68,8 +68,8 @@ def solve_rows(
     if len(rows) == 0:
         return out
     dtype = np.float32 if other.dtype == np.float32 else np.float64
-    # A zero row at the end lets padded positions gather something harmless.
-    padded_other = np.vstack([np.asarray(other, dtype=dtype), np.zeros((1, k), dtype=dtype)])
+    # Never a copy of `other` (all of one side's factors: a service's whole replica).
+    other = np.asarray(other, dtype=dtype)
     lengths = np.diff(matrix.indptr)[rows]
     base = None
     if params.kind == "implicit":
@@ -77,7 +77,7 @@ def solve_rows(
         base[np.diag_indices(k)] += params.regularization
 
     def solve_part(positions: np.ndarray) -> np.ndarray:
-        return _solve_part(matrix, rows[positions], lengths[positions], padded_other, params, base)
+        return _solve_part(matrix, rows[positions], lengths[positions], other, params, base)
 
     parts = _partition(lengths, _workers(num_threads, int(lengths.sum()) * k * k))
     if len(parts) == 1:
@@ -92,22 +92,22 @@ def _solve_part(
     matrix: sp.csr_array,
     rows: np.ndarray,
     lengths: np.ndarray,
-    padded_other: np.ndarray,
+    other: np.ndarray,
     params: Hyperparameters,
     base: np.ndarray | None,
 ) -> np.ndarray:
     """Build and solve the normal equations of some rows (one worker's share)."""
-    k = padded_other.shape[1]
+    k = other.shape[1]
     lhs = np.empty((len(rows), k, k), dtype=np.float64)
     rhs = np.empty((len(rows), k), dtype=np.float64)
     long_rows = lengths >= _LONG_ROW
     for group in _groups_by_length(lengths, k, np.flatnonzero(~long_rows)):
         lhs[group], rhs[group] = _normal_equations_padded(
-            matrix, rows[group], lengths[group], padded_other, params
+            matrix, rows[group], lengths[group], other, params
         )
     for position in np.flatnonzero(long_rows):
         lhs[position], rhs[position] = _normal_equations_one(
-            matrix, int(rows[position]), padded_other, params
+            matrix, int(rows[position]), other, params
         )
     diagonal = (slice(None), np.arange(k), np.arange(k))
     if base is not None:  # implicit
@@ -150,11 +150,11 @@ def _row_weights(weights: np.ndarray, params: Hyperparameters) -> tuple[np.ndarr
 
 
 def _normal_equations_one(
-    matrix: sp.csr_array, row: int, padded_other: np.ndarray, params: Hyperparameters
+    matrix: sp.csr_array, row: int, other: np.ndarray, params: Hyperparameters
 ) -> tuple[np.ndarray, np.ndarray]:
     """One long row: a single well-shaped matmul beats padding it into a batch."""
     start, stop = matrix.indptr[row], matrix.indptr[row + 1]
-    block = padded_other[matrix.indices[start:stop]]
+    block = other[matrix.indices[start:stop]]
     weights = matrix.data[start:stop]
     if weights[0] == weights[-1] and np.all(weights == weights[0]):
         # Equal weights (binary implicit data): the weights factor out of both sums, so the
@@ -172,11 +172,11 @@ def _normal_equations_padded(
     matrix: sp.csr_array,
     rows: np.ndarray,
     lengths: np.ndarray,
-    padded_other: np.ndarray,
+    other: np.ndarray,
     params: Hyperparameters,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Many short rows at once, padded to the longest (padding has weight 0)."""
-    block, weights = _gather(matrix, rows, lengths, padded_other)
+    """Many short rows at once, padded to the longest (padding is zero, of weight 0)."""
+    block, weights = _gather(matrix, rows, lengths, other)
     outer_w, rhs_w = _row_weights(weights, params)
     block_t = block.transpose(0, 2, 1)
     lhs = np.matmul(block_t * outer_w[:, None, :], block)
@@ -199,22 +199,23 @@ def _groups_by_length(lengths: np.ndarray, k: int, positions: np.ndarray) -> Ite
 
 
 def _gather(
-    matrix: sp.csr_array, rows: np.ndarray, lengths: np.ndarray, padded_other: np.ndarray
+    matrix: sp.csr_array, rows: np.ndarray, lengths: np.ndarray, other: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, max_len, k) block of the other side's factors and (rows, max_len) weights."""
+    """(rows, max_len, k) block of the other side's factors and (rows, max_len) weights;
+    the padding past a row's length is zero (a zero weight alone would not cancel a
+    non-finite factor)."""
     width = max(int(lengths.max()), 1)
     if lengths.max() == 0:  # only empty rows (the matrix may hold no entry at all)
-        k = padded_other.shape[1]
-        return np.zeros((len(rows), 1, k), padded_other.dtype), np.zeros(
-            (len(rows), 1), padded_other.dtype
-        )
+        k = other.shape[1]
+        return np.zeros((len(rows), 1, k), other.dtype), np.zeros((len(rows), 1), other.dtype)
     offsets = np.arange(width)
     valid = offsets[None, :] < lengths[:, None]
     positions = np.where(valid, matrix.indptr[rows][:, None] + offsets[None, :], 0)
-    pad_index = padded_other.shape[0] - 1
-    columns = np.where(valid, matrix.indices[positions], pad_index)
-    weights = np.where(valid, matrix.data[positions], 0.0).astype(padded_other.dtype)
-    return padded_other[columns], weights
+    columns = np.where(valid, matrix.indices[positions], 0)
+    weights = np.where(valid, matrix.data[positions], 0.0).astype(other.dtype)
+    block = other[columns]
+    block[~valid] = 0
+    return block, weights
 
 
 def _cholesky_solve(lhs: np.ndarray, rhs: np.ndarray) -> np.ndarray:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from tests.conftest import params_for
-from unlearn_core import SweepContext, loss, solve_rows
+from unlearn_core import Hyperparameters, SweepContext, loss, solve_rows
 from unlearn_core.reference import reference_loss, reference_solve_rows
 from unlearn_core.solve import _LONG_ROW, SingularSystemError
 from unlearn_core.train import initial_factors
@@ -107,3 +110,36 @@ def test_nan_input_raises_a_typed_error(random_data):
     items[2, 1] = np.nan
     with pytest.raises(SingularSystemError):
         solve_rows(data.by_user, np.arange(10), items, params_for("implicit"))
+
+
+def test_solving_a_few_rows_reads_the_other_side_without_copying_it():
+    """A service solves a handful of rows against a whole side's factors (its replica):
+    the memory a solve takes is the rows', not a copy of that side."""
+    rng = np.random.default_rng(5)
+    other = rng.standard_normal((2_000_000, 8)).astype(np.float32)  # 64 MB
+    matrix = sp.random_array((4, len(other)), density=2e-5, format="csr", rng=rng)
+    matrix.data[:] = 1.0
+    params = Hyperparameters("implicit", factors=8, regularization=1.0, alpha=2.0)
+    gram = other.T.astype(np.float64) @ other.astype(np.float64)
+    tracemalloc.start()
+    try:
+        solved = solve_rows(matrix, np.arange(4), other, params, gram)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert np.isfinite(solved).all()
+    assert peak < other.nbytes / 20
+
+
+def test_padding_never_reads_a_factor_a_row_does_not_have():
+    """Short rows are solved together, padded to the longest: a non-finite factor that no
+    row refers to must not reach any row through the padding."""
+    rng = np.random.default_rng(6)
+    other = rng.standard_normal((50, 4))
+    rows = [[1, 2], [3, 4, 5, 6, 7], [8]]  # of different lengths: padded in one block
+    matrix = sp.csr_array((np.ones(8), np.concatenate(rows), [0, 2, 7, 8]), shape=(3, len(other)))
+    params = Hyperparameters("implicit", factors=4, regularization=0.5, alpha=1.0)
+    gram = other.T @ other
+    clean = solve_rows(matrix, np.arange(3), other, params, gram)
+    other[0] = np.nan  # row 0 of the other side is nobody's neighbour
+    assert np.array_equal(solve_rows(matrix, np.arange(3), other, params, gram), clean)
