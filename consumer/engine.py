@@ -834,7 +834,7 @@ class Engine:
     # ----- helpers ----------------------------------------------------------------------
 
     def factors_finite(self) -> bool:
-        return all(bool(np.isfinite(f).all()) for f in self.replica.factors.values())
+        return self.replica.finite
 
     def _sample_scores(self) -> np.ndarray:
         users, items = self.replica.factors["user"], self.replica.factors["item"]

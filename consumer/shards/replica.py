@@ -34,6 +34,7 @@ class Replica:
             side: np.zeros((meta.count(side), self.k), dtype=np.float32) for side in SIDES
         }
         self.known: dict[int, Known] = {}
+        self.nonfinite: dict[str, set[int]] = {side: set() for side in SIDES}
         self.gramians = Gramians(self.factors, self.shards)
         # What other owners' commits forgot, as their change logs say (encoded), since
         # last taken: a forgetting cycle presses on this instance's rows from it.
@@ -87,22 +88,36 @@ class Replica:
         self.known[shard] = (generation, head)
 
     def _reload(self, shard: int) -> None:
+        """The shard's factors as Redis holds them, a chunk at a time (the transient
+        memory is a chunk's, not the shard's); a row Redis no longer holds is zero."""
         for side in SIDES:
-            stored = self.state.read_shard_factors(side, shard)
-            if stored:
-                self.grow(side, max(stored) + 1)
+            seen: list[np.ndarray] = []
+            for rows, values in self.state.scan_shard_factors(side, shard, self.k):
+                self.grow(side, int(rows.max()) + 1)
+                self.set_rows(side, rows, values)
+                seen.append(rows)
             rows = rows_of_shard(shard, self.shards, len(self.factors[side]))
-            values = np.zeros((len(rows), self.k), dtype=np.float32)
-            for position, row in enumerate(rows.tolist()):
-                if row in stored:
-                    values[position] = stored[row]
-            self.set_rows(side, rows, values)
+            gone = np.setdiff1d(rows, np.concatenate(seen)) if seen else rows
+            gone = gone[self.factors[side][gone].any(axis=1)]
+            if len(gone):
+                self.set_rows(side, gone, np.zeros((len(gone), self.k), dtype=np.float32))
 
     def set_rows(self, side: str, rows: np.ndarray, factors: np.ndarray) -> None:
         """New factors for some rows, the Gramians following."""
         new = np.asarray(factors, dtype=np.float32)
         self.gramians.replace(side, rows, self.factors[side][rows], new)
         self.factors[side][rows] = new
+        finite = np.isfinite(new).all(axis=1)
+        nonfinite = self.nonfinite[side]
+        if not finite.all() or nonfinite:
+            nonfinite.difference_update(np.asarray(rows)[finite].tolist())
+            nonfinite.update(np.asarray(rows)[~finite].tolist())
+
+    @property
+    def finite(self) -> bool:
+        """Is every factor a finite number? Kept as rows are set (every write goes through
+        set_rows), so a step does not scan the whole model to know."""
+        return not any(self.nonfinite.values())
 
     def grow(self, side: str, rows: int) -> None:
         current = self.factors[side]

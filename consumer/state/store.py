@@ -13,7 +13,7 @@ import json
 import os
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +40,7 @@ from unlearn_core.params import Hyperparameters
 
 _PIPELINE_CHUNK = 2000
 _SCRIPT_ARGS = 4000  # field/value arguments per command in a script (Lua's unpack limit)
+SCAN_ROWS = 4096  # factor rows read per HSCAN when a whole shard is read
 
 
 # Allocates dense indices for new ids; existing ids keep theirs. One slot: atomic.
@@ -482,19 +483,35 @@ class ModelState:
                 out[n] = np.frombuffer(value, dtype=FACTOR_DTYPE)
         return out
 
-    def read_shard_factors(self, side: str, shard: int) -> dict[int, np.ndarray]:
-        return {
-            int(index): np.frombuffer(value, dtype=FACTOR_DTYPE)
-            for index, value in self.client.hgetall(self.layout.shard(shard).factors(side)).items()
-        }
+    def scan_shard_factors(
+        self, side: str, shard: int, k: int, count: int = SCAN_ROWS
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """A shard's stored factors a few thousand rows at a time, as (rows, factors):
+        what a reader holds meanwhile is one chunk, not the shard (HSCAN may give a row
+        twice, never twice in one chunk)."""
+        key = self.layout.shard(shard).factors(side)
+        cursor = 0
+        while True:
+            cursor, found = self.client.hscan(key, cursor, count=count)
+            if found:
+                rows = np.fromiter((int(n) for n in found), dtype=np.int64, count=len(found))
+                data = b"".join(found.values())
+                if len(data) != len(found) * k * FACTOR_DTYPE.itemsize:
+                    raise NamespaceReplaced(
+                        f"namespace {self.layout.namespace!r} holds factors of another rank "
+                        f"than {k}: it was replaced by another model; start again"
+                    )
+                yield rows, np.frombuffer(data, dtype=FACTOR_DTYPE).reshape(len(found), k)
+            if cursor == 0:
+                return
 
     def read_all_factors(self, side: str, meta: Meta) -> np.ndarray:
         out = np.zeros((meta.count(side), meta.params.factors), dtype=np.float32)
         for shard in range(meta.shards):
-            for row, value in self.read_shard_factors(side, shard).items():
-                if row >= len(out):
-                    out = _grow(out, row + 1)
-                out[row] = value
+            for rows, values in self.scan_shard_factors(side, shard, meta.params.factors):
+                if rows.max() >= len(out):
+                    out = _grow(out, int(rows.max()) + 1)
+                out[rows] = values
         return out
 
     def read_shard_rows(self, side: str, shard: int) -> dict[int, np.ndarray]:
