@@ -201,20 +201,25 @@ def _groups_by_length(lengths: np.ndarray, k: int, positions: np.ndarray) -> Ite
 def _gather(
     matrix: sp.csr_array, rows: np.ndarray, lengths: np.ndarray, other: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, max_len, k) block of the other side's factors and (rows, max_len) weights;
-    the padding past a row's length is zero (a zero weight alone would not cancel a
-    non-finite factor)."""
+    """(rows, max_len, k) block of the other side's factors and (rows, max_len) weights.
+    The padding past a row's length has weight 0 and repeats the row's first neighbour: a
+    factor the row reads anyway (a zero weight alone would not cancel a non-finite factor
+    of some other row), and no copy or zeroing of the block."""
     width = max(int(lengths.max()), 1)
     if lengths.max() == 0:  # only empty rows (the matrix may hold no entry at all)
         k = other.shape[1]
         return np.zeros((len(rows), 1, k), other.dtype), np.zeros((len(rows), 1), other.dtype)
     offsets = np.arange(width)
     valid = offsets[None, :] < lengths[:, None]
-    positions = np.where(valid, matrix.indptr[rows][:, None] + offsets[None, :], 0)
-    columns = np.where(valid, matrix.indices[positions], 0)
+    starts = matrix.indptr[rows]
+    positions = np.where(valid, starts[:, None] + offsets[None, :], 0)
+    first = matrix.indices[np.minimum(starts, len(matrix.indices) - 1)]
+    columns = np.where(valid, matrix.indices[positions], first[:, None])
     weights = np.where(valid, matrix.data[positions], 0.0).astype(other.dtype)
     block = other[columns]
-    block[~valid] = 0
+    empty = lengths == 0
+    if empty.any():  # nothing of its own to repeat
+        block[empty] = 0
     return block, weights
 
 
