@@ -16,6 +16,7 @@ from benchmarks._common import REPO
 
 DOC = REPO / "docs" / "benchmarks.md"
 RELIABILITY = REPO / "docs" / "reliability.md"
+CAPACITY = REPO / "docs" / "capacity.md"
 RESULTS = REPO / "benchmarks" / "results"
 
 
@@ -593,6 +594,101 @@ def rest(data: dict[str, Any]) -> str:
     return "\n\n".join(out) + "\n\nBroker: " + data.get("broker", "noida") + ". " + _machine(data)
 
 
+def capacity(data: dict[str, Any]) -> str:
+    """The plan's predictions beside what the capacity benchmark measured, per size."""
+    mib = 1024**2
+    figures = (
+        ("events/s, 1 instance", "events_per_s_1", 1.0, "{:,.0f}"),
+        ("events/s, 2 instances", "events_per_s_2", 1.0, "{:,.0f}"),
+        ("peak RSS per instance MiB", "peak_rss_bytes", mib, "{:,.0f}"),
+        ("Redis MiB (model loaded)", "redis_used_bytes", mib, "{:,.0f}"),
+    )
+    rows = []
+    for size in data["sizes"]:
+        shape, measured, predicted = size["shape"], size["measured"], size["predicted"]
+        reads = shape["user_neighbours"] + shape["item_neighbours"]
+        name = (
+            f"{size['name']}: {shape['users']:,} x {shape['items']:,}, "
+            f"{shape['interactions']:,} (an event reads {reads:,.0f} rows)"
+        )
+        for label, key, unit, form in figures:
+            m, p = measured[key] / unit, predicted[key] / unit
+            rows.append((name, label, form.format(m), form.format(p), f"{(p - m) / m:+.0%}"))
+            name = ""
+    c = data["coefficients"]
+    lines = [
+        _table(("size", "figure", "measured", "plan", "plan vs measured"), rows),
+        "",
+        "What `unlearn plan` says at larger sizes, for 1,000 deletions/s + 1,000 interactions/s "
+        "(instances of one core):",
+        "",
+        _projections(),
+        "",
+        f"Coefficients fitted: {c['core_s_per_event'] * 1e3:.3f} ms + "
+        f"{c['core_s_per_work'] * 1e6:.3f} us per row read of CPU an event; two instances keep "
+        f"{c['efficiency']['2']:.2f} of twice one; "
+        f"an instance {c['runtime_bytes'] / mib:,.0f} MiB + {c['rss_per_factor_byte']:.2f} x the "
+        f"factor bytes; Redis {c['redis_bytes_per_interaction']:.1f} B an interaction, "
+        f"{c['redis_bytes_per_row']:.0f} B a row + {c['redis_bytes_per_factor_byte']:.2f} x its "
+        f"factor bytes, {c['redis_trail_bytes_per_deletion']:.0f} B of audit trail a deletion, "
+        f"{c['redis_calls_per_event']:.1f} commands and "
+        f"{c['redis_core_s_per_event'] * 1e6:.0f} us of its CPU an event.",
+        "",
+        _machine(data),
+        "",
+        "`unlearn plan --users 1000000 --items 20000 --interactions 50000000 "
+        "--deletions-per-s 200 --interactions-per-s 800` prints:",
+        "",
+        "```",
+        _plan_text(),
+        "```",
+    ]
+    return "\n".join(lines)
+
+
+def _plan_text() -> str:
+    from consumer.cli.planning import render
+    from consumer.planning.coefficients import read
+    from consumer.planning.plan import Demand, plan
+    from consumer.planning.shape import Shape
+
+    shape, demand = Shape.typical(1_000_000, 20_000, 50_000_000), Demand(200, 800)
+    return render(shape, demand, plan(shape, demand, read()))
+
+
+PROJECTED = (
+    ("MovieLens-20M's shape", 138_493, 26_744, 20_000_263),
+    ("10M users", 10_000_000, 200_000, 100_000_000),
+    ("100M users", 100_000_000, 1_000_000, 1_000_000_000),
+)
+
+
+def _projections() -> str:
+    """The plan (the shipped coefficients, as `unlearn plan` computes it) at larger sizes."""
+    from consumer.planning.coefficients import read
+    from consumer.planning.plan import Demand, plan
+    from consumer.planning.shape import Shape
+
+    gib = 1024**3
+    rows = []
+    for name, users, items, interactions in PROJECTED:
+        shape = Shape.typical(users, items, interactions)
+        p = plan(shape, Demand(1000, 1000), read())
+        rows.append((
+            f"{name} ({users:,} x {items:,}, {interactions:,})",
+            f"{shape.factor_bytes / gib:,.2f}",
+            f"{p.core_s_per_event * 1e3:.2f}",
+            str(p.instances),
+            f"{p.memory_per_instance_bytes / gib:,.2f}",
+            f"{p.memory_per_instance_bytes * p.instances / gib:,.1f}",
+            f"{p.redis_memory_bytes / gib:,.1f}",
+            f"{p.redis_cores:.2f}",
+        ))  # fmt: skip
+    header = ("model", "factors GiB", "CPU ms an event", "instances", "memory GiB an instance",
+              "memory GiB, all instances", "Redis GiB", "Redis cores")  # fmt: skip
+    return _table(header, rows)
+
+
 def _share(value: float | None) -> str:
     return "" if value is None else f"{value:.1%}"
 
@@ -663,6 +759,8 @@ SECTIONS: dict[str, tuple[Path, Callable[[dict[str, Any]], str]]] = {
     "rest_tansu": (DOC, rest),
     "forgetting_cycle": (DOC, forgetting_cycle),
     "swap": (DOC, swap),
+    "pipeline_latency_factors29b": (DOC, pipeline_latency),
+    "capacity": (CAPACITY, capacity),
     "fault_campaign": (RELIABILITY, fault_campaign),
     "fault_campaign_soak": (RELIABILITY, fault_campaign),
 }

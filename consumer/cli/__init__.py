@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "skip-gap": "operations",
     "consolidate": "operations",
     "verify": "verifying",
+    "plan": "planning",
     "demo": "demo",
 }
 
