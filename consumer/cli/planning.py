@@ -81,7 +81,7 @@ def render(shape: Shape, demand: Demand, p: Plan) -> str:
         "",
         f"instances            {p.instances} (drain {p.events_per_s_capacity:,.0f} events/s "
         f"together, {load:.0%} busy)",
-        f"cpu per instance     {p.cpu_per_instance:g} cores",
+        f"cpu per instance     {_count(p.cpu_per_instance, 'core')}",
         f"memory per instance  {p.memory_per_instance_bytes / MIB:,.0f} MiB (every instance "
         "holds the whole model's factors)",
         f"partitions           {p.partitions} (each input topic)",
@@ -89,7 +89,11 @@ def render(shape: Shape, demand: Demand, p: Plan) -> str:
         f"redis memory         {p.redis_memory_bytes / GIB:,.2f} GiB for the model, + "
         f"{p.redis_trail_bytes_per_day / GIB:,.2f} GiB a day of audit trail until retention",
         f"redis commands       {p.redis_calls_per_s:,.0f}/s, {p.redis_cores:.2f} of a core "
-        f"({p.redis_primaries} primary; one is full at "
+        f"({_count(p.redis_primaries, 'primary', 'primaries')}; one is full at "
         f"{p.redis_events_per_s_per_primary:,.0f} events/s)",
     ]
     return "\n".join(lines)
+
+
+def _count(n: float, one: str, many: str | None = None) -> str:
+    return f"{n:g} {one if n == 1 else many or one + 's'}"
