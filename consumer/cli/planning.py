@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 from consumer.errors import InputError
@@ -64,7 +65,9 @@ def run_plan(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise InputError("command line", str(exc)) from exc
     if args.json:
-        print(json.dumps({"shape": shape.__dict__, "plan": result.__dict__}, indent=2))
+        # No limit (no Redis work measured) is null: JSON has no infinity.
+        figures = {k: None if v == math.inf else v for k, v in result.__dict__.items()}
+        print(json.dumps({"shape": shape.__dict__, "plan": figures}, indent=2))
     else:
         print(render(shape, demand, result))
     return 0

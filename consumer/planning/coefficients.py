@@ -81,5 +81,5 @@ def read(path: Path = DEFAULT_PATH) -> Coefficients:
         return Coefficients.from_json(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise InputError(str(path), f"cannot read the cost coefficients: {exc.strerror}") from exc
-    except (ValueError, TypeError, KeyError) as exc:  # JSONDecodeError is a ValueError
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:  # JSONDecodeError too
         raise InputError(str(path), f"not a cost coefficients file: {exc}") from exc

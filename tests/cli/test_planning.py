@@ -57,11 +57,30 @@ def test_the_text_names_every_resource(capsys):
         assert name in out
 
 
-def test_a_broken_coefficients_file_is_named(tmp_path, capsys):
+@pytest.mark.parametrize(
+    "text", ['{"core_s_per_event": 1}', "[1, 2]", "not json", '{"efficiency": 3}']
+)
+def test_a_broken_coefficients_file_is_named(tmp_path, capsys, text):
     path = tmp_path / "c.json"
-    path.write_text('{"core_s_per_event": 1}', encoding="utf-8")
+    path.write_text(text, encoding="utf-8")
     assert main(["plan", *SIZE, *RATE, "--coefficients", str(path)]) == 2
     assert f"{path}: not a cost coefficients file" in capsys.readouterr().err
+
+
+def test_a_missing_coefficients_file_is_named(tmp_path, capsys):
+    path = tmp_path / "none.json"
+    assert main(["plan", *SIZE, *RATE, "--coefficients", str(path)]) == 2
+    assert f"{path}: cannot read the cost coefficients" in capsys.readouterr().err
+
+
+def test_without_redis_work_measured_the_json_has_no_infinity(tmp_path, capsys):
+    free = Coefficients(**{**read(DEFAULT_PATH).__dict__, "redis_core_s_per_event": 0.0})
+    path = tmp_path / "free.json"
+    path.write_text(free.to_json(), encoding="utf-8")
+    assert main(["plan", *SIZE, *RATE, "--json", "--coefficients", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out)["plan"]["redis_events_per_s_per_primary"] is None
+    assert "Infinity" not in out
 
 
 def test_an_impossible_model_is_an_error_not_a_crash(capsys):
