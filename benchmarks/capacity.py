@@ -84,9 +84,7 @@ def _data(name: str):
 def measure(name: str, args) -> dict:
     """One size: load, then the burst at one and two instances, alternated."""
     data, user_ids, item_ids = _data(name)
-    by_user = data.by_user
-    shape = Shape.of_counts(np.diff(by_user.indptr), np.bincount(by_user.indices,
-                            minlength=data.shape[1]), PARAMS.factors)  # fmt: skip
+    shape = Shape.of_counts(data.row_counts(), data.column_counts(), PARAMS.factors)
     model, _ = train(data, user_ids, item_ids, PARAMS, args.train_iterations)
     one, two = Config(1, args.percent), Config(2, args.percent)
     runs: dict[str, list[dict]] = {one.label: [], two.label: []}
