@@ -97,6 +97,10 @@ def _case(name: str, model: FactorModel, data: Interactions, count: int) -> dict
         started = time.perf_counter()
         figures = consolidator.rest(out.forgetting)
         cycle_s = time.perf_counter() - started
+        # Then the input is quiet: a cycle the settle rule ended is taken up, on to rest.
+        started = time.perf_counter()
+        quiet = consolidator.rest(quiet=True) if consolidator.unfinished else None
+        quiet_s = time.perf_counter() - started
         exported, stored = export(state)
     weights = data.weights_of(pairs[:, 0], pairs[:, 1])
     without, with_pair = _separation(exported, stored, pairs, weights)
@@ -108,6 +112,7 @@ def _case(name: str, model: FactorModel, data: Interactions, count: int) -> dict
         "batch_seconds": batch_s,
         "cycle_seconds": cycle_s,
         **(figures or {}),
+        "quiet": {**quiet, "seconds": quiet_s} if quiet else None,
         "touched_fit_max": without,
         "with_pair_back_min": with_pair,
         "separation": with_pair / max(without, 1e-30),

@@ -171,6 +171,7 @@ class Application:
                 write_tolerance=settings.consolidate_write_tolerance,
                 slice_ms=settings.consolidate_slice_ms,
                 idle_ms=settings.consolidate_idle_ms,
+                quiet_ms=settings.consolidate_quiet_ms,
                 max_rounds=settings.consolidate_max_rounds,
             ),
             settings.consolidate_sweeps,

@@ -99,6 +99,12 @@ class Settings(BaseSettings):
     consolidate_idle_ms: float = Field(
         0.0, ge=0, description="no consolidation slice this soon after the last event"
     )
+    consolidate_quiet_ms: float = Field(
+        2000.0,
+        ge=0,
+        description="the input quiet this long: a forgetting cycle runs on to rest (the settle "
+        "rule ends its rounds only while events arrive)",
+    )
     consolidate_slice_ms: float = Field(
         10.0, gt=0, description="the time one consolidation slice should take"
     )

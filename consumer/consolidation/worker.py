@@ -68,6 +68,10 @@ class Consolidator:
         self.touched: dict[str, set[int]] = {side: set() for side in SIDES}
         self.engine = None  # consumer.engine.Engine
         self.last: dict | None = None  # the last cycle's figures, for status and tests
+        # The settle rule ended the last cycle while events arrived: it is taken up again
+        # once the input is quiet (cycle.py says why).
+        self.unfinished = False
+        self._quiet = False
         self._solved_in_round = 0
         self.rows = _RowCache()
         self._pairs_watched = (np.empty((0, 2), np.int64), np.empty((0, 2), np.int64))
@@ -82,7 +86,8 @@ class Consolidator:
 
     @property
     def resting(self) -> bool:
-        return self.cycle.resting
+        """No cycle under way, and none left to take up."""
+        return self.cycle.resting and not self.unfinished
 
     # ----- what starts a cycle ----------------------------------------------------------
 
@@ -136,12 +141,18 @@ class Consolidator:
     # ----- the cycle, a step at a time ------------------------------------------------------
 
     def due(self, since_last_event_ms: float, input_waiting: bool) -> bool:
+        self._quiet = not input_waiting and since_last_event_ms >= self.policy.quiet_ms
+        if self.cycle.resting:
+            return self.unfinished and self._quiet
         return self.cycle.due(since_last_event_ms, input_waiting)
 
     def step(self) -> Step:
         """One slice of the cycle: part of a round, the touch-up, or the flush."""
         started = time.perf_counter()
         cycle = self.cycle
+        if cycle.resting and self.unfinished:  # taken up: on to rest
+            self.unfinished = False
+            cycle.take_up()
         if cycle.phase == ROUNDS:
             out = self._round_slice()
         elif cycle.phase == TOUCH_UP:
@@ -179,7 +190,7 @@ class Consolidator:
             cycle.round_done(False)
         self._solved_in_round = 0
         if cycle.side == "item" and cycle.pair_start is not None:
-            if cycle.pair_done(*self._pair_scores()):
+            if cycle.pair_done(*self._pair_scores(), quiet=self._quiet):
                 return False
             cycle.pair_start = None
         if cycle.at_rest_early():
@@ -294,7 +305,11 @@ class Consolidator:
         written = self.flush()
         figures = self.cycle.end()
         figures.written += written
-        self.touched = {side: set() for side in SIDES}
+        # Left to be taken up: its touched rows are touched up again at its real end, so
+        # that at rest each is the exact solve of its data against what the rounds left.
+        self.unfinished = figures.ended_by == "settled"
+        if not self.unfinished:
+            self.touched = {side: set() for side in SIDES}
         self.last = {
             "rounds": figures.rounds, "solved": figures.solved, "forgotten": figures.forgotten,
             "reach": figures.reach, "written": figures.written, "ended_by": figures.ended_by,
@@ -307,13 +322,18 @@ class Consolidator:
         )  # fmt: skip
         return Step(FLUSH, written=written, ended=True)
 
-    def rest(self, forgetting: list[Forgetting] = (), steps: int = 1_000_000) -> dict | None:
+    def rest(
+        self, forgetting: list[Forgetting] = (), steps: int = 1_000_000, quiet: bool = False
+    ) -> dict | None:
         """Seed these, then run the cycle until it rests (tests, offline callers): the
-        last cycle's figures."""
+        last cycle's figures. Not `quiet`, the settle rule ends it as while events arrive
+        (it may be left `unfinished`); `quiet`, as once the input is quiet: a cycle left
+        unfinished is taken up, and the rounds run to rest or max_rounds."""
+        self._quiet = quiet
         for part in forgetting:
             self.seed(part)
         for _ in range(steps):
-            if self.resting:
+            if self.resting if quiet else self.cycle.resting:
                 break
             self.step()
         return self.last

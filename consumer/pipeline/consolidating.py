@@ -120,7 +120,7 @@ class Consolidating:
         self.observer.cycle_slice(step)
         if step.ended:
             self.cycles += 1
-            self.observer.cycle_ended(self.consolidator.last or {})
+            self.observer.cycle_ended(self.consolidator.last or {}, self.consolidator.resting)
         return step.written > 0
 
     def _sweep_slice(self) -> bool:

@@ -126,12 +126,14 @@ class Observer:
         m.cycle_rows.inc(step.solved)
         m.cycle_written.inc(step.written)
 
-    def cycle_ended(self, figures: dict) -> None:
+    def cycle_ended(self, figures: dict, at_rest: bool = True) -> None:
+        """A cycle ended; consolidation is at rest unless it is to be taken up again."""
         m = self.metrics
         m.cycles.inc()
         m.cycle_seconds.observe(figures.get("seconds", 0.0))
         m.cycle_reach.set(figures.get("reach", 0.0))
-        m.consolidation_busy(False)
+        if at_rest:
+            m.consolidation_busy(False)
 
     def redis_memory(self, state: ModelState) -> None:
         """Server and namespace memory, once a minute."""

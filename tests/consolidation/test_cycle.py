@@ -103,3 +103,17 @@ def test_every_pair_seen_has_the_same_chance_whatever_the_chunks():
     # binomial(2000, 0.1): sd 0.0067; 5 sd either side
     assert share.min() > 0.066 and share.max() < 0.134
     assert abs(share[:100].mean() - 0.1) < 0.01 and abs(share[-100:].mean() - 0.1) < 0.01
+
+
+def test_with_the_input_quiet_the_settle_rule_ends_nothing_and_a_taken_up_cycle_counts_on():
+    cycle = Cycle(CyclePolicy(max_rounds=4))
+    cycle.open()
+    empty, still = (np.empty(0), np.empty(0)), (np.ones(3), np.ones(3))
+    assert not cycle.pair_done(empty, still, quiet=True)
+    assert not cycle.pair_done(empty, still, quiet=True)  # settled, but the input is quiet
+    assert cycle.pair_done(empty, still) and cycle.figures.ended_by == "settled"
+    cycle.end()
+    # Taken up: its three round pairs count, so one more reaches the cap of four.
+    cycle.take_up()
+    assert cycle.phase == ROUNDS and cycle.figures.rounds == 3 and not cycle.figures.ended_by
+    assert cycle.pair_done(empty, still, quiet=True) and cycle.figures.ended_by == "max_rounds"

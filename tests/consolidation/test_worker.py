@@ -53,7 +53,8 @@ def test_without_forgetting_there_is_no_cycle_and_nothing_is_written(loaded):
     assert moved <= {1 % SHARDS, 2 % SHARDS}
 
 
-def test_deletions_rest_with_every_touched_row_the_exact_solve_of_its_data(loaded):
+@pytest.mark.parametrize("quiet", [False, True])
+def test_deletions_rest_with_every_touched_row_the_exact_solve_of_its_data(loaded, quiet):
     state, model, data = loaded
     engine = Engine(state)
     keys = data.entry_keys[::11][:8]
@@ -67,11 +68,29 @@ def test_deletions_rest_with_every_touched_row_the_exact_solve_of_its_data(loade
     assert len(out.receipts) == len(pairs) and out.forgetting
     consolidator = Consolidator()
     consolidator.attach(engine)
-    figures = consolidator.rest(out.forgetting)
-    assert consolidator.resting
-    assert figures["ended_by"] in ("settled", "rest", "max_rounds")
+    # As while events arrive (the settle rule may end the rounds), or with the input quiet.
+    figures = consolidator.rest(out.forgetting, quiet=quiet)
+    assert consolidator.cycle.resting
+    assert figures["ended_by"] in (("rest", "max_rounds") if quiet else
+                                   ("settled", "rest", "max_rounds"))  # fmt: skip
+    assert consolidator.unfinished == (figures["ended_by"] == "settled")
     assert figures["forgotten"] == len(pairs) and figures["solved"] > 0
     assert figures["reach"] == figures["solved"] / len(pairs)
+    _assert_touched_rows_exact(state, model, engine, pairs, weights)
+    # Then the input is quiet: a cycle the settle rule ended is taken up, on to rest, its
+    # rounds counted with those it ran before; the touched rows are exact solves again.
+    rounds = figures["rounds"]
+    figures = consolidator.rest(quiet=True)
+    assert consolidator.resting and not consolidator.unfinished
+    assert figures["ended_by"] in ("rest", "max_rounds")
+    assert rounds <= figures["rounds"] <= consolidator.policy.max_rounds
+    _assert_touched_rows_exact(state, model, engine, pairs, weights)
+    # At rest: a further step does nothing, and Redis does not move.
+    before = generations(state)
+    assert consolidator.step().phase == REST and generations(state) == before
+
+
+def _assert_touched_rows_exact(state, model, engine, pairs, weights) -> None:
     exported, stored = export(state)
     # The auditor's check: each touched row is its data's exact solve (within 1e-4), and
     # clearly not the solve of the data with the deleted pair put back.
@@ -84,9 +103,6 @@ def test_deletions_rest_with_every_touched_row_the_exact_solve_of_its_data(loade
     # The running objective is the objective of what Redis holds.
     exact = loss(stored, exported.user_factors, exported.item_factors, model.params)
     assert engine.loss == pytest.approx(exact, rel=1e-5)
-    # At rest: a further step does nothing, and Redis does not move.
-    before = generations(state)
-    assert consolidator.step().phase == REST and generations(state) == before
 
 
 def test_rows_that_moved_less_than_the_write_tolerance_keep_their_stored_value(loaded):
@@ -138,7 +154,7 @@ def test_another_owners_forgetting_reaches_this_owners_rows_through_the_change_l
     consolidator = Consolidator()
     consolidator.attach(second)
     figures = consolidator.rest([*theirs.forgetting, foreign])
-    assert figures["solved"] > 0 and figures["written"] > 0 and consolidator.resting
+    assert figures["solved"] > 0 and figures["written"] > 0 and consolidator.cycle.resting
     # It re-solved and wrote only its own rows: the first owner's shards did not move.
     after = generations(state)
     assert after[0] == before[0] and after[1] == before[1]
