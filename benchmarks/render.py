@@ -712,6 +712,43 @@ def forgetting_cycle(data: dict[str, Any]) -> str:
     ) + "\n\n" + _machine(data)  # fmt: skip
 
 
+def quiet_takeup(data: dict[str, Any]) -> str:
+    """The acceptance check's stream, batched four ways: before and after the take-up."""
+    rows = []
+    for c in data["cases"]:
+        busy, quiet = c["busy"], c.get("quiet") or {}
+        rows.append((
+            f"{c['slices_between_batches']}", f"{busy['rounds']} ({busy['ended_by']})",
+            f"{busy['recall_at_20']:.4f}", _passed(busy["checks"]),
+            f"{quiet['rounds']} ({quiet['ended_by']})" if quiet else "(none)",
+            f"**{quiet['recall_at_20']:.4f}**" if quiet else "", _passed(quiet.get("checks")),
+            f"{quiet['seconds']:.1f}" if quiet else "",
+        ))  # fmt: skip
+    busy = [c["busy"]["recall_at_20"] for c in data["cases"]]
+    quiet = [c["quiet"]["recall_at_20"] for c in data["cases"] if c.get("quiet")]
+    retrained = data["retrained_recall_at_20"]
+    return _table(
+        ("slices between batches", "while events arrive: round pairs (ended by)",
+         "recall@20", "retraining checks", "then quiet: round pairs in all (ended by)",
+         "recall@20", "retraining checks", "take-up s"),
+        rows,
+    ) + (
+        f"\n\nRecall@20 of the held-out pairs: the loaded model "
+        f"{data['original_recall_at_20']:.4f}; "
+        f"three retrains {min(retrained):.4f} to {max(retrained):.4f}, the check's lower bound "
+        f"{data['bound']:.4f}. Spread over the four batchings: {min(busy):.4f} to "
+        f"{max(busy):.4f} as the settle rule left it, {min(quiet, default=0):.4f} to "
+        f"{max(quiet, default=0):.4f} after the take-up.\n\n"
+    ) + _machine(data)  # fmt: skip
+
+
+def _passed(checks: dict[str, bool] | None) -> str:
+    if not checks:
+        return ""
+    failed = [name for name, ok in checks.items() if not ok]
+    return "all met" if not failed else "not met: " + ", ".join(failed)
+
+
 def _fits(fits: dict[str, float] | None) -> str:
     return "" if not fits else f"{fits['user']:.1e} / {fits['item']:.1e}"
 
@@ -758,6 +795,7 @@ SECTIONS: dict[str, tuple[Path, Callable[[dict[str, Any]], str]]] = {
     "rest": (DOC, rest),
     "rest_tansu": (DOC, rest),
     "forgetting_cycle": (DOC, forgetting_cycle),
+    "quiet_takeup": (DOC, quiet_takeup),
     "swap": (DOC, swap),
     "pipeline_latency_factors29b": (DOC, pipeline_latency),
     "capacity": (CAPACITY, capacity),
