@@ -794,6 +794,7 @@ SECTIONS: dict[str, tuple[Path, Callable[[dict[str, Any]], str]]] = {
     "offline_command": (DOC, offline_command),
     "rest": (DOC, rest),
     "rest_tansu": (DOC, rest),
+    "rest_quiet": (DOC, rest),
     "forgetting_cycle": (DOC, forgetting_cycle),
     "quiet_takeup": (DOC, quiet_takeup),
     "swap": (DOC, swap),

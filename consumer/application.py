@@ -172,6 +172,7 @@ class Application:
                 slice_ms=settings.consolidate_slice_ms,
                 idle_ms=settings.consolidate_idle_ms,
                 quiet_ms=settings.consolidate_quiet_ms,
+                quiet_reach=settings.consolidate_quiet_reach,
                 max_rounds=settings.consolidate_max_rounds,
             ),
             settings.consolidate_sweeps,

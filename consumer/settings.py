@@ -105,6 +105,12 @@ class Settings(BaseSettings):
         description="the input quiet this long: a forgetting cycle runs on to rest (the settle "
         "rule ends its rounds only while events arrive)",
     )
+    consolidate_quiet_reach: float = Field(
+        50.0,
+        ge=0,
+        description="rows a forgetting cycle may re-solve past the settle rule (the input "
+        "quiet), per deleted pair since the model was last at rest",
+    )
     consolidate_slice_ms: float = Field(
         10.0, gt=0, description="the time one consolidation slice should take"
     )

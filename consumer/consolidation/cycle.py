@@ -49,6 +49,10 @@ class CyclePolicy:
     # The input quiet this long: the settle rule no longer ends the rounds, and a cycle it
     # ended is taken up again until rest (or max_rounds).
     quiet_ms: float = 2000.0
+    # What a cycle may re-solve in overtime (past the settle rule because the input is
+    # quiet), in rows per deleted pair since the model was last at rest: overtime's cost
+    # follows the deletions, not the model's size.
+    quiet_reach: float = 50.0
     max_rounds: int = 60  # pairs of rounds (users, then items) in one cycle
     settle: SettleRule = field(default_factory=SettleRule)
     sample: int = 4096  # deleted pairs, and observed pairs, the settle rule watches
@@ -66,7 +70,7 @@ class CycleFigures:
     solved: int = 0  # rows re-solved (a row re-solved twice counts twice)
     forgotten: int = 0  # deleted pairs it carried
     written: int = 0  # rows its flush wrote
-    ended_by: str = ""  # settled (events arriving) | rest | max_rounds
+    ended_by: str = ""  # settled (events arriving) | rest | max_rounds | reach (take-up)
     seconds: float = 0.0  # wall time from its first slice to its flush
 
     @property
@@ -115,6 +119,7 @@ class Cycle:
     position: int = 0
     rows_per_slice: int = 0
     empty_rounds: int = 0  # consecutive rounds that found no row over the tolerance
+    overtime: bool = False  # past the settle rule (met with the input quiet, or taken up)
     settling: Settling | None = None
     pair_start: tuple[np.ndarray, np.ndarray] | None = None  # samples at the pair's start
     scores_start: tuple[np.ndarray, np.ndarray] | None = None
@@ -138,7 +143,7 @@ class Cycle:
             self.settling = Settling(self.policy.settle)
             self.side, self.queue, self.position, self.empty_rounds = "user", _NONE, 0, 0
             self.pair_start = None
-        self.phase = ROUNDS
+        self.phase, self.overtime = ROUNDS, False  # new deletions: the rule judges again
 
     def take_up(self) -> None:
         """The input is quiet: the rounds of a cycle the settle rule ended go on, to rest
@@ -146,7 +151,7 @@ class Cycle:
         taken up and ended again, a cycle runs at most max_rounds pairs)."""
         rounds = self.figures.rounds
         self.open()
-        self.figures.rounds = rounds
+        self.figures.rounds, self.overtime = rounds, True
 
     def due(self, since_last_event_ms: float, input_waiting: bool) -> bool:
         return not self.resting and not input_waiting and since_last_event_ms >= self.policy.idle_ms
@@ -180,7 +185,8 @@ class Cycle:
     ) -> bool:
         """A pair of rounds ended (scores of the samples at its start and now): do the
         rounds end? Sets `figures.ended_by` when they do. With the input `quiet` the
-        settle rule does not end them: only rest or max_rounds do."""
+        settle rule does not end them, it puts the cycle in overtime: rest, max_rounds or
+        overtime's share of re-solves (the worker counts them) end them then."""
         self.figures.rounds += 1
         assert self.settling is not None
         if len(changed[0]):
@@ -188,6 +194,8 @@ class Cycle:
             settled = step.settled
         else:  # nothing deleted to watch (pressure another owner's commit brought)
             settled = self.figures.rounds >= self.policy.settle.min_steps
+        if settled and quiet:
+            self.overtime = True
         if settled and not quiet:
             self.figures.ended_by = "settled"
         elif self.empty_rounds >= 2:

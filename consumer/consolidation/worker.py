@@ -72,6 +72,10 @@ class Consolidator:
         # once the input is quiet (cycle.py says why).
         self.unfinished = False
         self._quiet = False
+        # Deleted pairs since the model was last at rest, and the rows re-solved for them
+        # in overtime (past the settle rule, the input quiet): at most `quiet_reach` a pair.
+        self.forgotten_since_rest = 0
+        self.overtime_solved = 0
         self._solved_in_round = 0
         self.rows = _RowCache()
         self._pairs_watched = (np.empty((0, 2), np.int64), np.empty((0, 2), np.int64))
@@ -113,6 +117,7 @@ class Consolidator:
         self.cycle.open()
         self.cycle.deleted.add(forgetting.pairs)
         self.cycle.figures.forgotten += len(forgetting.pairs)
+        self.forgotten_since_rest += len(forgetting.pairs)
 
     def _neighbours_owned(self, side: str, moved: Moved) -> Moved:
         """Rows another owner moved: their neighbours among this owner's rows, read here
@@ -179,6 +184,11 @@ class Consolidator:
         solved = self._resolve(side, rows, pressed_only=True)
         self._solved_in_round += solved
         cycle.figures.solved += solved
+        if cycle.overtime:
+            self.overtime_solved += solved
+            if self.overtime_solved >= self.policy.quiet_reach * self.forgotten_since_rest:
+                cycle.figures.ended_by = "reach"  # overtime's share is spent
+                cycle.phase = TOUCH_UP
         return Step(ROUNDS, side, len(rows), solved)
 
     def _next_round(self) -> bool:
@@ -308,13 +318,14 @@ class Consolidator:
         # Left to be taken up: its touched rows are touched up again at its real end, so
         # that at rest each is the exact solve of its data against what the rounds left.
         self.unfinished = figures.ended_by == "settled"
-        if not self.unfinished:
-            self.touched = {side: set() for side in SIDES}
         self.last = {
             "rounds": figures.rounds, "solved": figures.solved, "forgotten": figures.forgotten,
             "reach": figures.reach, "written": figures.written, "ended_by": figures.ended_by,
-            "seconds": figures.seconds,
+            "seconds": figures.seconds, "overtime_solved": self.overtime_solved,
         }  # fmt: skip
+        if not self.unfinished:  # at rest: overtime's share starts again
+            self.forgotten_since_rest = self.overtime_solved = 0
+            self.touched = {side: set() for side in SIDES}
         log.info(
             "forgetting cycle ended (%s) after %d round pairs: %d rows re-solved for %d "
             "deleted pairs (%.1f each), %d written, %.2f s", figures.ended_by, figures.rounds,

@@ -109,11 +109,18 @@ def test_with_the_input_quiet_the_settle_rule_ends_nothing_and_a_taken_up_cycle_
     cycle = Cycle(CyclePolicy(max_rounds=4))
     cycle.open()
     empty, still = (np.empty(0), np.empty(0)), (np.ones(3), np.ones(3))
-    assert not cycle.pair_done(empty, still, quiet=True)
+    assert not cycle.pair_done(empty, still, quiet=True) and not cycle.overtime
     assert not cycle.pair_done(empty, still, quiet=True)  # settled, but the input is quiet
+    assert cycle.overtime
     assert cycle.pair_done(empty, still) and cycle.figures.ended_by == "settled"
     cycle.end()
-    # Taken up: its three round pairs count, so one more reaches the cap of four.
+    # Taken up: in overtime, and its three round pairs count, so one more reaches the cap.
     cycle.take_up()
     assert cycle.phase == ROUNDS and cycle.figures.rounds == 3 and not cycle.figures.ended_by
+    assert cycle.overtime
     assert cycle.pair_done(empty, still, quiet=True) and cycle.figures.ended_by == "max_rounds"
+    # New deletions: the settle rule judges again.
+    cycle.end()
+    cycle.take_up()
+    cycle.open()
+    assert not cycle.overtime

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from consumer.consolidation.cycle import REST
+from consumer.consolidation.cycle import REST, CyclePolicy
 from consumer.consolidation.worker import Consolidator
 from consumer.engine import Engine
 from consumer.events import Deletion, Interaction, Source
@@ -71,7 +71,7 @@ def test_deletions_rest_with_every_touched_row_the_exact_solve_of_its_data(loade
     # As while events arrive (the settle rule may end the rounds), or with the input quiet.
     figures = consolidator.rest(out.forgetting, quiet=quiet)
     assert consolidator.cycle.resting
-    assert figures["ended_by"] in (("rest", "max_rounds") if quiet else
+    assert figures["ended_by"] in (("rest", "max_rounds", "reach") if quiet else
                                    ("settled", "rest", "max_rounds"))  # fmt: skip
     assert consolidator.unfinished == (figures["ended_by"] == "settled")
     assert figures["forgotten"] == len(pairs) and figures["solved"] > 0
@@ -82,12 +82,38 @@ def test_deletions_rest_with_every_touched_row_the_exact_solve_of_its_data(loade
     rounds = figures["rounds"]
     figures = consolidator.rest(quiet=True)
     assert consolidator.resting and not consolidator.unfinished
-    assert figures["ended_by"] in ("rest", "max_rounds")
+    assert figures["ended_by"] in ("rest", "max_rounds", "reach")
     assert rounds <= figures["rounds"] <= consolidator.policy.max_rounds
     _assert_touched_rows_exact(state, model, engine, pairs, weights)
     # At rest: a further step does nothing, and Redis does not move.
     before = generations(state)
     assert consolidator.step().phase == REST and generations(state) == before
+
+
+def test_overtime_re_solves_at_most_its_share_per_deleted_pair(loaded):
+    state, model, data = loaded
+    engine = Engine(state)
+    keys = data.entry_keys[::13][:6]
+    deletions = [
+        Deletion(f"u{k // data.shape[1]}", f"i{k % data.shape[1]}", 2e9, f"r{n}",
+                 Source("deletions", 0, n))
+        for n, k in enumerate(keys.tolist())
+    ]  # fmt: skip
+    out = engine.process([], deletions)
+    policy = CyclePolicy(quiet_reach=5, first_rows=16, min_rows=16, max_rows=32)
+    consolidator = Consolidator(policy)
+    consolidator.attach(engine)
+    figures = consolidator.rest(out.forgetting, quiet=True)
+    assert consolidator.resting and figures["forgotten"] == len(deletions)
+    # Past the settle rule the rounds re-solve at most 5 rows a deleted pair (the slice
+    # that crosses the share finishes: at most one slice more).
+    assert figures["overtime_solved"] <= 5 * len(deletions) + policy.max_rows
+    if figures["overtime_solved"] >= 5 * len(deletions):
+        assert figures["ended_by"] == "reach"
+    if model.params.kind == "implicit":  # its rule is met before rest: overtime is tested
+        assert figures["overtime_solved"] > 0
+    elif figures["overtime_solved"] == 0:  # rest came first: never in overtime
+        assert figures["ended_by"] in ("rest", "max_rounds")
 
 
 def _assert_touched_rows_exact(state, model, engine, pairs, weights) -> None:

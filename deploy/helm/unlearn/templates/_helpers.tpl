@@ -139,6 +139,7 @@ UNLEARN_BATCH_MAX_EVENTS: {{ .Values.settings.batchMaxEvents | quote }}
 UNLEARN_BATCH_MAX_MS: {{ .Values.settings.batchMaxMs | quote }}
 UNLEARN_CONSOLIDATE_IDLE_MS: {{ .Values.settings.consolidateIdleMs | quote }}
 UNLEARN_CONSOLIDATE_QUIET_MS: {{ .Values.settings.consolidateQuietMs | quote }}
+UNLEARN_CONSOLIDATE_QUIET_REACH: {{ .Values.settings.consolidateQuietReach | quote }}
 UNLEARN_CONSOLIDATE_SLICE_MS: {{ .Values.settings.consolidateSliceMs | quote }}
 UNLEARN_CONSOLIDATE_TOLERANCE: {{ .Values.settings.consolidateTolerance | quote }}
 UNLEARN_CONSOLIDATE_WRITE_TOLERANCE: {{ .Values.settings.consolidateWriteTolerance | quote }}
