@@ -801,6 +801,7 @@ SECTIONS: dict[str, tuple[Path, Callable[[dict[str, Any]], str]]] = {
     "pipeline_latency_factors29b": (DOC, pipeline_latency),
     "capacity": (CAPACITY, capacity),
     "scaling_before32": (DOC, scaling),
+    "scaling_before33": (DOC, scaling),
     "fault_campaign": (RELIABILITY, fault_campaign),
     "fault_campaign_soak": (RELIABILITY, fault_campaign),
 }

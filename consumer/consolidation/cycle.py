@@ -20,9 +20,11 @@ input, but where it stops depends on how the stream was batched (the same deleti
 other batches stop at another round), and what it leaves is ALS's slow modes, which a
 retrain has run through: on MovieLens-100K with 5 % of the pairs deleted in a stream, the
 model it left ranked held-out pairs below the retraining check's bound about one run in
-four. Once the input has been quiet for `quiet_ms`, a cycle the rule ended is taken up
-again and runs to rest (or `max_rounds`), so the model at rest no longer depends on the
-round the rule happened to stop at.
+four. Once the input has been quiet for `quiet_ms`, the rule no longer ends the rounds
+(the cycle is in overtime) and a cycle it ended is taken up again: overtime runs to rest,
+to `max_rounds`, or until it re-solved `quiet_reach` rows per deleted pair, so the model
+at rest depends much less on the round the rule happened to stop at, and overtime's cost
+follows the deletions, not the model's size.
 docs/state.md has the measured number of rounds on models trained here, with `implicit`
 and with Spark, and what the take-up costs.
 """
@@ -47,7 +49,7 @@ class CyclePolicy:
     slice_ms: float = 10.0  # the time one slice should take
     idle_ms: float = 0.0  # no slice this soon after the last event
     # The input quiet this long: the settle rule no longer ends the rounds, and a cycle it
-    # ended is taken up again until rest (or max_rounds).
+    # ended is taken up again (overtime: until rest, max_rounds or quiet_reach).
     quiet_ms: float = 2000.0
     # What a cycle may re-solve in overtime (past the settle rule because the input is
     # quiet), in rows per deleted pair since the model was last at rest: overtime's cost

@@ -339,7 +339,7 @@ class Consolidator:
         """Seed these, then run the cycle until it rests (tests, offline callers): the
         last cycle's figures. Not `quiet`, the settle rule ends it as while events arrive
         (it may be left `unfinished`); `quiet`, as once the input is quiet: a cycle left
-        unfinished is taken up, and the rounds run to rest or max_rounds."""
+        unfinished is taken up, and the rounds run to rest, max_rounds or overtime's share."""
         self._quiet = quiet
         for part in forgetting:
             self.seed(part)
