@@ -104,6 +104,13 @@ class Metrics:
             "Rows forgetting cycles re-solved",
             registry=r,
         )
+        # Of those, the rows re-solved in overtime: past the settle rule, once the input was
+        # quiet (consolidation busy with no event in sight: this is why).
+        self.cycle_overtime_rows = Counter(
+            "unlearn_consolidation_overtime_rows_solved_total",
+            "Rows forgetting cycles re-solved in overtime (past the settle rule, input quiet)",
+            registry=r,
+        )
         self.cycle_written = Counter(
             "unlearn_consolidation_rows_written_total",
             "Rows forgetting cycles wrote (moved more than the write tolerance)",

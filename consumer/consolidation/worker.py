@@ -56,6 +56,7 @@ class Step:
     seconds: float = 0.0
     written: int = 0  # rows a flush wrote
     ended: bool = False  # the cycle ended with this step
+    overtime: int = 0  # of `solved`, rows re-solved in overtime (past the settle rule)
 
 
 class Consolidator:
@@ -184,12 +185,13 @@ class Consolidator:
         solved = self._resolve(side, rows, pressed_only=True)
         self._solved_in_round += solved
         cycle.figures.solved += solved
+        overtime = solved if cycle.overtime else 0
         if cycle.overtime:
             self.overtime_solved += solved
             if self.overtime_solved >= self.policy.quiet_reach * self.forgotten_since_rest:
                 cycle.figures.ended_by = "reach"  # overtime's share is spent
                 cycle.phase = TOUCH_UP
-        return Step(ROUNDS, side, len(rows), solved)
+        return Step(ROUNDS, side, len(rows), solved, overtime=overtime)
 
     def _next_round(self) -> bool:
         """Close the round under way; open the next. False when the rounds are over."""

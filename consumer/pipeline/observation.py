@@ -124,6 +124,7 @@ class Observer:
         m.slices.inc()
         m.slice_seconds.observe(step.seconds)
         m.cycle_rows.inc(step.solved)
+        m.cycle_overtime_rows.inc(step.overtime)
         m.cycle_written.inc(step.written)
 
     def cycle_ended(self, figures: dict, at_rest: bool = True) -> None:

@@ -11,6 +11,8 @@ from consumer.consolidation.cycle import REST, CyclePolicy
 from consumer.consolidation.worker import Consolidator
 from consumer.engine import Engine
 from consumer.events import Deletion, Interaction, Source
+from consumer.metrics import Metrics
+from consumer.pipeline.observation import Observer
 from consumer.state.bootstrap import export, load
 from consumer.state.store import ModelState
 from tests.auditor import fit, with_pair
@@ -103,8 +105,20 @@ def test_overtime_re_solves_at_most_its_share_per_deleted_pair(loaded):
     policy = CyclePolicy(quiet_reach=5, first_rows=16, min_rows=16, max_rows=32)
     consolidator = Consolidator(policy)
     consolidator.attach(engine)
-    figures = consolidator.rest(out.forgetting, quiet=True)
-    assert consolidator.resting and figures["forgotten"] == len(deletions)
+    consolidator.rest(out.forgetting, steps=0, quiet=True)  # seeded, the input quiet
+    steps = []
+    while not consolidator.resting:
+        steps.append(consolidator.step())
+    figures = consolidator.last
+    assert figures["forgotten"] == len(deletions)
+    # What the slices report in overtime is what the cycle counted, and what the metric shows.
+    assert sum(step.overtime for step in steps) == figures["overtime_solved"]
+    metrics = Metrics()
+    observer = Observer(metrics, {})
+    for step in steps:
+        observer.cycle_slice(step)
+    shown = metrics.cycle_overtime_rows._value.get()
+    assert shown == figures["overtime_solved"]
     # Past the settle rule the rounds re-solve at most 5 rows a deleted pair (the slice
     # that crosses the share finishes: at most one slice more).
     assert figures["overtime_solved"] <= 5 * len(deletions) + policy.max_rows
