@@ -802,6 +802,7 @@ SECTIONS: dict[str, tuple[Path, Callable[[dict[str, Any]], str]]] = {
     "capacity": (CAPACITY, capacity),
     "scaling_before32": (DOC, scaling),
     "scaling_before33": (DOC, scaling),
+    "scaling_isin33": (DOC, scaling),
     "fault_campaign": (RELIABILITY, fault_campaign),
     "fault_campaign_soak": (RELIABILITY, fault_campaign),
 }

@@ -269,7 +269,8 @@ class Batch:
                     removed.add((u, i))
                 self._drop_slice_users(shard, i, {u}, t)
                 self._tombstone(shard, pair_tombstone(u, i), t, stored)
-                request.kept = int(np.isin(i, self.user_rows[u]["other"]))
+                # A comparison, not np.isin: isin sorts, a tenth of the edit's time per event.
+                request.kept = int(bool((self.user_rows[u]["other"] == i).any()))
             else:
                 for j in self._take_user_row(u, t):
                     removed.add((u, j))
