@@ -696,16 +696,21 @@ def _share(value: float | None) -> str:
 def forgetting_cycle(data: dict[str, Any]) -> str:
     rows = []
     for c in data["cases"]:
+        quiet = c.get("quiet") or {}
         rows.append((
             c["model"], f"{c['deletions']:,}", f"{c['rounds']} ({c['ended_by']})",
             f"{c['reach']:,.1f}", f"{c['written']:,}", f"{c['cycle_seconds']:.2f}",
+            f"{quiet['rounds']} ({quiet['ended_by']}), {quiet['overtime_solved']:,} rows, "
+            f"{quiet['seconds']:.2f} s" if quiet else "",
             f"{c['touched_fit_max']:.1e}", f"{c['with_pair_back_min']:.1e}",
             f"**{c['separation']:,.0f}x**",
             _fits(c.get("loaded_fit_median")),
         ))  # fmt: skip
     return _table(
         ("model", "deleted pairs", "round pairs (ended by)", "rows re-solved per pair",
-         "rows written", "cycle s", "touched rows: largest distance to their exact solve",
+         "rows written", "cycle s",
+         "then quiet: round pairs in all (ended by), rows re-solved in overtime, s",
+         "at rest: touched rows' largest distance to their exact solve",
          "smallest distance to the solve with the pair back", "separation",
          "loaded model's rows from their exact solve (median: users / items)"),
         rows,

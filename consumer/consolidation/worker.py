@@ -35,8 +35,8 @@ log = logging.getLogger("unlearn.consolidation")
 
 # The touched rows' last re-solve alternates until what is left of their movement (the
 # last step's, projected at its rate of shrinking) is below this, relatively: a deleted
-# pair moves its rows by 1e-3 or more on MovieLens (docs/state.md), so a row within 1e-5
-# of its exact solve without the pair is 100 times closer to it than to the solve with it;
+# pair moves its rows by 2e-4 or more on MovieLens (docs/state.md), so a row within 1e-5
+# of its exact solve without the pair is 20 times closer to it than to the solve with it;
 # float32 storage itself rounds at 6e-8.
 TOUCH_UP_PRECISION = 1e-5
 F32_MAX = float(np.finfo(np.float32).max)
